@@ -1,0 +1,145 @@
+"""The manifest tables: one pyarrow schema and one key per table.
+
+Every stage reads one table and writes the next; these schemas are the contract between them.
+Columns that a stage cannot fill are nullable; keys never are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    key: tuple[str, ...]
+    schema: pa.Schema
+
+
+def _spec(name: str, key: tuple[str, ...], *fields: pa.Field) -> TableSpec:
+    schema = pa.schema([f.with_nullable(f.name not in key) for f in fields])
+    return TableSpec(name, key, schema)
+
+
+F = pa.field
+TABLES: dict[str, TableSpec] = {
+    t.name: t
+    for t in [
+        _spec(
+            "videos",
+            ("video_id",),
+            F("video_id", pa.string()),  # content hash, so copies and renames are one video
+            F("path", pa.string()),  # absolute path where this content was found
+            F("bytes", pa.int64()),
+            F("duration_s", pa.float64()),
+            F("fps", pa.float64()),  # average frame rate
+            F("n_frames", pa.int64()),
+            F("width", pa.int32()),  # as stored; display is rotated by `rotation`
+            F("height", pa.int32()),
+            F("codec", pa.string()),
+            F("pix_fmt", pa.string()),
+            F("rotation", pa.int32()),  # degrees counter-clockwise to display upright
+            F("vfr", pa.bool_()),
+            F("has_audio", pa.bool_()),
+        ),
+        _spec(
+            "scenes",
+            ("video_id", "scene_index"),
+            F("video_id", pa.string()),
+            F("scene_index", pa.int32()),  # window index within the video
+            F("clip_id", pa.string()),  # uuid5(video_id, start_frame, end_frame)
+            F("shot_index", pa.int32()),  # the detected shot this window lies in
+            F("start_frame", pa.int64()),
+            F("end_frame", pa.int64()),  # exclusive
+            F("start_pts", pa.int64()),  # stream time base; exact seeking for variable frame rate
+            F("end_pts", pa.int64()),  # pts of end_frame; null when the window ends the video
+            F("start_s", pa.float64()),
+            F("end_s", pa.float64()),
+            F("n_frames", pa.int64()),
+            F("detector", pa.string()),
+            F("params", pa.string()),  # JSON of the detector parameters
+        ),
+        _spec(
+            "motion",
+            ("clip_id",),
+            F("clip_id", pa.string()),
+            F("score", pa.float64()),  # mean flow magnitude, in % of the frame diagonal per second
+            F("flow_mean_px", pa.float64()),  # mean flow magnitude per sampled pair, pixels
+            F("static_share", pa.float64()),  # share of patches that do not move
+            F("n_pairs", pa.int32()),
+            F("method", pa.string()),
+        ),
+        _spec(
+            "aesthetic",
+            ("clip_id",),
+            F("clip_id", pa.string()),
+            F("score", pa.float64()),  # mean over sampled frames, LAION scale (about 1..10)
+            F("score_min", pa.float64()),
+            F("n_frames", pa.int32()),
+            F("model", pa.string()),
+        ),
+        _spec(
+            "clips",
+            ("clip_id",),
+            F("clip_id", pa.string()),
+            F("video_id", pa.string()),
+            F("path", pa.string()),  # relative to the run folder
+            F("start_frame", pa.int64()),
+            F("end_frame", pa.int64()),
+            F("n_frames", pa.int64()),
+            F("fps", pa.float64()),
+            F("width", pa.int32()),  # upright, after rotation
+            F("height", pa.int32()),
+            F("bytes", pa.int64()),
+        ),
+        _spec(
+            "captions",
+            ("clip_id",),
+            F("clip_id", pa.string()),
+            F("caption", pa.string()),
+            F("subjects_json", pa.string()),  # [{"kind": "human|face|object", "label": ...}]
+            F("model", pa.string()),
+            F("prompt_version", pa.string()),
+        ),
+        _spec(
+            "subjects",
+            ("subject_id",),
+            F("subject_id", pa.string()),
+            F("clip_id", pa.string()),
+            F("kind", pa.string()),  # human / face / object
+            F("label", pa.string()),
+            F("frame_index", pa.int64()),  # index within the clip of the best view
+            F("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in pixels
+            F("mask_rle", pa.string()),  # JSON {"size": [h, w], "counts": [...]}, column-major runs
+            F("score", pa.float64()),
+            F("area_fraction", pa.float64()),
+            F("crop_path", pa.string()),  # box crop, relative to the run folder
+            F("masked_path", pa.string()),  # RGBA crop with transparent background
+        ),
+        _spec(
+            "shards",
+            ("shard",),
+            F("shard", pa.string()),
+            F("path", pa.string()),
+            F("n_samples", pa.int32()),
+            F("bytes", pa.int64()),
+        ),
+        _spec(
+            "errors",
+            ("stage", "key"),
+            F("stage", pa.string()),
+            F("key", pa.string()),  # the input key that failed (a path, a video_id, a clip_id)
+            F("error_type", pa.string()),
+            F("message", pa.string()),  # what a person needs to know, including the file
+        ),
+    ]
+}
+
+
+def spec(table: str) -> TableSpec:
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise KeyError(f"unknown table {table!r}; tables are {', '.join(TABLES)}") from None

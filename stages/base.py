@@ -1,0 +1,75 @@
+"""The stage contract: what a stage reads, writes and needs, and a pure batch function.
+
+A stage knows nothing of Ray, of other stages' files or of the command line. The runner hands it
+input rows (dicts from a manifest view) and writes what it returns. One input that fails becomes
+one error row with a message a person understands; the other inputs go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BadInput(Exception):
+    """An input this stage cannot use; the message is shown to the user as it is."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    gpus: float = 0.0
+    uses_model: bool = False  # run as an actor pool that loads the model once per actor
+
+
+Row = dict[str, Any]
+
+
+class Stage:
+    name: ClassVar[str]
+    reads: ClassVar[str]  # a manifest view: "sources", "videos", "candidates", ...
+    writes: ClassVar[str]  # the manifest table it fills
+    input_key: ClassVar[str]  # input column that identifies an item; output rows carry it too
+    filters: ClassVar[tuple[str, ...]] = ()  # filter rules applied to the input, if their scores exist
+    resources: ClassVar[Resources] = Resources()
+    batch_size: ClassVar[int] = 1
+    Config: ClassVar[type[StageConfig]] = StageConfig
+
+    def __init__(self, config: StageConfig, run_dir: Path):
+        self.config = config
+        self.run_dir = Path(run_dir)
+
+    def setup(self) -> None:
+        """Load what is expensive (a model) once per worker."""
+
+    def process(self, item: Row) -> list[Row]:
+        raise NotImplementedError
+
+    def process_batch(self, items: list[Row]) -> tuple[list[Row], list[Row]]:
+        """Output rows and error rows. Batched models override this and keep per-item errors."""
+        rows: list[Row] = []
+        errors: list[Row] = []
+        for item in items:
+            try:
+                rows.extend(self.process(item))
+            except Exception as exc:  # one bad input must not stop the others
+                errors.append(self.error_row(item, exc))
+        return rows, errors
+
+    def error_row(self, item: Row, exc: BaseException) -> Row:
+        return error_row(self.name, str(item[self.input_key]), exc)
+
+
+def error_row(stage: str, key: str, exc: BaseException) -> Row:
+    if isinstance(exc, BadInput):
+        error_type, message = "bad_input", str(exc)
+    else:
+        error_type, message = type(exc).__name__, f"{type(exc).__name__}: {exc}"
+    return {"stage": stage, "key": key, "error_type": error_type, "message": message}

@@ -1,0 +1,130 @@
+"""probe: find the videos under SRC, hash their content and read their metadata with PyAV."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import av
+
+from stages.base import BadInput, Row, Stage, StageConfig
+from stages.video import open_video
+
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
+
+
+class ProbeConfig(StageConfig):
+    min_frames: int = 2  # fewer frames cannot make a clip
+
+
+def discover(src: Path) -> tuple[list[Row], list[Row]]:
+    """Video files under src (following links, each real folder once) and the entries that fail."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"SRC does not exist: {src}")
+    if src.is_file():
+        return [{"path": str(src.absolute())}], []
+    found: list[Row] = []
+    problems: list[Row] = []
+    seen_dirs: set[str] = set()
+    for folder, dirs, files in os.walk(src, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            problems.append({"path": folder, "message": f"symlink loop: {folder} leads back to {real}; skipped"})
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            if path.suffix.lower() not in VIDEO_SUFFIXES:
+                continue
+            try:
+                path.stat()
+            except OSError as exc:
+                problems.append({"path": str(path.absolute()), "message": f"cannot read {path}: {exc.strerror}"})
+                continue
+            found.append({"path": str(path.absolute())})
+    return found, problems
+
+
+def content_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _count_packets(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    container.seek(0)
+    return sum(1 for p in container.demux(stream) if p.size)
+
+
+class Probe(Stage):
+    name = "probe"
+    reads = "sources"
+    writes = "videos"
+    input_key = "path"
+    batch_size = 4
+    Config = ProbeConfig
+
+    def process(self, item: Row) -> list[Row]:
+        path = Path(item["path"])
+        size = path.stat().st_size
+        if size == 0:
+            raise BadInput(f"{path}: file is empty (0 bytes)")
+        try:
+            container, stream = open_video(path, threads=False)
+        except av.error.FFmpegError as exc:
+            raise BadInput(f"{path}: not a readable video ({exc.strerror or exc}); truncated or not a video file") from None
+        except ValueError:
+            raise BadInput(f"{path}: has no video stream (audio only or not a video)") from None
+        with container:
+            rows = self._metadata(path, size, container, stream)
+        return rows
+
+    def _metadata(self, path: Path, size: int, container, stream) -> list[Row]:
+        try:
+            first = next(container.decode(stream))
+        except (StopIteration, av.error.FFmpegError) as exc:
+            raise BadInput(f"{path}: no frame can be decoded ({exc or 'empty stream'})") from None
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise BadInput(f"{path}: frame rate unknown")
+        n_frames = stream.frames or _count_packets(container, stream)
+        if n_frames < self.config.min_frames:
+            raise BadInput(f"{path}: video has {n_frames} frame(s); at least {self.config.min_frames} are needed")
+        duration = float(stream.duration * stream.time_base) if stream.duration else n_frames / float(rate)
+        self._check_end_decodes(path, container, stream, duration)
+        base = stream.base_rate or rate
+        return [
+            {
+                "video_id": content_hash(path),
+                "path": str(path),
+                "bytes": size,
+                "duration_s": duration,
+                "fps": float(rate),
+                "n_frames": int(n_frames),
+                "width": stream.width,
+                "height": stream.height,
+                "codec": stream.codec_context.name,
+                "pix_fmt": stream.codec_context.pix_fmt,
+                "rotation": int(round(first.rotation or 0)) % 360,
+                "vfr": abs(float(base) - float(rate)) > 0.01 * float(base),
+                "has_audio": bool(container.streams.audio),
+            }
+        ]
+
+    @staticmethod
+    def _check_end_decodes(path: Path, container, stream, duration: float) -> None:
+        """A file cut short still opens; decoding near its announced end shows it."""
+        target = max(0.0, duration - 1.0)
+        container.seek(int(target / stream.time_base) + (stream.start_time or 0), stream=stream)
+        try:
+            next(container.decode(stream))
+        except (StopIteration, av.error.FFmpegError):
+            raise BadInput(
+                f"{path}: truncated: no frame decodes near {target:.1f} s of its announced {duration:.1f} s"
+            ) from None

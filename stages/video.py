@@ -1,0 +1,117 @@
+"""The one video decoder and encoder of the project (PyAV).
+
+Frames are addressed by index in presentation order and by pts, so a span found by one stage
+(start_frame, start_pts) is decoded exactly by another, also for variable frame rate video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # position in presentation order from the first frame of the video
+    pts: int  # in the stream's time base
+    image: np.ndarray  # HxWx3 uint8 (bgr24 or rgb24) or HxW (gray)
+
+
+def open_video(path: str | Path, threads: bool = True) -> tuple[av.container.InputContainer, av.VideoStream]:
+    container = av.open(str(path))
+    if not container.streams.video:
+        container.close()
+        raise ValueError("no video stream")
+    stream = container.streams.video[0]
+    if threads:
+        stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _pts(frame: av.VideoFrame) -> int:
+    return frame.pts if frame.pts is not None else (frame.dts or 0)
+
+
+def to_array(frame: av.VideoFrame, fmt: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Convert (and optionally scale, in swscale) one decoded frame; size is (width, height)."""
+    if size is None:
+        return frame.to_ndarray(format=fmt)
+    return frame.to_ndarray(format=fmt, width=size[0], height=size[1], interpolation="AREA")
+
+
+def iter_frames(
+    path: str | Path,
+    *,
+    start_frame: int = 0,
+    start_pts: int | None = None,
+    end_frame: int | None = None,
+    fmt: str = "bgr24",
+    size: tuple[int, int] | None = None,
+    keep=None,
+) -> Iterator[Frame]:
+    """Frames [start_frame, end_frame) of a video, seeking to `start_pts` when given.
+
+    `keep(index) -> bool` selects which frames are converted to arrays; the others are decoded
+    (H.264 needs them) but never converted, which is most of the cost of sparse sampling.
+    """
+    container, stream = open_video(path)
+    try:
+        if start_pts is not None and start_frame > 0:
+            container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+        index = start_frame
+        started = start_pts is None or start_frame == 0
+        for frame in container.decode(stream):
+            if not started:
+                if _pts(frame) < start_pts:
+                    continue
+                started = True
+            if end_frame is not None and index >= end_frame:
+                break
+            if keep is None or keep(index):
+                yield Frame(index, _pts(frame), to_array(frame, fmt, size))
+            index += 1
+    finally:
+        container.close()
+
+
+def rotate_upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply the display rotation (degrees counter-clockwise) so the picture stands upright."""
+    turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
+
+
+def encode_mp4(
+    path: Path,
+    frames: Iterator[np.ndarray],
+    fps: Fraction,
+    crf: int = 18,
+    preset: str = "veryfast",
+) -> int:
+    """Write RGB frames as H.264 (yuv420p, even size by cropping one pixel) and return the count."""
+    container = av.open(str(path), mode="w", format="mp4")
+    stream = None
+    count = 0
+    try:
+        for image in frames:
+            h, w = image.shape[:2]
+            image = image[: h - h % 2, : w - w % 2]
+            if stream is None:
+                stream = container.add_stream("libx264", rate=fps)
+                stream.width, stream.height = image.shape[1], image.shape[0]
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": preset}
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            count += 1
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    finally:
+        container.close()
+    return count
