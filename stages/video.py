@@ -40,8 +40,10 @@ def _pts(frame: av.VideoFrame) -> int:
 def to_array(frame: av.VideoFrame, fmt: str, size: tuple[int, int] | None) -> np.ndarray:
     """Convert (and optionally scale, in swscale) one decoded frame; size is (width, height)."""
     if size is None:
-        return frame.to_ndarray(format=fmt)
-    return frame.to_ndarray(format=fmt, width=size[0], height=size[1], interpolation="AREA")
+        image = frame.to_ndarray(format=fmt)
+    else:
+        image = frame.to_ndarray(format=fmt, width=size[0], height=size[1], interpolation="AREA")
+    return np.ascontiguousarray(image)  # rows can be padded; OpenCV wants them packed
 
 
 def iter_frames(

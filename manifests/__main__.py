@@ -1,0 +1,78 @@
+"""Inspect a run's manifests: `summary`, `show TABLE [--where SQL]`, `sql "SELECT ..."`, `funnel`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from manifests import store, views
+from manifests.filters import FilterConfig
+from manifests.schemas import TABLES
+
+
+def _print_table(table, limit: int) -> None:
+    import pyarrow as pa
+
+    shown = table.slice(0, limit)
+    columns = shown.column_names
+    cells = [[_cell(v) for v in shown.column(c).to_pylist()] for c in columns]
+    widths = [max([len(c)] + [len(v) for v in col]) for c, col in zip(columns, cells)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for i in range(shown.num_rows):
+        print("  ".join(col[i].ljust(w) for col, w in zip(cells, widths)))
+    if table.num_rows > limit:
+        print(f"... {table.num_rows - limit} more rows (use --limit)")
+
+
+def _cell(value) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _filter_config(run: Path) -> FilterConfig:
+    """The run's own thresholds, so the funnel shows what the run applied."""
+    import yaml
+
+    path = run / "config.yaml"
+    data = yaml.safe_load(path.read_text()).get("config", {}) if path.exists() else {}
+    return FilterConfig.model_validate(data.get("filter", {}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m manifests", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("summary", help="rows per table").add_argument("run", type=Path)
+    show = sub.add_parser("show", help="print a table")
+    show.add_argument("run", type=Path)
+    show.add_argument("table", choices=[*TABLES, "candidates"])
+    show.add_argument("--where", help="SQL condition, e.g. \"score > 3\"")
+    show.add_argument("--limit", type=int, default=50)
+    sql = sub.add_parser("sql", help="run SQL; every table and `candidates` is a view")
+    sql.add_argument("run", type=Path)
+    sql.add_argument("query")
+    sql.add_argument("--limit", type=int, default=200)
+    sub.add_parser("funnel", help="how many clips each filter rule removes").add_argument("run", type=Path)
+    args = p.parse_args(argv)
+
+    if not (args.run / "manifests").is_dir():
+        print(f"error: {args.run} has no manifests (not a run folder?)", file=sys.stderr)
+        return 2
+    if args.command == "summary":
+        for name in TABLES:
+            n_parts = len(store.parts(args.run, name))
+            rows = store.read_table(args.run, name).num_rows if n_parts else 0
+            print(f"{name:<10} {rows:>9} rows  {n_parts:>5} parts")
+    elif args.command == "show":
+        where = f" WHERE {args.where}" if args.where else ""
+        _print_table(views.connect(args.run).sql(f"SELECT * FROM {args.table}{where}").to_arrow_table(), args.limit)
+    elif args.command == "sql":
+        _print_table(views.connect(args.run).sql(args.query).to_arrow_table(), args.limit)
+    elif args.command == "funnel":
+        for step, left, removed in views.funnel(args.run, _filter_config(args.run)):
+            print(f"{step:<22} {left:>8} left  {('-' + str(removed)) if removed else '':>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
