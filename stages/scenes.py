@@ -19,7 +19,7 @@ from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.scene_manager import compute_downscale_factor
 
 from stages.base import BadInput, Row, Stage, StageConfig
-from stages.video import open_video
+from stages.video import open_video, prefetch
 
 CLIP_NAMESPACE = uuid.UUID("6f1c5b0e-3d7a-5c8e-9a41-2b7e0c9d4f10")
 
@@ -42,6 +42,16 @@ def clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
     return str(uuid.uuid5(CLIP_NAMESPACE, f"{video_id}:{start_frame}:{end_frame}"))
 
 
+def _detector_frames(stream, container, factor: float, size: tuple[int, int]):
+    """(pts from the stream start, time base, bgr24 image) exactly as PySceneDetect prepares them."""
+    start = stream.start_time or 0
+    for frame in container.decode(stream):
+        image = frame.to_ndarray(format="bgr24")
+        if factor > 1.0:
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        yield frame.pts - start, frame.time_base, image
+
+
 def detect_cuts(path: str, detector_name: str, params: dict[str, Any]) -> tuple[list[int], list[int]]:
     """Indices of the frames that start a new shot, and the pts of every frame."""
     detector = DETECTORS[detector_name](**params)
@@ -54,12 +64,8 @@ def detect_cuts(path: str, detector_name: str, params: dict[str, Any]) -> tuple[
         pts_list: list[int] = []
         cut_s: list[float] = []
         timecode = None
-        for frame in container.decode(stream):
-            pts = frame.pts - start
-            image = frame.to_ndarray(format="bgr24")
-            if factor > 1.0:
-                image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-            timecode = FrameTimecode(Timecode(pts=pts, time_base=frame.time_base), fps=rate)
+        for pts, time_base, image in prefetch(_detector_frames(stream, container, factor, size)):
+            timecode = FrameTimecode(Timecode(pts=pts, time_base=time_base), fps=rate)
             pts_list.append(pts)
             cut_s += [c.seconds for c in detector.process_frame(timecode, image)]
         if timecode is not None:

@@ -6,6 +6,8 @@ Frames are addressed by index in presentation order and by pts, so a span found 
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -79,6 +81,41 @@ def iter_frames(
             index += 1
     finally:
         container.close()
+
+
+def prefetch(items: Iterator, depth: int = 8) -> Iterator:
+    """Produce items in a background thread; FFmpeg and OpenCV release the GIL, so decoding and
+    converting the next frames overlaps with whatever the consumer does with this one."""
+    done = object()
+    buffer: queue.Queue = queue.Queue(depth)
+    failure: list[BaseException] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+        except BaseException as exc:  # handed to the consumer below
+            failure.append(exc)
+        finally:
+            buffer.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+    if failure:
+        raise failure[0]
 
 
 def rotate_upright(image: np.ndarray, rotation: int) -> np.ndarray:
