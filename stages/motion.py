@@ -1,7 +1,7 @@
 """motion: optical-flow motion score per clip window, from a few low-resolution frames a second.
 
-Read straight from the source by frame range, so windows that fail later filters cost no
-encoding. DIS (fast preset) is the default: about 13x faster than Farneback here, see BENCHMARKS.md.
+Read straight from the source by pts range, so windows that fail later filters cost no
+encoding; the seconds between sampled frames come from their pts, so variable frame rate is exact. DIS (fast preset) is the default: about 13x faster than Farneback here, see BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from stages.base import BadInput, Row, Stage, StageConfig
-from stages.video import iter_frames
+from stages.video import sample_frames
 
 
 class MotionConfig(StageConfig):
@@ -21,15 +21,6 @@ class MotionConfig(StageConfig):
     height: int = 180  # flow is computed at this height, keeping the aspect ratio
     patch: int = 16  # patch size (pixels, at flow resolution) for the static share
     static_px: float = 0.5  # a patch moving less than this (pixels per pair) is static
-
-
-def sample_indices(start: int, end: int, fps: float, sample_fps: float) -> list[int]:
-    """Evenly spaced frames at about sample_fps, always the first and the last of the window."""
-    step = max(1, round(fps / sample_fps))
-    picks = list(range(start, end, step))
-    if picks[-1] != end - 1:
-        picks.append(end - 1)
-    return picks
 
 
 def flow_field(method: str):
@@ -64,28 +55,21 @@ class Motion(Stage):
 
     def process(self, item: Row) -> list[Row]:
         cfg = self.config
-        start, end, fps = item["start_frame"], item["end_frame"], item["fps"]
+        start, end = item["start_frame"], item["end_frame"]
         if end - start < 2:
             raise BadInput(f"clip {item['clip_id']} has {end - start} frame(s); motion needs 2")
-        picks = sample_indices(start, end, fps, cfg.sample_fps)
         width = max(2, round(item["width"] * cfg.height / item["height"] / 2) * 2)
-        wanted = set(picks)
-        frames = [
-            f
-            for f in iter_frames(
-                item["video_path"],
-                start_frame=start,
-                start_pts=item["start_pts"],
-                end_frame=end,
-                fmt="gray",
-                size=(width, cfg.height),
-                keep=wanted.__contains__,
-            )
-        ]
+        frames = sample_frames(
+            item["video_path"],
+            start_pts=item["start_pts"],
+            end_pts=item["end_pts"],
+            every_s=1.0 / cfg.sample_fps,
+            size=(width, cfg.height),
+        )
         if len(frames) < 2:
             raise BadInput(f"{item['video_path']}: frames {start}..{end} do not decode (truncated?)")
-        mean_px, static = motion_parts([f.image for f in frames], cfg.method, cfg.patch, cfg.static_px)
-        seconds_per_pair = (frames[-1].index - frames[0].index) / fps / (len(frames) - 1)
+        mean_px, static = motion_parts([image for _, image in frames], cfg.method, cfg.patch, cfg.static_px)
+        seconds_per_pair = (frames[-1][0] - frames[0][0]) / (len(frames) - 1)
         diagonal = float(np.hypot(width, cfg.height))
         return [
             {

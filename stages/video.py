@@ -83,6 +83,46 @@ def iter_frames(
         container.close()
 
 
+def sample_frames(
+    path: str | Path,
+    *,
+    start_pts: int,
+    end_pts: int | None,
+    every_s: float,
+    fmt: str = "gray",
+    size: tuple[int, int] | None = None,
+    skip_b_frames: bool = True,
+) -> list[tuple[float, np.ndarray]]:
+    """(seconds from the window start, image) about every `every_s` within [start_pts, end_pts).
+
+    For sparse sampling the decoder may skip B-frames, which nothing else references once all of
+    them are skipped: about 4x less decoding on typical H.264. A window too short to keep two
+    frames that way is decoded in full.
+    """
+    container, stream = open_video(path)
+    try:
+        if skip_b_frames:
+            stream.codec_context.skip_frame = "BIDIR"
+        container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+        picked: list[tuple[float, np.ndarray]] = []
+        next_t = 0.0
+        for frame in container.decode(stream):
+            pts = _pts(frame)
+            if pts < start_pts:
+                continue
+            if end_pts is not None and pts >= end_pts:
+                break
+            t = float((pts - start_pts) * stream.time_base)
+            if t >= next_t - 1e-6:
+                picked.append((t, to_array(frame, fmt, size)))
+                next_t = t + every_s
+    finally:
+        container.close()
+    if len(picked) < 2 and skip_b_frames:
+        return sample_frames(path, start_pts=start_pts, end_pts=end_pts, every_s=every_s, fmt=fmt, size=size, skip_b_frames=False)
+    return picked
+
+
 def prefetch(items: Iterator, depth: int = 8) -> Iterator:
     """Produce items in a background thread; FFmpeg and OpenCV release the GIL, so decoding and
     converting the next frames overlaps with whatever the consumer does with this one."""
