@@ -6,9 +6,11 @@ SRC     ?=
 OUT     ?= runs/$(notdir $(abspath $(SRC)))
 STAGES  ?=
 WORKERS ?=
-CURATE_ARGS := $(if $(STAGES),--stages $(STAGES)) $(if $(WORKERS),--workers $(WORKERS))
+PROFILE ?= full
+TINY_MODELS := tiny-models
+CURATE_ARGS = --profile $(PROFILE) $(if $(STAGES),--stages $(STAGES)) $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: setup demo curate test test-fast bench clean
+.PHONY: setup demo curate weights tiny-models test test-fast bench clean
 
 setup: .venv/.installed
 
@@ -22,12 +24,21 @@ setup: .venv/.installed
 	$(PY) -m model.torchvision_cpu
 	touch $@
 
-demo: setup
+# Random-initialised tiny models of the real classes, for the offline demo (profile tiny).
+tiny-models: setup
+	HF_HUB_OFFLINE=1 $(PY) -m model.tiny $(TINY_MODELS) clip aesthetic_head qwen2_5_vl grounding_dino sam
+
+# The full profile's checkpoints, into the Hugging Face cache (needs internet).
+weights: setup
+	$(PY) -m pipeline weights
+
+demo: PROFILE = tiny
+demo: setup tiny-models
 	HF_HUB_OFFLINE=1 $(PY) -m pipeline curate tests/data/real --out runs/demo $(CURATE_ARGS)
 	@echo "Look at: runs/demo (clips/, manifests/); try: $(PY) -m manifests summary runs/demo"
 
-curate: setup
-	@test -n "$(SRC)" || { echo "usage: make curate SRC=raw_videos/ [OUT=runs/NAME] [STAGES=probe,scenes,...]"; exit 2; }
+curate: setup $(if $(filter tiny,$(PROFILE)),tiny-models)
+	@test -n "$(SRC)" || { echo "usage: make curate SRC=raw_videos/ [OUT=runs/NAME] [PROFILE=full|tiny] [STAGES=probe,scenes,...]"; exit 2; }
 	$(PY) -m pipeline curate "$(SRC)" --out "$(OUT)" $(CURATE_ARGS)
 
 test: setup

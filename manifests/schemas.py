@@ -78,7 +78,8 @@ TABLES: dict[str, TableSpec] = {
             F("score", pa.float64()),  # mean over sampled frames, LAION scale (about 1..10)
             F("score_min", pa.float64()),
             F("n_frames", pa.int32()),
-            F("model", pa.string()),
+            F("model", pa.string()),  # ends in "(random weights)" for the tiny profile
+            F("random_weights", pa.bool_()),
         ),
         _spec(
             "clips",
@@ -100,8 +101,10 @@ TABLES: dict[str, TableSpec] = {
             F("clip_id", pa.string()),
             F("caption", pa.string()),
             F("subjects_json", pa.string()),  # [{"kind": "human|face|object", "label": ...}]
+            F("subjects_source", pa.string()),  # "model", or "default" when its answer did not parse
             F("model", pa.string()),
-            F("prompt_version", pa.string()),
+            F("prompt_version", pa.string()),  # model/prompts/<version>.txt
+            F("random_weights", pa.bool_()),
         ),
         _spec(
             "subjects",
@@ -117,14 +120,18 @@ TABLES: dict[str, TableSpec] = {
             F("area_fraction", pa.float64()),
             F("crop_path", pa.string()),  # box crop, relative to the run folder
             F("masked_path", pa.string()),  # RGBA crop with transparent background
+            F("model", pa.string()),
+            F("random_weights", pa.bool_()),
         ),
         _spec(
             "shards",
             ("shard",),
-            F("shard", pa.string()),
-            F("path", pa.string()),
+            F("shard", pa.string()),  # <split>-<digest of its clip ids>
+            F("split", pa.string()),
+            F("path", pa.string()),  # relative to the run folder
             F("n_samples", pa.int32()),
             F("bytes", pa.int64()),
+            F("clip_ids", pa.list_(pa.string())),  # the samples it holds, in order
         ),
         _spec(
             "errors",

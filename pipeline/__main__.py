@@ -1,7 +1,8 @@
-"""`python -m pipeline curate SRC` runs the chain; `python -m pipeline stage NAME --run RUN` one stage.
+"""`python -m pipeline curate SRC` runs the chain; `python -m pipeline stage NAME --run RUN` one stage;
+`python -m pipeline weights` downloads the models of a profile into the Hugging Face cache.
 
 Exit codes: 0 all inputs processed, 2 usage error (such as a missing SRC), 3 finished but some
-inputs failed (each has a row in the `errors` table).
+inputs failed (each has a row in the `errors` table), 4 model weights missing (nothing was run).
 """
 
 from __future__ import annotations
@@ -12,12 +13,54 @@ import time
 from pathlib import Path
 
 from manifests import store
-from pipeline.config import load_config, write_run_config
+from model.hub import MissingWeights, require, resolve_file
+from pipeline.config import RunConfig, load_config, write_run_config
 from pipeline.registry import STAGES
 from pipeline.runner import run_stage
 from pipeline.summary import summarize
 
 EXIT_FAILED_INPUTS = 3
+EXIT_MISSING_WEIGHTS = 4
+
+
+def model_refs(config: RunConfig, names: list[str]) -> dict[str, tuple[str, str | None]]:
+    """name -> (ref, file or None) of every model the given stages load."""
+    refs = {}
+    for name in names:
+        stage_config = getattr(config, name)
+        if hasattr(stage_config, "weights"):
+            refs.update(stage_config.weights())
+    return refs
+
+
+def check_weights(config: RunConfig, names: list[str]) -> None:
+    """Raise one MissingWeights naming every model of these stages that is not on this machine."""
+    refs = model_refs(config, names)
+    missing = {}
+    try:
+        require({name: ref for name, (ref, _) in refs.items()})
+    except MissingWeights as error:
+        missing.update(error.missing)
+    for name, (ref, filename) in refs.items():
+        if filename and name not in missing:
+            try:
+                resolve_file(ref, filename)
+            except MissingWeights as error:
+                missing.update({name: next(iter(error.missing.values()))})
+    if missing:
+        raise MissingWeights(missing)
+
+
+def download_weights(config: RunConfig) -> None:
+    """Fill the Hugging Face cache with the profile's hub models (local folders are left alone)."""
+    from huggingface_hub import snapshot_download
+
+    for name, (ref, filename) in model_refs(config, list(STAGES)).items():
+        if Path(ref).expanduser().exists():
+            print(f"{name}: {ref} (local)")
+            continue
+        print(f"{name}: downloading {ref}{'/' + filename if filename else ''}")
+        snapshot_download(ref, allow_patterns=[filename] if filename else None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     curate.add_argument("--out", type=Path, help="run folder (default: runs/<name of SRC>)")
     curate.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     curate.add_argument("--config", type=Path, help="YAML config file")
+    curate.add_argument("--profile", choices=["full", "tiny"], help="model profile (default full; see pipeline/profiles.yaml)")
+    weights = sub.add_parser("weights", help="download the models of a profile (needs internet)")
+    weights.add_argument("--config", type=Path, help="YAML config file naming other models")
     stage = sub.add_parser("stage", help="run one stage of an existing run (on a cluster with RAY_ADDRESS)")
     stage.add_argument("name", choices=list(STAGES))
     stage.add_argument("--run", type=Path, required=True, help="run folder")
@@ -40,13 +86,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "weights":
+        download_weights(load_config(args.config))
+        return 0
     if args.command == "curate":
         if not args.src.exists():
             print(f"error: SRC does not exist: {args.src}", file=sys.stderr)
             return 2
         run = args.out or Path("runs") / args.src.resolve().name
         config_file = args.config or (run / "config.yaml" if (run / "config.yaml").exists() else None)
-        config = load_config(config_file, args.set)
+        config = load_config(config_file, args.set, args.profile)
         config.src = str(args.src.resolve())
         if args.stages:
             config.stages = [s.strip() for s in args.stages.split(",")]
@@ -64,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.workers:
         config.workers = args.workers
+    try:  # before any work, before Ray starts
+        check_weights(config, names)
+    except MissingWeights as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_MISSING_WEIGHTS
     started = time.perf_counter()
     store.remove_temporaries(run) if run.exists() else None
     write_run_config(run, config)

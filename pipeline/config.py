@@ -10,24 +10,35 @@ import datetime
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
 from manifests.filters import FilterConfig
+from stages.aesthetic import AestheticConfig
+from stages.caption import CaptionConfig
 from stages.clips import ClipsConfig
 from stages.motion import MotionConfig
 from stages.probe import ProbeConfig
 from stages.scenes import ScenesConfig
+from stages.shards import ShardsConfig
+from stages.subjects import SubjectsConfig
 
-CHAIN = ["probe", "scenes", "motion", "clips"]
-PACKAGES = ["torch", "av", "scenedetect-headless", "opencv-python-headless", "ray", "pyarrow", "duckdb"]
+CHAIN = ["probe", "scenes", "motion", "aesthetic", "clips", "caption", "subjects", "shards"]
+PACKAGES = [
+    "torch", "av", "scenedetect-headless", "opencv-python-headless", "ray", "pyarrow", "duckdb",
+    "transformers", "open-clip-torch", "segment-anything", "webdataset",
+]  # fmt: skip
+PROFILES = yaml.safe_load(Path(__file__).with_name("profiles.yaml").read_text())
 
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     src: str | None = None
+    profile: Literal["full", "tiny"] = "full"  # model defaults from pipeline/profiles.yaml
+    tiny_models: str = "tiny-models"  # where `python -m model.tiny` put the tiny profile's models
     stages: list[str] = CHAIN
     workers: int | None = None  # parallel CPU workers; default: every CPU of the Ray cluster
     filter: FilterConfig = FilterConfig()
@@ -35,6 +46,10 @@ class RunConfig(BaseModel):
     scenes: ScenesConfig = ScenesConfig()
     motion: MotionConfig = MotionConfig()
     clips: ClipsConfig = ClipsConfig()
+    aesthetic: AestheticConfig = AestheticConfig()
+    caption: CaptionConfig = CaptionConfig()
+    subjects: SubjectsConfig = SubjectsConfig()
+    shards: ShardsConfig = ShardsConfig()
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -51,10 +66,30 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: Path | None = None, overrides: list[str] = ()) -> RunConfig:
+def merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def profile_defaults(profile: str, tiny_models: str) -> dict:
+    text = yaml.safe_dump(PROFILES[profile]).replace("{tiny_models}", tiny_models)
+    return yaml.safe_load(text)
+
+
+def load_config(path: Path | None = None, overrides: list[str] = (), profile: str | None = None) -> RunConfig:
+    """Profile defaults, then the YAML file, then `--set`; `profile` (from the CLI) wins over the file's."""
     data = yaml.safe_load(Path(path).read_text()) if path else {}
     data = data.get("config", data) or {}  # a run's config.yaml nests it under `config`
-    return RunConfig.model_validate(apply_overrides(data, list(overrides)))
+    data = apply_overrides(data, list(overrides))
+    if profile:
+        data["profile"] = profile
+    chosen = data.get("profile", "full")
+    if chosen not in PROFILES:
+        raise ValueError(f"unknown profile {chosen!r}; profiles are {', '.join(PROFILES)}")
+    return RunConfig.model_validate(merge(profile_defaults(chosen, data.get("tiny_models", "tiny-models")), data))
 
 
 def provenance() -> dict:

@@ -1,9 +1,15 @@
 """Stage names to classes, in chain order."""
 
+from stages.aesthetic import Aesthetic
 from stages.base import Stage
+from stages.caption import Caption
 from stages.clips import Clips
 from stages.motion import Motion
 from stages.probe import Probe
 from stages.scenes import Scenes
+from stages.shards import Shards
+from stages.subjects import Subjects
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in [Probe, Scenes, Motion, Clips]}
+STAGES: dict[str, type[Stage]] = {
+    cls.name: cls for cls in [Probe, Scenes, Motion, Aesthetic, Clips, Caption, Subjects, Shards]
+}

@@ -3,13 +3,16 @@
 Resume is a set difference: the stage gets the input keys that are in neither its output table
 nor `errors`. Workers return each batch's rows as Arrow IPC bytes; the driver alone writes
 Parquet (through manifests), one atomic part per batch, so a killed run loses at most the
-batches in flight.
+batches in flight. Model stages run as an actor pool (the model loads once per actor), fed by
+separate CPU tasks that run the stage's `prepare` (decoding, resizing), so the model never waits
+on decode.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ from pipeline.config import RunConfig
 from pipeline.registry import STAGES
 from stages.base import Row, Stage
 from stages.probe import discover
+
+PREPARE_CPUS = 0.5
 
 
 @dataclass
@@ -47,13 +52,29 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
-def _pack(stage: Stage, items: list[Row]) -> dict:
-    rows, errors = stage.process_batch(items)
+def _pack(stage: Stage, items: list[Row], failed: list[Row] = ()) -> dict:
+    rows, errors = stage.process_batch(items) if items else ([], [])
     return {
         "rows": [_ipc(store.to_arrow(stage.writes, rows))],
-        "errors": [_ipc(store.to_arrow("errors", errors))],
-        "n": [len(items)],
+        "errors": [_ipc(store.to_arrow("errors", list(failed) + errors))],
+        "n": [len(items) + len(failed)],
     }
+
+
+def _prepare_batch(batch: pa.Table, stage_cls: type[Stage], config, run: str) -> dict:
+    """CPU task before a model stage: decode and preprocess, one pickled payload per item.
+
+    Pickle, because prepared items hold numpy arrays of varying shapes (Arrow tensor columns need
+    one shape); the payload only travels between this run's own workers.
+    """
+    stage = stage_cls(config, Path(run))
+    payloads = []
+    for item in batch.to_pylist():
+        try:
+            payloads.append(pickle.dumps({"item": stage.prepare(item)}))
+        except Exception as exc:  # one bad input must not stop the others
+            payloads.append(pickle.dumps({"error": stage.error_row(item, exc)}))
+    return {"payload": payloads}
 
 
 def _run_batch(batch: pa.Table, stage_cls: type[Stage], config, run: str) -> dict:
@@ -71,7 +92,14 @@ class _ModelWorker:
         self.stage.setup()
 
     def __call__(self, batch: pa.Table) -> dict:
-        return _pack(self.stage, batch.to_pylist())
+        if "payload" not in batch.column_names:
+            return _pack(self.stage, batch.to_pylist())
+        prepared = [pickle.loads(p) for p in batch.column("payload").to_pylist()]
+        return _pack(self.stage, [p["item"] for p in prepared if "item" in p], [p["error"] for p in prepared if "error" in p])
+
+
+def has_prepare(stage_cls: type[Stage]) -> bool:
+    return stage_cls.prepare is not Stage.prepare
 
 
 def stage_inputs(stage_cls: type[Stage], config: RunConfig, run: Path) -> list[Row]:
@@ -82,8 +110,10 @@ def stage_inputs(stage_cls: type[Stage], config: RunConfig, run: Path) -> list[R
         )
         return found
     if stage_cls.reads == "candidates":
-        return views.candidates(run, stage_cls.filters, config.filter).to_pylist()
-    return store.read_table(run, stage_cls.reads).to_pylist()
+        rows = views.candidates(run, stage_cls.filters, config.filter).to_pylist()
+    else:
+        rows = store.read_table(run, stage_cls.reads).to_pylist()
+    return stage_cls(getattr(config, stage_cls.name), run).plan(rows)
 
 
 def pending_inputs(stage_cls: type[Stage], config: RunConfig, run: Path, retry_errors: bool) -> tuple[list[Row], int]:
@@ -128,15 +158,30 @@ def _dataset(stage_cls: type[Stage], config: RunConfig, run: Path, pending: list
     ds = ray.data.from_items(pending, override_num_blocks=max(1, math.ceil(len(pending) / batch)))
     cpus = ray.cluster_resources().get("CPU", 1)
     if res.uses_model:
-        # Leave a CPU for reading and decoding tasks: a pool that takes every CPU starves them.
-        actors = config.workers or max(1, int((cpus - 1) // max(res.cpus, 0.5)))
+        gpus = stage_config.gpus
+        if gpus:  # one actor per GPU share; decoding gets every CPU the actors leave
+            actors = config.workers or max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
+            actor_cpus = 1.0
+        else:  # leave a CPU for the decode tasks: a pool that takes every CPU starves them
+            actors = config.workers or max(1, int((cpus - 1) // max(res.cpus, 0.5)))
+            actor_cpus = res.cpus
+        if has_prepare(stage_cls):
+            # Half a CPU per decode task: two share a core that the actors leave. The request
+            # must differ from the actors' or Ray fuses both steps into the actor.
+            ds = ds.map_batches(
+                _prepare_batch,
+                fn_args=(stage_cls, stage_config, str(run)),
+                batch_size=batch,
+                batch_format="pyarrow",
+                num_cpus=PREPARE_CPUS,
+            )
         return ds.map_batches(
             _ModelWorker,
             fn_constructor_args=(stage_cls, stage_config, str(run)),
             batch_size=batch,
             batch_format="pyarrow",
-            num_cpus=res.cpus,
-            num_gpus=res.gpus or None,
+            num_cpus=actor_cpus,
+            num_gpus=gpus or None,
             compute=ray.data.ActorPoolStrategy(size=actors),
         )
     return ds.map_batches(

@@ -7,6 +7,9 @@ one error row with a message a person understands; the other inputs go on.
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,8 +21,27 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ModelStageConfig(StageConfig):
+    """What every model stage has: where its weights are, and how its actors are placed."""
+
+    gpus: float = 0.0  # GPUs per model actor (`num_gpus` on a GPU cluster); 0 runs on CPU
+    random_weights: bool = False  # set by the tiny profile: outputs are marked as meaningless
+
+    def weights(self) -> dict[str, tuple[str, str | None]]:
+        """name -> (hub id or local folder, file inside it or None for the whole folder)."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+
 class BadInput(Exception):
     """An input this stage cannot use; the message is shown to the user as it is."""
+
+
+class BadModelOutput(Exception):
+    """A model answered something unusable (empty, unparsable, nothing found); recorded, never a crash."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +67,31 @@ class Stage:
     def __init__(self, config: StageConfig, run_dir: Path):
         self.config = config
         self.run_dir = Path(run_dir)
+        self.timings: defaultdict[str, float] = defaultdict(float)
 
     def setup(self) -> None:
         """Load what is expensive (a model) once per worker."""
+
+    def plan(self, items: list[Row]) -> list[Row]:
+        """Input rows -> work items, once, on the driver; one item per row unless a stage groups them."""
+        return items
+
+    def prepare(self, item: Row) -> Row:
+        """CPU-side work before the model (decode and resize frames), run in separate CPU tasks.
+
+        Pure and model-free, so the runner can run it apart from the model actors: on a GPU
+        cluster the model then never waits on decoding. Values may be numpy arrays.
+        """
+        return item
+
+    @contextmanager
+    def timed(self, phase: str):
+        """Add the seconds spent in `phase` to `self.timings` (read by the benchmark)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] += time.perf_counter() - started
 
     def process(self, item: Row) -> list[Row]:
         raise NotImplementedError
@@ -70,6 +114,8 @@ class Stage:
 def error_row(stage: str, key: str, exc: BaseException) -> Row:
     if isinstance(exc, BadInput):
         error_type, message = "bad_input", str(exc)
+    elif isinstance(exc, BadModelOutput):
+        error_type, message = "bad_model_output", str(exc)
     else:
         error_type, message = type(exc).__name__, f"{type(exc).__name__}: {exc}"
     return {"stage": stage, "key": key, "error_type": error_type, "message": message}

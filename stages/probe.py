@@ -97,7 +97,7 @@ class Probe(Stage):
         if n_frames < self.config.min_frames:
             raise BadInput(f"{path}: video has {n_frames} frame(s); at least {self.config.min_frames} are needed")
         duration = float(stream.duration * stream.time_base) if stream.duration else n_frames / float(rate)
-        self._check_end_decodes(path, container, stream, duration)
+        self._check_end_decodes(path, container, stream, duration, rate)
         base = stream.base_rate or rate
         return [
             {
@@ -118,13 +118,23 @@ class Probe(Stage):
         ]
 
     @staticmethod
-    def _check_end_decodes(path: Path, container, stream, duration: float) -> None:
-        """A file cut short still opens; decoding near its announced end shows it."""
-        target = max(0.0, duration - 1.0)
-        container.seek(int(target / stream.time_base) + (stream.start_time or 0), stream=stream)
+    def _check_end_decodes(path: Path, container, stream, duration: float, rate) -> None:
+        """A file cut short still opens; decoding up to its last second shows it.
+
+        Seeking lands on the keyframe before the target, which can be the first frame of a file
+        cut in half, so decoding must reach the target, not just yield a frame.
+        """
+        target = max(0.0, duration - max(1.0, 2.0 / float(rate)))
+        start = stream.start_time or 0
+        container.seek(int(target / stream.time_base) + start, stream=stream)
+        reached = None
         try:
-            next(container.decode(stream))
-        except (StopIteration, av.error.FFmpegError):
-            raise BadInput(
-                f"{path}: truncated: no frame decodes near {target:.1f} s of its announced {duration:.1f} s"
-            ) from None
+            for frame in container.decode(stream):
+                if frame.pts is not None:
+                    reached = float((frame.pts - start) * stream.time_base)
+                    if reached >= target - 1e-3:
+                        return
+        except av.error.FFmpegError:
+            pass
+        last = f"the last frame that decodes is at {reached:.1f} s" if reached is not None else "no frame decodes there"
+        raise BadInput(f"{path}: truncated: {last} of its announced {duration:.1f} s") from None

@@ -99,7 +99,12 @@ class Scenes(Stage):
             raise BadInput(f"{item['path']}: only {n} frame(s) decode; a clip needs at least 2")
         fps = float(item["fps"])
         bounds = [0, *cuts, n]
-        time_base = item["duration_s"] / n if not fps else 1.0 / fps
+        # Times come from pts, not index / fps: the two differ for variable frame rate video.
+        container, stream = open_video(item["path"], threads=False)
+        with container:
+            base, offset = stream.time_base, stream.start_time or 0
+        seconds = [float((p - offset) * base) for p in pts]
+        seconds.append(max(float(item["duration_s"]), seconds[-1]))  # the end of the last frame
         rows: list[Row] = []
         params = json.dumps({"detector": cfg.detector, **cfg.params, "max_clip_s": cfg.max_clip_s}, sort_keys=True)
         for shot, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -114,8 +119,8 @@ class Scenes(Stage):
                         "end_frame": end,
                         "start_pts": pts[start],
                         "end_pts": pts[end] if end < n else None,
-                        "start_s": start * time_base,
-                        "end_s": end * time_base,
+                        "start_s": seconds[start],
+                        "end_s": seconds[end],
                         "n_frames": end - start,
                         "detector": cfg.detector,
                         "params": params,

@@ -106,6 +106,7 @@ def sample_frames(
         container.seek(start_pts, stream=stream, backward=True, any_frame=False)
         picked: list[tuple[float, np.ndarray]] = []
         next_t = 0.0
+        last = None  # the latest frame in the window not picked
         for frame in container.decode(stream):
             pts = _pts(frame)
             if pts < start_pts:
@@ -116,6 +117,11 @@ def sample_frames(
             if t >= next_t - 1e-6:
                 picked.append((t, to_array(frame, fmt, size)))
                 next_t = t + every_s
+                last = None
+            else:
+                last = (t, frame)
+        if len(picked) == 1 and last is not None:  # a window shorter than every_s: its last frame
+            picked.append((last[0], to_array(last[1], fmt, size)))
     finally:
         container.close()
     if len(picked) < 2 and skip_b_frames:

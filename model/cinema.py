@@ -1,0 +1,214 @@
+"""CINEMA: MLLM encoder + AlignerNet + VAE reference latents + MM-DiT, and its training loss.
+
+`encode_conditions` runs the frozen parts (MLLM, VAE), whose outputs can be cached;
+`forward` runs the trained parts (AlignerNet, DiT). The noise schedule is the checkpoint's own
+scheduler config (v-prediction, zero terminal SNR for CogVideoX), never class defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from model.aligner import AlignerNet
+from model.dit import CinemaTransformer3DModel
+from model.hub import require, resolve
+from model.mllm import DEFAULT_MAX_PIXELS, DEFAULT_TEMPLATE, MLLMEncoder, MLLMStates
+from model.vae import VideoVAE
+
+SCHEDULERS = {cls.__name__: cls for cls in (CogVideoXDDIMScheduler, CogVideoXDPMScheduler)}
+REFERENCE_BACKGROUND = 255  # subject cut-outs sit on white; letterbox bars match it
+
+
+class PartRef(BaseModel):
+    """A hub id or local folder, and the subfolder of it that holds this part."""
+
+    model_config = ConfigDict(extra="forbid")
+    ref: str
+    subfolder: str | None = None
+
+
+class AlignerShape(BaseModel):
+    """A fresh AlignerNet's size (the paper's by default); its ends come from the MLLM and DiT configs."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_layers: int = 6
+    width: int = 768
+    num_heads: int = 8
+    mlp_ratio: int = 4
+
+
+class CinemaConfig(BaseModel):
+    """Defaults are the full profile. The paper gives no dropout rates: 0.1 each is our choice."""
+
+    model_config = ConfigDict(extra="forbid")
+    mllm: PartRef = PartRef(ref="Qwen/Qwen2.5-VL-3B-Instruct")
+    vae: PartRef = PartRef(ref="THUDM/CogVideoX-5b", subfolder="vae")
+    transformer: PartRef = PartRef(ref="THUDM/CogVideoX-5b", subfolder="transformer")
+    scheduler: PartRef = PartRef(ref="THUDM/CogVideoX-5b", subfolder="scheduler")
+    aligner: PartRef | None = None  # a pre-trained AlignerNet; None starts a fresh one
+    aligner_shape: AlignerShape = AlignerShape()
+    template: str = DEFAULT_TEMPLATE
+    max_pixels: int = DEFAULT_MAX_PIXELS  # MLLM pixel budget per reference image
+    height: int = 480  # video (and reference) size in pixels
+    width: int = 720
+    caption_dropout: float = 0.1  # chance a sample's MLLM states are replaced by the empty prompt's
+    reference_dropout: float = 0.1  # chance a sample's VAE reference latents are removed
+
+    def refs(self) -> dict[str, str]:
+        parts = {"mllm": self.mllm, "vae": self.vae, "transformer": self.transformer, "scheduler": self.scheduler}
+        if self.aligner is not None:
+            parts["aligner"] = self.aligner
+        return {name: part.ref for name, part in parts.items()}
+
+
+@dataclass
+class Conditions:
+    mllm_states: torch.Tensor  # (batch, tokens, mllm hidden)
+    mllm_mask: torch.Tensor  # (batch, tokens) bool
+    reference_latents: list[torch.Tensor]  # per sample (n_i, C, h, w), n_i >= 0
+
+
+def load_scheduler(part: PartRef) -> CogVideoXDDIMScheduler | CogVideoXDPMScheduler:
+    """The scheduler class and values the checkpoint names in its own config."""
+    config = CogVideoXDDIMScheduler.load_config(resolve(part.ref), subfolder=part.subfolder)
+    if config["_class_name"] not in SCHEDULERS:
+        raise ValueError(f"expected a CogVideoX scheduler, the checkpoint has {config['_class_name']}")
+    return SCHEDULERS[config["_class_name"]].from_config(config)
+
+
+def letterbox(image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """Fit the image inside height x width keeping its aspect, on white; (3, H, W) in [-1, 1]."""
+    image = image.convert("RGB")
+    scale = min(height / image.height, width / image.width)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    canvas = Image.new("RGB", (width, height), (REFERENCE_BACKGROUND,) * 3)
+    canvas.paste(image.resize(size, Image.BICUBIC), ((width - size[0]) // 2, (height - size[1]) // 2))
+    pixels = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(height, width, 3)
+    return pixels.permute(2, 0, 1).float() / 127.5 - 1
+
+
+def pad_tokens(states: MLLMStates, length: int) -> MLLMStates:
+    extra = length - states.states.shape[1]
+    return MLLMStates(F.pad(states.states, (0, 0, 0, extra)), F.pad(states.mask, (0, extra), value=False))
+
+
+class CinemaModel(nn.Module):
+    def __init__(
+        self,
+        mllm: MLLMEncoder,
+        aligner: AlignerNet,
+        vae: VideoVAE,
+        transformer: CinemaTransformer3DModel,
+        scheduler: CogVideoXDDIMScheduler | CogVideoXDPMScheduler,
+        config: CinemaConfig,
+    ):
+        super().__init__()
+        self.mllm, self.aligner, self.vae, self.transformer = mllm, aligner, vae, transformer
+        self.scheduler = scheduler
+        self.config = config
+        self._empty_prompt: MLLMStates | None = None
+
+    @classmethod
+    def from_config(cls, config: CinemaConfig, dtype: torch.dtype = torch.float32) -> CinemaModel:
+        """Load every part; if any is missing, fail at once naming all of them."""
+        require(config.refs())
+        mllm = MLLMEncoder.from_pretrained(config.mllm.ref, config.template, config.max_pixels, dtype)
+        vae = VideoVAE.from_pretrained(config.vae.ref, config.vae.subfolder, dtype)
+        transformer = CinemaTransformer3DModel.from_pretrained(
+            resolve(config.transformer.ref), subfolder=config.transformer.subfolder, dtype=dtype
+        )
+        if config.aligner is not None:
+            aligner = AlignerNet.from_pretrained(
+                resolve(config.aligner.ref), subfolder=config.aligner.subfolder, dtype=dtype
+            )
+        else:
+            aligner = AlignerNet(
+                input_dim=mllm.hidden_size,
+                output_dim=transformer.config.text_embed_dim,
+                num_queries=transformer.config.max_text_seq_length,
+                **config.aligner_shape.model_dump(),
+            )
+            aligner = aligner if dtype == aligner.dtype else aligner.to(dtype)
+        return cls(mllm, aligner, vae, transformer, load_scheduler(config.scheduler), config)
+
+    def train(self, mode: bool = True) -> CinemaModel:
+        """The frozen parts stay in eval mode whatever the trained parts do."""
+        super().train(mode)
+        self.mllm.eval()
+        self.vae.eval()
+        return self
+
+    def encode_conditions(self, references: list[list[Image.Image]], captions: list[str]) -> Conditions:
+        """Per sample: its reference images (any number, none included) and its caption."""
+        states = self.mllm(references, captions)
+        counts = [len(sample) for sample in references]
+        images = [image for sample in references for image in sample]
+        if images:
+            pixels = torch.stack([letterbox(image, self.config.height, self.config.width) for image in images])
+            latents = self.vae.encode_images(pixels.to(self.vae.device))
+        else:
+            latents = torch.zeros(0, *self.vae.latent_size(self.config.height, self.config.width), device=self.vae.device)
+        return Conditions(states.states, states.mask, list(latents.split(counts)))
+
+    def forward(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        """The v-prediction for the video latents (batch, frames, C, h, w); references are not predicted."""
+        text = self.aligner(conditions.mllm_states, conditions.mllm_mask).to(self.transformer.dtype)
+        references = [latents.to(noisy_latents.dtype) for latents in conditions.reference_latents]
+        return self.transformer(noisy_latents, text, timestep, references=references).sample
+
+    def training_loss(
+        self, latents: torch.Tensor, conditions: Conditions, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """v-prediction MSE on the video latents, with CFG dropout of the conditions while training."""
+        if self.training:
+            conditions = self.drop_conditions(conditions, generator)
+        steps = torch.randint(
+            self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=_device(generator)
+        ).to(latents.device)
+        noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        noisy = self.scheduler.add_noise(latents, noise, steps)
+        target = self.scheduler.get_velocity(latents, noise, steps)
+        return F.mse_loss(self(noisy, steps, conditions).float(), target.float())
+
+    def drop_conditions(self, conditions: Conditions, generator: torch.Generator | None = None) -> Conditions:
+        """Classifier-free guidance dropout: empty-prompt MLLM states, and/or no reference latents."""
+        batch = conditions.mllm_states.shape[0]
+        drop_caption = torch.rand(batch, generator=generator, device=_device(generator)) < self.config.caption_dropout
+        drop_references = torch.rand(batch, generator=generator, device=_device(generator)) < self.config.reference_dropout
+        conditions = replace(
+            conditions,
+            reference_latents=[
+                latents[:0] if drop else latents for latents, drop in zip(conditions.reference_latents, drop_references)
+            ],
+        )
+        if not drop_caption.any():
+            return conditions
+        empty = self.empty_prompt()
+        length = max(conditions.mllm_states.shape[1], empty.states.shape[1])
+        kept = pad_tokens(MLLMStates(conditions.mllm_states, conditions.mllm_mask), length)
+        empty = pad_tokens(empty, length)
+        rows = drop_caption.to(kept.states.device)
+        return replace(
+            conditions,
+            mllm_states=torch.where(rows[:, None, None], empty.states.to(kept.states.dtype), kept.states),
+            mllm_mask=torch.where(rows[:, None], empty.mask, kept.mask),
+        )
+
+    def empty_prompt(self) -> MLLMStates:
+        """The MLLM states of no references and an empty caption: the unconditional input."""
+        if self._empty_prompt is None:
+            with torch.no_grad():
+                self._empty_prompt = self.mllm([[]], [""])
+        return self._empty_prompt
+
+
+def _device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")

@@ -1,0 +1,81 @@
+"""Where model weights come from: a local folder, or a hub id already in the Hugging Face cache.
+
+Nothing here touches the network (`local_files_only=True`), so checking a whole profile takes
+milliseconds and a missing weight fails before any work starts, naming every model at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+HOW_TO_GET = (
+    "Run `make weights` on a machine with internet (it fills the Hugging Face cache), "
+    "or set each of them to a local folder in the config."
+)
+
+
+class MissingWeights(RuntimeError):
+    """One or more models are neither a local folder nor in the Hugging Face cache."""
+
+    def __init__(self, missing: dict[str, str]):
+        self.missing = dict(missing)
+        lines = [
+            f"  - {name}: {ref} ({_why_missing(ref)})" if name != ref else f"  - {ref} ({_why_missing(ref)})"
+            for name, ref in self.missing.items()
+        ]
+        super().__init__("Missing model weights:\n" + "\n".join(lines) + "\n" + HOW_TO_GET)
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1
+
+
+def _why_missing(ref: str) -> str:
+    return "no such local folder" if _looks_like_path(ref) else "not in the Hugging Face cache"
+
+
+def resolve(ref: str) -> str:
+    """The local folder (or file) holding `ref`: the path itself, or the cached hub snapshot."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path)
+    try:
+        return snapshot_download(ref, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError) as error:
+        raise MissingWeights({ref: ref}) from error
+
+
+def missing(refs: dict[str, str]) -> list[str]:
+    """`name (ref)` for each model that `resolve` cannot find."""
+    found = _try_resolve_all(refs)
+    return [f"{name} ({ref})" for name, ref in refs.items() if name not in found]
+
+
+def require(refs: dict[str, str]) -> dict[str, str]:
+    """Resolve every model, or raise one `MissingWeights` naming all that are missing."""
+    found = _try_resolve_all(refs)
+    absent = {name: ref for name, ref in refs.items() if name not in found}
+    if absent:
+        raise MissingWeights(absent)
+    return found
+
+
+def _try_resolve_all(refs: dict[str, str]) -> dict[str, str]:
+    found = {}
+    for name, ref in refs.items():
+        try:
+            found[name] = resolve(ref)
+        except MissingWeights:
+            continue
+    return found
+
+
+def resolve_file(ref: str, filename: str) -> Path:
+    """A file inside a model folder (hub snapshot or local): for checkpoints published as one file."""
+    path = Path(resolve(ref)) / filename
+    if not path.is_file():
+        raise MissingWeights({f"{ref}/{filename}": f"{ref}/{filename}"})
+    return path

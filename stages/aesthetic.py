@@ -1,0 +1,107 @@
+"""aesthetic: LAION aesthetic score (CLIP ViT-L/14 embedding + MLP head) of a few frames per window.
+
+Frames are read straight from the source by frame range (like motion), so windows that fail the
+threshold are never encoded. `prepare` decodes and crops in CPU tasks; the actor only runs CLIP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.base import BadInput, ModelStageConfig, Resources, Row, Stage, error_row
+from stages.video import iter_frames, rotate_upright
+
+
+class AestheticConfig(ModelStageConfig):
+    clip: str = "timm/vit_large_patch14_clip_224.openai"  # open_clip hub layout
+    head: str = "trl-lib/ddpo-aesthetic-predictor"  # holds sac+logos+ava1-l14-linearMSE as aesthetic-model.pth
+    head_file: str = "aesthetic-model.pth"
+    image_size: int = 224  # CLIP's input; checked against the loaded model
+    n_frames: int = 4
+
+    def weights(self) -> dict[str, tuple[str, str | None]]:
+        return {"aesthetic.clip": (self.clip, None), "aesthetic.head": (self.head, self.head_file)}
+
+
+def spread(start: int, end: int, n: int) -> list[int]:
+    """n frame indices spread evenly over [start, end), centred in equal parts."""
+    count = min(n, end - start)
+    return sorted({start + int((i + 0.5) * (end - start) / count) for i in range(count)})
+
+
+def center_square(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    side = min(h, w)
+    y, x = (h - side) // 2, (w - side) // 2
+    return image[y : y + side, x : x + side]
+
+
+def model_name(ref: str, random_weights: bool) -> str:
+    return f"{ref} (random weights)" if random_weights else ref
+
+
+class Aesthetic(Stage):
+    name = "aesthetic"
+    reads = "candidates"
+    writes = "aesthetic"
+    input_key = "clip_id"
+    filters = ("duration", "resolution", "motion")
+    resources = Resources(cpus=1.0, uses_model=True)
+    batch_size = 8
+    Config = AestheticConfig
+
+    def setup(self) -> None:
+        from model.aesthetic import AestheticScorer
+
+        cfg = self.config
+        self.scorer = AestheticScorer.from_pretrained(cfg.clip, cfg.head, cfg.head_file).to(cfg.device)
+        if self.scorer.image_size != cfg.image_size:
+            raise ValueError(f"aesthetic.image_size is {cfg.image_size} but {cfg.clip} takes {self.scorer.image_size}")
+
+    def prepare(self, item: Row) -> Row:
+        """Decode n frames, scaled so the short side is `image_size`, upright, centre-cropped square."""
+        size = self.config.image_size
+        width, height = item["width"], item["height"]
+        scale = size / min(width, height)
+        scaled = (max(size, round(width * scale)), max(size, round(height * scale)))
+        picks = spread(item["start_frame"], item["end_frame"], self.config.n_frames)
+        frames = [
+            center_square(rotate_upright(f.image, item["rotation"]))
+            for f in iter_frames(
+                item["video_path"],
+                start_frame=item["start_frame"],
+                start_pts=item["start_pts"],
+                end_frame=item["end_frame"],
+                fmt="rgb24",
+                size=scaled,
+                keep=set(picks).__contains__,
+            )
+        ]
+        if not frames:
+            raise BadInput(f"{item['video_path']}: frames {item['start_frame']}..{item['end_frame']} do not decode")
+        return {"clip_id": item["clip_id"], "frames": np.stack(frames)}
+
+    def process_batch(self, items: list[Row]) -> tuple[list[Row], list[Row]]:
+        """One CLIP forward for every frame of the batch, then mean and min per clip."""
+        try:
+            with self.timed("forward"):
+                embeddings = self.scorer.embed(np.concatenate([item["frames"] for item in items]))
+                scores = self.scorer.score(embeddings).cpu().numpy()
+        except Exception as exc:
+            return [], [error_row(self.name, item["clip_id"], exc) for item in items]
+        with self.timed("postprocess"):
+            rows, at = [], 0
+            for item in items:
+                mine = scores[at : at + len(item["frames"])].astype(float)
+                at += len(mine)
+                rows.append(
+                    {
+                        "clip_id": item["clip_id"],
+                        "score": float(mine.mean()),
+                        "score_min": float(mine.min()),
+                        "n_frames": len(mine),
+                        "model": model_name(self.config.clip, self.config.random_weights),
+                        "random_weights": self.config.random_weights,
+                    }
+                )
+        return rows, []

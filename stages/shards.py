@@ -1,0 +1,115 @@
+"""shards: WebDataset tar shards of finished samples (clip, caption, reference images, metadata).
+
+The work item is a planned shard, not a clip: `plan` takes the samples not yet in any listed
+shard, sorts them by clip_id and cuts them into runs under `max_shard_bytes`. A shard is named
+by a digest of its clip ids, written as `.tmp-` then renamed, and listed in the `shards` table
+with its clip ids. Resume: the candidates view marks each clip's shard, so a rerun plans only
+the clips outside finished shards, and a shard killed before it was listed is planned again
+under the same name (same clips, same digest) and replaces the orphan file; no sample is
+written twice.
+
+Per sample (key = clip_id): `mp4` the clip, `txt` the caption, `ref_<i>.png` the RGBA
+reference with transparent background, `crop_<i>.png` the plain box crop, `json` the ids,
+scores and subject metadata that join back to the manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from manifests.store import TMP_PREFIX
+from stages.base import BadInput, Row, Stage, StageConfig
+
+SAMPLE_COLUMNS = (
+    "clip_id", "video_id", "start_frame", "end_frame", "fps", "clip_path", "clip_bytes", "caption", "caption_model",
+    "prompt_version", "motion_score", "aesthetic_score", "aesthetic_min", "random_weights", "subjects",
+)  # fmt: skip
+
+
+class ShardsConfig(StageConfig):
+    split: str = "train"
+    max_shard_bytes: int = 1_000_000_000
+
+
+def ready(item: Row) -> bool:
+    return bool(item.get("clip_path") and item.get("caption") and item.get("subjects")) and item.get("shard") is None
+
+
+class Shards(Stage):
+    name = "shards"
+    reads = "candidates"
+    writes = "shards"
+    input_key = "shard"
+    filters = ("duration", "resolution", "motion", "aesthetic")
+    Config = ShardsConfig
+
+    def plan(self, items: list[Row]) -> list[Row]:
+        """Pending samples in clip_id order, cut into shards under the size cap (a bigger sample gets its own)."""
+        groups: list[list[Row]] = []
+        size = 0
+        for item in sorted(filter(ready, items), key=lambda i: i["clip_id"]):
+            sample = {k: item[k] for k in SAMPLE_COLUMNS}
+            subjects = json.loads(item["subjects"])
+            sample_bytes = item["clip_bytes"] + sum(
+                (self.run_dir / s[p]).stat().st_size for s in subjects for p in ("crop_path", "masked_path")
+            )
+            if not groups or size + sample_bytes > self.config.max_shard_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(sample)
+            size += sample_bytes
+        return [{"shard": self.shard_name(g), "samples_json": json.dumps(g)} for g in groups]
+
+    def shard_name(self, samples: list[Row]) -> str:
+        digest = hashlib.sha1("\n".join(s["clip_id"] for s in samples).encode()).hexdigest()[:16]
+        return f"{self.config.split}-{digest}"
+
+    def process(self, item: Row) -> list[Row]:
+        import webdataset as wds
+
+        samples = json.loads(item["samples_json"])
+        relative = Path("shards") / f"{item['shard']}.tar"
+        final = self.run_dir / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
+        try:
+            with open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as writer:
+                for sample in samples:
+                    writer.write(self.sample(sample))
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return [
+            {
+                "shard": item["shard"],
+                "split": self.config.split,
+                "path": str(relative),
+                "n_samples": len(samples),
+                "bytes": final.stat().st_size,
+                "clip_ids": [s["clip_id"] for s in samples],
+            }
+        ]
+
+    def sample(self, s: Row) -> dict[str, bytes | str]:
+        """One WebDataset sample: every value as the bytes of its file."""
+        subjects = json.loads(s["subjects"])
+        out: dict[str, bytes | str] = {"__key__": s["clip_id"], "mp4": self.read(s["clip_path"])}
+        out["txt"] = s["caption"].encode()
+        meta = {k: v for k, v in s.items() if k not in ("subjects", "clip_bytes")}
+        meta["subjects"] = []
+        for i, subject in enumerate(subjects):
+            out[f"ref_{i}.png"] = self.read(subject["masked_path"])
+            out[f"crop_{i}.png"] = self.read(subject["crop_path"])
+            entry = {k: v for k, v in subject.items() if k not in ("crop_path", "masked_path")}
+            meta["subjects"].append({**entry, "ref": f"ref_{i}.png", "crop": f"crop_{i}.png"})
+        out["json"] = json.dumps(meta, sort_keys=True).encode()
+        return out
+
+    def read(self, relative: str) -> bytes:
+        path = self.run_dir / relative
+        if not path.is_file():
+            raise BadInput(f"{relative} is missing from the run folder (deleted after its stage ran?)")
+        return path.read_bytes()

@@ -1,0 +1,117 @@
+"""Shared fixtures: one Ray session for the whole test run, and curated runs built once per session."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+GOLDEN = DATA / "pyscenedetect"
+REAL = DATA / "real"
+sys.path.insert(0, str(Path(__file__).parent))  # tests/videos.py
+
+# The curation core these tests cover (the learned stages need model weights).
+CORE_STAGES = ["--stages", "probe,scenes,motion,clips"]
+# Keep every window of the sample footage: short shots, still shots and small frames included.
+KEEP_ALL = [
+    *CORE_STAGES,
+    "--set", "filter.min_duration_s=0.2",
+    "--set", "filter.min_motion=0",
+    "--set", "filter.max_motion=100000",
+    "--set", "filter.min_short_side=0",
+]
+# The shared run's sources: three real videos and two of the golden suite (one of them VFR).
+SHARED_SOURCES = [
+    REAL / "bikes.mp4",
+    REAL / "carphone_pristine.mp4",
+    GOLDEN / "counter.mp4",
+    GOLDEN / "fades.mp4",
+    GOLDEN / "goldeneye-vfr-drop3.mp4",
+]
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+
+def run_cli(module_main, argv: list[str]) -> CliResult:
+    """Run a `main(argv)` in this process (reusing its Ray session), capturing what it prints."""
+    out, err = io.StringIO(), io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module_main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+    return CliResult(code, out.getvalue(), err.getvalue(), time.perf_counter() - started)
+
+
+def pipeline_cli(*argv) -> CliResult:
+    from pipeline.__main__ import main
+
+    return run_cli(main, list(argv))
+
+
+def manifests_cli(*argv) -> CliResult:
+    from manifests.__main__ import main
+
+    return run_cli(main, list(argv))
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_session():
+    """Stages started in this process share one embedded Ray; shut it down at the end."""
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_src(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    for path in SHARED_SOURCES:
+        shutil.copy(path, src / path.name)
+    return src
+
+
+@dataclass
+class Curated:
+    src: Path
+    run: Path
+    result: CliResult
+
+
+@pytest.fixture(scope="session")
+def curated(shared_src, tmp_path_factory) -> Curated:
+    """The whole chain over the shared sources, uninterrupted, keeping every window as a clip."""
+    run = tmp_path_factory.mktemp("curated") / "run"
+    result = pipeline_cli("curate", shared_src, "--out", run, *KEEP_ALL)
+    assert result.code == 0, result.out + result.err
+    return Curated(shared_src, run, result)

@@ -1,0 +1,146 @@
+"""Manifest parts are atomic and deduplicated; the inspection CLI works on a real run."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pyarrow as pa
+import pytest
+from conftest import manifests_cli
+
+from manifests import store, views
+from manifests.filters import FilterConfig
+from manifests.schemas import TABLES
+
+
+def _error(key: str, message: str = "boom", stage: str = "probe") -> dict:
+    return {"stage": stage, "key": key, "error_type": "bad_input", "message": message}
+
+
+def test_writing_the_same_rows_twice_gives_one_row(tmp_path):
+    rows = [_error("/a.mp4"), _error("/b.mp4")]
+    first = store.write_part(tmp_path, "errors", rows)
+    second = store.write_part(tmp_path, "errors", list(reversed(rows)))
+    assert first == second and first.name.startswith("part-")  # named by the keys it holds
+    assert store.parts(tmp_path, "errors") == [first]
+    assert store.read_table(tmp_path, "errors").num_rows == 2
+    assert store.read_raw(tmp_path, "errors").num_rows == 2
+
+
+def test_last_written_row_of_a_key_wins(tmp_path):
+    store.write_part(tmp_path, "errors", [_error("/a.mp4", "first try")])
+    time.sleep(0.05)  # parts are ordered by modification time
+    store.write_part(tmp_path, "errors", [_error("/a.mp4", "second try"), _error("/b.mp4")])
+    table = store.read_table(tmp_path, "errors")
+    assert table.column("key").to_pylist() == ["/a.mp4", "/b.mp4"]  # sorted by key
+    assert table.column("message").to_pylist()[0] == "second try"
+    assert store.read_raw(tmp_path, "errors").num_rows == 3
+    assert store.keys(tmp_path, "errors", "key") == {"/a.mp4", "/b.mp4"}
+    assert store.error_keys(tmp_path, "probe") == {"/a.mp4", "/b.mp4"} and store.error_keys(tmp_path, "clips") == set()
+
+
+def test_leftover_temporary_files_are_never_read_and_are_removed(tmp_path):
+    store.write_part(tmp_path, "errors", [_error("/a.mp4")])
+    folder = store.table_dir(tmp_path, "errors")
+    half = folder / f"{store.TMP_PREFIX}0123abcd.parquet"
+    half.write_bytes(b"PAR1 half a part, then the process was killed")
+    clip_dir = tmp_path / "clips" / "v"
+    clip_dir.mkdir(parents=True)
+    half_clip = clip_dir / f"{store.TMP_PREFIX}c.mp4"
+    half_clip.write_bytes(b"\x00" * 10)
+    keep = clip_dir / "c.mp4"
+    keep.write_bytes(b"\x00" * 10)
+    assert store.read_table(tmp_path, "errors").num_rows == 1  # the half part is not read
+    assert sorted(store.remove_temporaries(tmp_path)) == sorted([half, half_clip])
+    assert not half.exists() and not half_clip.exists() and keep.exists()
+    assert store.parts(tmp_path, "errors") and store.read_table(tmp_path, "errors").num_rows == 1
+
+
+def test_no_temporary_name_remains_after_writes(tmp_path):
+    for i in range(3):
+        store.write_part(tmp_path, "errors", [_error(f"/{i}.mp4")])
+    assert not list(tmp_path.rglob(f"{store.TMP_PREFIX}*"))
+    assert len(store.parts(tmp_path, "errors")) == 3
+
+
+def test_empty_writes_make_no_part(tmp_path):
+    assert store.write_part(tmp_path, "errors", []) is None
+    assert store.parts(tmp_path, "errors") == []
+    assert store.read_table(tmp_path, "errors").num_rows == 0
+    assert store.read_table(tmp_path, "errors").schema == TABLES["errors"].schema
+
+
+def test_rows_must_fit_the_schema(tmp_path):
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError)):
+        store.write_part(tmp_path, "videos", [{"video_id": "x", "n_frames": "many"}])
+    with pytest.raises(KeyError, match="unknown table"):
+        store.write_part(tmp_path, "no_such_table", [{"a": 1}])
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_summary_counts_rows_of_every_table(curated):
+    result = manifests_cli("summary", curated.run)
+    assert result.code == 0, result.err
+    lines = {line.split()[0]: line.split() for line in result.out.splitlines()}
+    assert set(lines) == set(TABLES)
+    for name in TABLES:
+        assert int(lines[name][1]) == store.read_table(curated.run, name).num_rows
+        assert int(lines[name][3]) == len(store.parts(curated.run, name))
+    assert int(lines["clips"][1]) == 13 and int(lines["videos"][1]) == 5
+
+
+def test_show_prints_a_table(curated):
+    result = manifests_cli("show", curated.run, "videos")
+    assert result.code == 0, result.err
+    header, *rows = result.out.splitlines()
+    assert header.split()[:3] == ["video_id", "path", "bytes"]
+    assert len(rows) == 5 and any("bikes.mp4" in r for r in rows)
+    where = manifests_cli("show", curated.run, "clips", "--where", "n_frames = 10")  # counter's second shot
+    assert where.code == 0 and len(where.out.splitlines()) == 2
+    errors = manifests_cli("show", curated.run, "errors")
+    assert errors.code == 0 and errors.out.split() == ["stage", "key", "error_type", "message"]
+
+
+def test_sql_sees_every_table_and_candidates(curated):
+    con = views.connect(curated.run)
+    for name in [*TABLES, "candidates"]:
+        expected = store.read_table(curated.run, name).num_rows if name in TABLES else 13
+        assert con.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == expected, name
+        result = manifests_cli("sql", curated.run, f"SELECT count(*) AS n FROM {name}")
+        assert result.code == 0 and result.out.split() == ["n", str(expected)], (name, result.out, result.err)
+    joined = manifests_cli(
+        "sql", curated.run, "SELECT count(*) AS n FROM candidates WHERE clip_path IS NOT NULL AND motion_score IS NOT NULL"
+    )
+    assert joined.out.split() == ["n", "13"]
+
+
+def test_funnel_follows_the_run_thresholds(curated):
+    result = manifests_cli("funnel", curated.run)
+    assert result.code == 0, result.err
+    steps = []
+    for line in result.out.splitlines():
+        match = re.fullmatch(r"(.+?)\s+(\d+) left\s*(-\d+)?\s*", line)
+        assert match, line
+        steps.append((match[1], int(match[2]), -int(match[3] or 0)))
+    # The run kept every window (its config.yaml has KEEP_ALL's thresholds), so nothing is removed.
+    assert steps == [
+        ("windows", 13, 0), ("filter: duration", 13, 0), ("filter: resolution", 13, 0), ("filter: motion", 13, 0), ("clips", 13, 0)
+    ]
+    # The same run seen with the default thresholds: short windows drop out, by their duration.
+    default = views.funnel(curated.run, FilterConfig())
+    assert [s for s, _, _ in default] == [s for s, _, _ in steps]
+    left = dict((s, n) for s, n, _ in default)
+    durations = [r["n_frames"] / v for r, v in _frames_and_fps(curated.run)]
+    assert left["filter: duration"] == sum(2.0 <= d <= 60.0 for d in durations) < 13
+    assert all(removed >= 0 for _, _, removed in default)
+
+
+def _frames_and_fps(run):
+    fps = {v["video_id"]: v["fps"] for v in store.read_table(run, "videos").to_pylist()}
+    return [(r, fps[r["video_id"]]) for r in store.read_table(run, "scenes").to_pylist()]
+
+
+def test_cli_refuses_a_folder_that_is_not_a_run(tmp_path):
+    result = manifests_cli("summary", tmp_path)
+    assert result.code == 2 and "not a run folder" in result.err

@@ -1,0 +1,75 @@
+"""Motion score: ~0 for a frozen picture, the true displacement for a pan, with either flow method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+from videos import moving_square, panning, static_frames, write_video
+
+from stages.motion import Motion, MotionConfig
+from stages.probe import Probe, ProbeConfig
+from stages.scenes import Scenes, ScenesConfig
+
+# 180 px high (the flow resolution, so no scaling), 4 fps: the motion stage compares frames
+# 0.5 s apart, here every second frame, so a pan of s px a frame moves 2s px between them.
+H, W, FPS = 180, 240, 4
+DIAGONAL = (H**2 + W**2) ** 0.5
+
+
+def _window(path: Path, folder: Path) -> dict:
+    """The candidate row the motion stage would get: the scene window joined with its video."""
+    (video,) = Probe(ProbeConfig(), folder).process({"path": str(path)})
+    (row,) = Scenes(ScenesConfig(), folder).process(video)
+    return {**row, **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]}
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("motion")
+    videos = {
+        "still": static_frames(20, H, W),
+        "pan1": panning(20, H, W, step=1),
+        "pan3": panning(20, H, W, step=3),
+        "square": moving_square(20, H, W, step=2, size=48),
+    }
+    found = {name: _window(write_video(folder / f"{name}.mp4", frames, fps=FPS), folder) for name, frames in videos.items()}
+    return {"folder": folder, **found}
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_frozen_video_scores_zero(windows, method):
+    (row,) = Motion(MotionConfig(method=method), windows["folder"]).process(windows["still"])
+    assert row["method"] == method and row["n_pairs"] == 9
+    assert row["score"] < 0.01 and row["flow_mean_px"] < 0.01 and row["static_share"] == 1.0
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+@pytest.mark.parametrize("step", [1, 3])
+def test_pan_scores_its_true_speed(windows, method, step):
+    """Score = mean flow in % of the frame diagonal per second: 2*step px per 0.5 s."""
+    (row,) = Motion(MotionConfig(method=method), windows["folder"]).process(windows[f"pan{step}"])
+    assert row["flow_mean_px"] == pytest.approx(2 * step, rel=0.05)
+    assert row["score"] == pytest.approx(100 * 2 * step / DIAGONAL / 0.5, rel=0.05)
+    assert row["static_share"] < 0.05
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_moving_square_scores_well_above_a_frozen_picture(windows, method):
+    stage = Motion(MotionConfig(method=method), windows["folder"])
+    (square,) = stage.process(windows["square"])
+    (still,) = stage.process(windows["still"])
+    assert square["score"] > 0.1 and square["score"] > 30 * max(still["score"], 0.001)
+    assert 0.3 < square["static_share"] < 1.0  # the background does not move, the square does
+
+
+def test_window_shorter_than_the_sampling_step_still_scores(windows):
+    """A window under 0.5 s (one frame step here) compares its first and last frames."""
+    item = windows["pan3"]
+    with av.open(item["video_path"]) as container:
+        pts = sorted(p.pts for p in container.demux(video=0) if p.pts is not None)
+    short = {**item, "end_frame": 2, "n_frames": 2, "end_pts": pts[2]}
+    (row,) = Motion(MotionConfig(), windows["folder"]).process(short)
+    assert row["n_pairs"] == 1 and row["flow_mean_px"] == pytest.approx(3, rel=0.1)
+    assert row["score"] == pytest.approx(100 * 3 / DIAGONAL / 0.25, rel=0.1)

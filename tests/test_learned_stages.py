@@ -1,0 +1,150 @@
+"""The learned stages with tiny random-initialised models of the real classes (profile tiny)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REAL, pipeline_cli
+from learned_fixtures import tiny_args, tiny_models  # noqa: F401  (fixture)
+
+from manifests import store
+from pipeline.config import load_config
+from stages.base import BadModelOutput
+from stages.caption import DEFAULT_SUBJECTS, Caption, parse_subjects
+from stages.subjects import Found, Subjects, link_tracks, merge_duplicates
+
+
+def test_subject_list_parsing_is_strict():
+    good = '[{"kind": "human", "label": "man"}, {"kind": "object", "label": "dog"}, {"kind": "human", "label": "man"}]'
+    assert parse_subjects(good, 6) == [{"kind": "human", "label": "man"}, {"kind": "object", "label": "dog"}]
+    assert parse_subjects(f"```json\n{good}\n```", 1) == [{"kind": "human", "label": "man"}]
+    for bad in ["", "a man and a dog", "[]", '{"kind": "human"}', '[{"kind": "animal", "label": "dog"}]',
+                '[{"kind": "face", "label": " "}]', f"Here you go: {good}"]:  # fmt: skip
+        with pytest.raises(BadModelOutput):
+            parse_subjects(bad, 6)
+
+
+def test_bad_caption_answers_become_error_rows(tmp_path):
+    stage = Caption(load_config(profile="tiny").caption, tmp_path)
+    row, error = stage.row("c1", "A man walks.", "not json")
+    assert json.loads(row["subjects_json"]) == DEFAULT_SUBJECTS and row["subjects_source"] == "default"
+    assert error["error_type"] == "bad_model_output" and "default subjects" in error["message"]
+    assert row["random_weights"] and row["model"].endswith("(random weights)")
+    row, error = stage.row("c2", "  ", '[{"kind": "face", "label": "face"}]')
+    assert row is None and error["message"] == "empty caption"
+    row, error = stage.row("c3", "A dog.", '[{"kind": "object", "label": "dog"}]')
+    assert error is None and row["subjects_source"] == "model"
+
+
+def found(frame: int, score: float, x: float, kind: str = "human") -> Found:
+    mask = np.zeros((20, 40), bool)
+    mask[5:15, int(x) : int(x) + 10] = True
+    return Found(kind, "person", frame, score, (x, 5.0, x + 10, 15.0), mask, float(mask.mean()))
+
+
+def test_tracks_keep_the_best_view_not_the_first():
+    frames = [[found(0, 0.4, 2)], [found(1, 0.9, 3), found(1, 0.5, 25)], [found(2, 0.6, 4)]]
+    tracks = link_tracks(frames, iou=0.3)
+    assert len(tracks) == 2
+    moving = next(t for t in tracks if len(t.views) == 3)
+    assert moving.best().frame == 1 and moving.best().score == 0.9
+
+
+def test_duplicates_merge_within_a_kind_only():
+    same = [found(0, 0.5, 2), found(0, 0.9, 3), found(0, 0.7, 3, kind="face")]
+    kept = merge_duplicates(same, iou=0.5)
+    assert sorted((f.kind, f.score) for f in kept) == [("face", 0.7), ("human", 0.9)]
+
+
+def test_tiny_aesthetic_head_is_the_published_layout(tiny_models):
+    from model.aesthetic import AestheticScorer
+
+    state = torch.load(tiny_models / "aesthetic_head" / "aesthetic-model.pth", weights_only=True)
+    assert [k for k in state if k.endswith("weight")] == [f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)]
+    assert state["layers.7.weight"].shape == (1, 16)
+    scorer = AestheticScorer.from_pretrained(str(tiny_models / "clip"), str(tiny_models / "aesthetic_head"), "aesthetic-model.pth")
+    frames = np.stack([cv2.resize(cv2.imread(str(REAL / "astronaut.png")), (224, 224))] * 2)
+    scores = scorer.score(scorer.embed(frames))
+    assert scores.shape == (2,) and torch.isfinite(scores).all() and scores[0] == scores[1]
+    with pytest.raises(ValueError, match="CLIP expects"):
+        scorer.embed(frames[:, :100])
+
+
+def subjects_item(image: np.ndarray, labels=("person", "face"), kinds=("human", "face")) -> dict:
+    return {"clip_id": "c1", "frames": np.stack([image, image[:, ::-1]]), "frame_indices": [0, 7], "labels": list(labels), "kinds": list(kinds)}
+
+
+def test_subjects_write_crops_and_count_zero_detections(tiny_models, tmp_path):
+    config = load_config(profile="tiny", overrides=[f"tiny_models={tiny_models}"]).subjects
+    stage = Subjects(config, tmp_path)
+    stage.setup()
+    image = cv2.cvtColor(cv2.imread(str(REAL / "astronaut.png")), cv2.COLOR_BGR2RGB)[::2, ::2].copy()
+    rows, errors = stage.process_batch([subjects_item(image)])
+    assert rows and not errors
+    for row in rows:
+        masked = cv2.imread(str(tmp_path / row["masked_path"]), cv2.IMREAD_UNCHANGED)
+        crop = cv2.imread(str(tmp_path / row["crop_path"]))
+        assert masked.shape[2] == 4 and masked.shape[:2] == crop.shape[:2]
+        assert (masked[..., 3] > 0).any() and row["frame_index"] in (0, 7) and row["kind"] in ("human", "face")
+        assert row["random_weights"]
+    stage.config = config.model_copy(update={"min_score": 1.01})  # no box can pass
+    rows, errors = stage.process_batch([subjects_item(image)])
+    assert rows == [] and errors[0]["error_type"] == "bad_model_output"
+    assert "0 boxes above score" in errors[0]["message"]
+
+
+def test_full_profile_without_weights_fails_fast_naming_each_model(tmp_path):
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    result = pipeline_cli("curate", REAL / "bikes.mp4", "--out", run, "--profile", "full")
+    assert result.code == 4, result.err
+    assert time.perf_counter() - started < 10
+    for ref in ["timm/vit_large_patch14_clip_224.openai", "trl-lib/ddpo-aesthetic-predictor", "Qwen/Qwen2.5-VL-3B-Instruct",
+                "IDEA-Research/grounding-dino-tiny", "ybelkada/segment-anything"]:  # fmt: skip
+        assert ref in result.err
+    assert "make weights" in result.err
+    assert not (run / "manifests").exists()  # no stage ran
+
+
+@pytest.mark.slow
+def test_tiny_chain_makes_shards_that_join_back(tiny_models, tmp_path):
+    import webdataset as wds
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "bikes.mp4", src)
+    run = tmp_path / "run"
+    result = pipeline_cli("curate", src, "--out", run, *tiny_args(tiny_models))
+    assert result.code == 0, result.out + result.err
+    assert "RANDOM WEIGHTS" in result.out and "warnings" in result.out  # random answers do not parse
+    shards = store.read_table(run, "shards")
+    clips = set(store.read_table(run, "clips").column("clip_id").to_pylist())
+    subjects = {r["subject_id"]: r for r in store.read_table(run, "subjects").to_pylist()}
+    captions = {r["clip_id"]: r["caption"] for r in store.read_table(run, "captions").to_pylist()}
+    samples = list(wds.WebDataset([str(run / p) for p in shards.column("path").to_pylist()], shardshuffle=False))
+    assert len(samples) == sum(shards.column("n_samples").to_pylist()) == len(clips) > 0
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        assert meta["clip_id"] == sample["__key__"] in clips and meta["random_weights"]
+        assert sample["mp4"] == (run / meta["clip_path"]).read_bytes()
+        assert sample["txt"].decode() == captions[meta["clip_id"]]
+        assert meta["subjects"] and all(s["subject_id"] in subjects for s in meta["subjects"])
+        for s in meta["subjects"]:
+            assert sample[s["ref"]] == (run / subjects[s["subject_id"]]["masked_path"]).read_bytes()
+
+    # A rerun does nothing; a shard written but never listed (killed in between) is rewritten, not duplicated.
+    before = sorted(p.name for p in (run / "shards").iterdir())
+    result = pipeline_cli("curate", src, "--out", run)
+    assert result.code == 0 and "nothing to do" in result.out
+    shutil.rmtree(store.table_dir(run, "shards"))
+    result = pipeline_cli("stage", "shards", "--run", run)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (run / "shards").iterdir()) == before
+    assert store.read_table(run, "shards").num_rows == shards.num_rows
