@@ -10,7 +10,7 @@ PROFILE ?= full
 TINY_MODELS := tiny-models
 CURATE_ARGS = --profile $(PROFILE) $(if $(STAGES),--stages $(STAGES)) $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: setup demo curate weights tiny-models test test-fast bench clean
+.PHONY: setup demo curate weights tiny-models test test-deps test-fast bench eval clean train sample cinema-tiny-models
 
 setup: .venv/.installed
 
@@ -40,6 +40,27 @@ demo: setup tiny-models
 curate: setup $(if $(filter tiny,$(PROFILE)),tiny-models)
 	@test -n "$(SRC)" || { echo "usage: make curate SRC=raw_videos/ [OUT=runs/NAME] [PROFILE=full|tiny] [STAGES=probe,scenes,...]"; exit 2; }
 	$(PY) -m pipeline curate "$(SRC)" --out "$(OUT)" $(CURATE_ARGS)
+
+# Train CINEMA: `make train PROFILE=tiny` on the demo shards, or CONFIG=configs/train_full.yaml;
+# multi-GPU with LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml".
+CONFIG  ?= configs/train_$(PROFILE).yaml
+LAUNCH  ?= $(PY)
+train: setup $(if $(filter tiny,$(PROFILE)),cinema-tiny-models)
+	HF_HUB_OFFLINE=$(if $(filter tiny,$(PROFILE)),1,0) $(LAUNCH) -m model.train --config $(CONFIG)
+
+# A video from a checkpoint: make sample REFS=a.png,b.png PROMPT="..." [CKPT=runs/NAME/checkpoints/step-N]
+CKPT    ?= $(lastword $(sort $(wildcard $(shell $(PY) -c "import yaml;print(yaml.safe_load(open('$(CONFIG)'))['run'])" 2>/dev/null)/checkpoints/step-*)))
+SAMPLE_ARGS ?=
+sample: setup
+	@test -n "$(REFS)" -a -n "$(PROMPT)" -a -n "$(CKPT)" || { echo 'usage: make sample REFS=a.png,b.png PROMPT="..." [CKPT=RUN/checkpoints/step-N] [SAMPLE_ARGS="--frames 45 --steps 50"]'; exit 2; }
+	HF_HUB_OFFLINE=1 $(PY) -m model.sample --checkpoint "$(CKPT)" --refs "$(REFS)" --prompt "$(PROMPT)" $(SAMPLE_ARGS)
+
+cinema-tiny-models: setup
+	HF_HUB_OFFLINE=1 $(PY) -m model.tiny $(TINY_MODELS) qwen2_5_vl cogvideox_2b
+
+# The browser the report tests open pages in (Debian's chromium; needs root, as CI is).
+test-deps:
+	@test -x /usr/bin/chromium || { apt-get update -q && apt-get install -y -q chromium; }
 
 test: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pytest -q

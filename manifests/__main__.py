@@ -1,4 +1,4 @@
-"""Inspect a run's manifests: `summary`, `show TABLE [--where SQL]`, `sql "SELECT ..."`, `funnel`."""
+"""Inspect a run's manifests: `summary`, `show TABLE [--where SQL]`, `sql "SELECT ..."`, `funnel`, `report`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from manifests import store, views
 from manifests.filters import FilterConfig
+from manifests.report import ReportConfig, write_report
 from manifests.schemas import TABLES
 
 
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=200)
     sub.add_parser("funnel", help="how many clips each filter rule removes").add_argument("run", type=Path)
+    report = sub.add_parser("report", help="write RUN/report/index.html (funnel, score histograms, clip grid)")
+    report.add_argument("run", type=Path)
+    report.add_argument("--per-group", type=int, default=ReportConfig().per_group, help="clips shown per group")
+    report.add_argument("--check", action="store_true", help="open it in headless Chromium: fail on console messages, save report/screenshot.png")
     args = p.parse_args(argv)
 
     if not (args.run / "manifests").is_dir():
@@ -71,6 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "funnel":
         for step, left, removed in views.funnel(args.run, _filter_config(args.run)):
             print(f"{step:<22} {left:>8} left  {('-' + str(removed)) if removed else '':>8}")
+    elif args.command == "report":
+        return _report(args.run, args.per_group, args.check)
+    return 0
+
+
+def _report(run: Path, per_group: int, check: bool) -> int:
+    page = write_report(run, _filter_config(run), ReportConfig(per_group=per_group))
+    print(page)
+    if check:
+        from manifests.browser import open_page
+
+        view = open_page(page, page.with_name("screenshot.png"))
+        print(view.screenshot)
+        if view.console:
+            print("console messages:\n  " + "\n  ".join(view.console), file=sys.stderr)
+            return 1
     return 0
 
 

@@ -15,7 +15,8 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,15 +114,34 @@ def _median_seconds(step: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def cpu_peak_bytes(step: Callable[[], None], *modules: torch.nn.Module) -> int:
-    """Peak of live tensor bytes during one step (torch's MemTracker: parameters, grads, activations)."""
+def cpu_peak_bytes(step: Callable[[], None], *modules: torch.nn.Module) -> dict[str, int]:
+    """Peak live tensor bytes in one step, in all and of activations + temporaries (torch's MemTracker)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     tracker = MemTracker()
     tracker.track_external(*modules)
     with tracker:
         step()
-    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    snapshot = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
+    peak = {str(kind).split(".")[-1]: size for kind, size in snapshot.items()}
+    return {"total": peak["Total"], "activations": peak["ACT"] + peak["TEMP"]}
+
+
+@contextmanager
+def trackable(*modules: torch.nn.Module) -> Iterator[None]:
+    """MemTracker hooks the gradient of every parameter of a module that runs, so it refuses frozen ones.
+
+    The frozen parts do not run in the measured step (its conditions are cached); marking them
+    trainable for the measurement changes no computation.
+    """
+    frozen = [p for module in modules for p in module.parameters() if not p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
 
 
 def tiny_config(tiny: Path, layout: str) -> CinemaConfig:
@@ -162,11 +182,12 @@ def tiny_rows(tiny: Path, repeats: int, batch: int = 2) -> list[str]:
                 model.training_loss(latents, conditions, torch.Generator().manual_seed(0)).backward()
 
             seconds = _median_seconds(step, repeats)
-            peak = cpu_peak_bytes(step, model.aligner, model.transformer)
+            with trackable(model.mllm, model.vae):
+                peak = cpu_peak_bytes(step, model)
             tokens = token_counts(shape["frames"], shape["height"], shape["width"], count)["total"]
             rows.append(
                 f"| {layout.upper()} | {count} | {tokens} | {encode_s * 1e3:.0f} | {seconds * 1e3:.0f} "
-                f"| {peak / 2**20:.1f} |"
+                f"| {peak['total'] / 2**20:.2f} | {peak['activations'] / 2**20:.2f} |"
             )
     return rows
 
@@ -191,30 +212,25 @@ def batching_comparison(repeats: int) -> list[BatchingResult]:
         ),
     }
     results = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: one thread measures with less interference
-    try:
-        for name, (config, (frames, height, width)) in sizes.items():
-            torch.manual_seed(0)
-            model = CinemaTransformer3DModel(
-                **config, time_embed_dim=64, sample_height=height, sample_width=width, use_rotary_positional_embeddings=True
-            )
-            batch = len(MIXED_COUNTS)
-            video = torch.randn(batch, frames, 16, height, width)
-            text = torch.randn(batch, 226, config["text_embed_dim"])
-            timestep = torch.randint(0, 1000, (batch,))
-            references = [torch.randn(count, 16, height, width) for count in MIXED_COUNTS]
-            timings: dict[str, list[float]] = {"grouped": [], "padded": []}
-            forwards = {"grouped": model.forward_grouped, "padded": model.forward_padded}
-            for _ in range(repeats + 1):  # interleaved, so load changes hit both alike
-                for key, forward in forwards.items():
-                    model.zero_grad(set_to_none=True)
-                    start = time.perf_counter()
-                    forward(video, text, timestep, references).square().mean().backward()
-                    timings[key].append(time.perf_counter() - start)
-            results.append(BatchingResult(name, sorted(timings["grouped"][1:]), sorted(timings["padded"][1:])))
-    finally:
-        torch.set_num_threads(threads)
+    for name, (config, (frames, height, width)) in sizes.items():
+        torch.manual_seed(0)
+        model = CinemaTransformer3DModel(
+            **config, time_embed_dim=64, sample_height=height, sample_width=width, use_rotary_positional_embeddings=True
+        )
+        batch = len(MIXED_COUNTS)
+        video = torch.randn(batch, frames, 16, height, width)
+        text = torch.randn(batch, 226, config["text_embed_dim"])
+        timestep = torch.randint(0, 1000, (batch,))
+        references = [torch.randn(count, 16, height, width) for count in MIXED_COUNTS]
+        timings: dict[str, list[float]] = {"grouped": [], "padded": []}
+        forwards = {"grouped": model.forward_grouped, "padded": model.forward_padded}
+        for _ in range(repeats + 1):  # interleaved, so load changes hit both alike
+            for key, forward in forwards.items():
+                model.zero_grad(set_to_none=True)
+                start = time.perf_counter()
+                forward(video, text, timestep, references).square().mean().backward()
+                timings[key].append(time.perf_counter() - start)
+        results.append(BatchingResult(name, sorted(timings["grouped"][1:]), sorted(timings["padded"][1:])))
     return results
 
 
@@ -222,11 +238,12 @@ def batching_comparison(repeats: int) -> list[BatchingResult]:
 class AlignerProbe:
     cosine_before: float
     cosine_after: float
+    cosine_mean_target: float  # held-out cosine of the training targets' per-position mean
     seconds: float
     steps: int
 
 
-def pretrain_aligner(tiny: Path, steps: int = 200, seed: int = 0) -> AlignerProbe:
+def pretrain_aligner(tiny: Path, steps: int = 200, batch: int = 10, seed: int = 0) -> AlignerProbe:
     """AlignerNet pre-training on captions alone: held-out mean cosine to T5 before and after."""
     mllm = MLLMEncoder.from_pretrained(str(tiny / "qwen2_5_vl"), max_pixels=56 * 56)
     t5 = T5TargetEncoder.from_pretrained(str(tiny / "cogvideox_2b"))
@@ -236,9 +253,16 @@ def pretrain_aligner(tiny: Path, steps: int = 200, seed: int = 0) -> AlignerProb
     train, held = slice(0, -HELD_OUT), slice(-HELD_OUT, None)
     torch.manual_seed(seed)
     aligner = AlignerNet(
-        input_dim=mllm.hidden_size, output_dim=t5.width, num_queries=t5.max_length, num_layers=2, width=64, num_heads=4
+        input_dim=mllm.hidden_size,
+        output_dim=t5.width,
+        num_queries=t5.max_length,
+        num_layers=2,
+        width=32,
+        num_heads=4,
+        mlp_ratio=2,
     )
     optimizer = torch.optim.AdamW(aligner.parameters(), lr=1e-3, weight_decay=0.0)
+    order = torch.Generator().manual_seed(seed)
 
     def held_out_cosine() -> float:
         with torch.no_grad():
@@ -248,46 +272,61 @@ def pretrain_aligner(tiny: Path, steps: int = 200, seed: int = 0) -> AlignerProb
     before = held_out_cosine()
     start = time.perf_counter()
     for _ in range(steps):
-        loss = alignment_loss(aligner(states.states[train], states.mask[train]), targets[train], target_mask[train])
+        rows = torch.randperm(len(ALIGNER_CAPTIONS) - HELD_OUT, generator=order)[:batch]
+        prediction = aligner(states.states[rows], states.mask[rows])
+        loss = alignment_loss(prediction, targets[rows], target_mask[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return AlignerProbe(before, held_out_cosine(), time.perf_counter() - start, steps)
+    seconds = time.perf_counter() - start
+    weights = target_mask[train].float().unsqueeze(-1)
+    mean_target = (targets[train] * weights).sum(0) / weights.sum(0).clamp(min=1)
+    baseline = masked_cosine(mean_target.expand_as(targets[held]), targets[held], target_mask[held]).item()
+    return AlignerProbe(before, held_out_cosine(), baseline, seconds, steps)
 
 
-def gpu_rows(repeats: int) -> list[str]:
-    """The real 2B and 5B transformer layouts, random weights, 45 frames of 480x720, bf16, checkpointing."""
-    device = torch.device("cuda")
-    size = 8192
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+COGVIDEOX_LAYOUTS = {  # the real transformer configs' differences (the rest are the class defaults)
+    "2B": {"num_attention_heads": 30, "num_layers": 30, "use_rotary_positional_embeddings": False},
+    "5B": {"num_attention_heads": 48, "num_layers": 42, "use_rotary_positional_embeddings": True},
+}
+
+
+def gpu_rows(
+    repeats: int,
+    layouts: dict[str, dict] = COGVIDEOX_LAYOUTS,
+    video: tuple[int, int, int] = (45, 480, 720),
+    matmul_size: int = 8192,
+    device: str = "cuda",
+) -> list[str]:
+    """Random-weight transformers at `video` (frames, height, width), bf16, gradient checkpointing, batch 1."""
+    a = torch.randn(matmul_size, matmul_size, device=device, dtype=torch.bfloat16)
     matmul_s = _median_seconds(lambda: (a @ a, torch.cuda.synchronize()), repeats)
-    peak_flops = 2 * size**3 / matmul_s
-    layouts = {
-        "2B": {"num_attention_heads": 30, "num_layers": 30, "use_rotary_positional_embeddings": False},
-        "5B": {"num_attention_heads": 48, "num_layers": 42, "use_rotary_positional_embeddings": True},
-    }
-    frames, height, width = 45, 480, 720
-    rows = [f"Measured bf16 matmul rate ({size}^3): {peak_flops / 1e12:.0f} TFLOP/s.", ""]
+    peak_flops = 2 * matmul_size**3 / matmul_s
+    frames, height, width = video
+    rows = [f"Measured bf16 matmul rate ({matmul_size}^3): {peak_flops / 1e12:.0f} TFLOP/s.", ""]
     rows += ["| layout | refs | tokens | step s | peak GiB | MFU |", "|---|---|---|---|---|---|"]
     for name, layout in layouts.items():
         torch.manual_seed(0)
         model = CinemaTransformer3DModel(**layout).to(device, torch.bfloat16)
         model.enable_gradient_checkpointing()
-        latent = (1, (frames - 1) // 4 + 1, 16, height // 8, width // 8)
+        latent = (1, (frames - 1) // 4 + 1, model.config.in_channels, height // 8, width // 8)
+        text_shape = (1, model.config.max_text_seq_length, model.config.text_embed_dim)
+        text = torch.randn(text_shape, device=device, dtype=torch.bfloat16)
         for count in REFERENCE_COUNTS:
-            video = torch.randn(latent, device=device, dtype=torch.bfloat16)
-            text = torch.randn(1, 226, 4096, device=device, dtype=torch.bfloat16)
+            noisy = torch.randn(latent, device=device, dtype=torch.bfloat16)
             references = [torch.randn(count, *latent[2:], device=device, dtype=torch.bfloat16)]
 
             def step() -> None:
                 model.zero_grad(set_to_none=True)
-                model(video, text, torch.tensor([500], device=device), references).sample.float().square().mean().backward()
+                prediction = model(noisy, text, torch.tensor([500], device=device), references).sample
+                prediction.float().square().mean().backward()
                 torch.cuda.synchronize()
 
             torch.cuda.reset_peak_memory_stats()
             seconds = _median_seconds(step, repeats)
-            tokens = token_counts(frames, height, width, count)["total"]
-            flops = dit_flops(model.config.num_attention_heads * model.config.attention_head_dim, model.config.num_layers, tokens)
+            tokens = token_counts(frames, height, width, count, text=model.config.max_text_seq_length)["total"]
+            model_width = model.config.num_attention_heads * model.config.attention_head_dim
+            flops = dit_flops(model_width, model.config.num_layers, tokens)
             rows.append(
                 f"| {name} | {count} | {tokens} | {seconds:.2f} | {torch.cuda.max_memory_allocated() / 2**30:.1f} "
                 f"| {flops / seconds / peak_flops:.0%} |"
@@ -304,7 +343,11 @@ def machine() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); GPU: {gpu}"
+    load = os.getloadavg()[0]
+    return (
+        f"CPU {cpu}, {os.cpu_count()} cores (load average {load:.1f} when measured: shared with other jobs), "
+        f"torch {torch.__version__} with {torch.get_num_threads()} thread(s); GPU: {gpu}"
+    )
 
 
 def report(tiny: Path, repeats: int) -> str:
@@ -325,9 +368,8 @@ def report(tiny: Path, repeats: int) -> str:
     for frames, height, width in ((45, 480, 720), (49, 480, 720), (TINY_VIDEO_SHAPE["frames"], 32, 48)):
         for count in REFERENCE_COUNTS:
             c = token_counts(frames, height, width, count)
-            lines.append(
-                f"| {frames} | {height}x{width} | {count} | {c['text']} | {c['video']} | {c['references']} | {c['total']} |"
-            )
+            parts = " | ".join(str(c[key]) for key in ("text", "video", "references", "total"))
+            lines.append(f"| {frames} | {height}x{width} | {count} | {parts} |")
 
     lines += [
         "",
@@ -336,11 +378,11 @@ def report(tiny: Path, repeats: int) -> str:
         "",
         "Step = `training_loss` forward+backward of the trained parts (AlignerNet + DiT) on cached conditions, "
         f"median of {repeats}. Encode = MLLM + VAE references, no grad, once. Peak memory = peak of live tensor bytes "
-        "in the step, measured with torch's `MemTracker` (`torch.distributed._tools.mem_tracker`: parameters, "
-        "gradients, activations, temporaries), not process RSS.",
+        "in the step, measured with torch's `MemTracker` (`torch.distributed._tools.mem_tracker`: parameters of all "
+        "four parts, gradients, activations, temporaries), not process RSS.",
         "",
-        "| layout | refs | DiT tokens | encode ms | step ms | peak MiB |",
-        "|---|---|---|---|---|---|",
+        "| layout | refs | DiT tokens | encode ms | step ms | peak MiB | of which activations + temporaries MiB |",
+        "|---|---|---|---|---|---|---|",
         *tiny_rows(tiny, repeats),
     ]
 
@@ -364,7 +406,8 @@ def report(tiny: Path, repeats: int) -> str:
     real_grouped = sum(token_counts(45, 480, 720, count)["total"] ** 2 for count in MIXED_COUNTS)
     lines += [
         "",
-        "Padding makes every sample as long as the longest, and a mask keeps PyTorch's SDPA off its flash kernel; "
+        "Padding makes every sample as long as the longest, and an arbitrary attention mask rules out the "
+        "flash-attention kernel on GPU (PyTorch falls back to its memory-efficient kernel); "
         "grouping runs one call per distinct count. At tiny size the per-call overhead dominates and padding can win; "
         "once attention costs anything, grouping wins. At 45 frames of 480x720 this batch's attention work is "
         f"{real_padded / real_grouped:.2f}x larger padded than grouped, so `CinemaTransformer3DModel.forward` groups.",
@@ -376,9 +419,12 @@ def report(tiny: Path, repeats: int) -> str:
         "### AlignerNet pre-training on the tiny profile",
         "",
         f"{len(ALIGNER_CAPTIONS) - HELD_OUT} captions to train on, {HELD_OUT} held out; tiny Qwen2.5-VL states in, "
-        f"tiny T5 targets out; AlignerNet 2 layers, width 64; AdamW lr 1e-3, full batch, {probe.steps} steps "
+        f"tiny T5 targets out; AlignerNet 2 layers, width 32; AdamW lr 1e-3, batches of 10, {probe.steps} steps "
         f"({probe.seconds:.1f} s). Held-out mean cosine similarity to T5 (real tokens): "
-        f"**{probe.cosine_before:.3f} at initialisation, {probe.cosine_after:.3f} after**.",
+        f"**{probe.cosine_before:.3f} at initialisation, {probe.cosine_after:.3f} after**. For scale: predicting "
+        f"the per-position mean of the training targets scores {probe.cosine_mean_target:.3f}; random models share "
+        "little caption meaning to learn beyond that, so the rise shows the loss and the training path work, "
+        "not alignment quality.",
         "",
         "### GPU",
         "",
@@ -399,7 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/model.md"))
     parser.add_argument("--tiny", type=Path, help="tiny model folder (built into a temporary folder if absent)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         tiny = ensure(args.tiny or Path(scratch), ["qwen2_5_vl", "cogvideox_2b", "cogvideox_5b"])
         text = report(tiny, args.repeats)

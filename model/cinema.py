@@ -146,16 +146,22 @@ class CinemaModel(nn.Module):
         self.vae.eval()
         return self
 
-    def encode_conditions(self, references: list[list[Image.Image]], captions: list[str]) -> Conditions:
-        """Per sample: its reference images (any number, none included) and its caption."""
+    def encode_conditions(
+        self, references: list[list[Image.Image]], captions: list[str], size: tuple[int, int] | None = None
+    ) -> Conditions:
+        """Per sample: its reference images (any number, none included) and its caption.
+
+        References are letterboxed to `size` (height, width), the video's; default the config's.
+        """
+        height, width = size or (self.config.height, self.config.width)
         states = self.mllm(references, captions)
         counts = [len(sample) for sample in references]
         images = [image for sample in references for image in sample]
         if images:
-            pixels = torch.stack([letterbox(image, self.config.height, self.config.width) for image in images])
+            pixels = torch.stack([letterbox(image, height, width) for image in images])
             latents = self.vae.encode_images(pixels.to(self.vae.device))
         else:
-            latents = torch.zeros(0, *self.vae.latent_size(self.config.height, self.config.width), device=self.vae.device)
+            latents = torch.zeros(0, *self.vae.latent_size(height, width), device=self.vae.device)
         return Conditions(states.states, states.mask, list(latents.split(counts)))
 
     def forward(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
@@ -170,8 +176,9 @@ class CinemaModel(nn.Module):
         """v-prediction MSE on the video latents, with CFG dropout of the conditions while training."""
         if self.training:
             conditions = self.drop_conditions(conditions, generator)
+        batch = latents.shape[0]
         steps = torch.randint(
-            self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=_device(generator)
+            self.scheduler.config.num_train_timesteps, (batch,), generator=generator, device=_device(generator)
         ).to(latents.device)
         noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         noisy = self.scheduler.add_noise(latents, noise, steps)
@@ -181,8 +188,9 @@ class CinemaModel(nn.Module):
     def drop_conditions(self, conditions: Conditions, generator: torch.Generator | None = None) -> Conditions:
         """Classifier-free guidance dropout: empty-prompt MLLM states, and/or no reference latents."""
         batch = conditions.mllm_states.shape[0]
-        drop_caption = torch.rand(batch, generator=generator, device=_device(generator)) < self.config.caption_dropout
-        drop_references = torch.rand(batch, generator=generator, device=_device(generator)) < self.config.reference_dropout
+        chances = torch.rand(2, batch, generator=generator, device=_device(generator))
+        drop_caption = chances[0] < self.config.caption_dropout
+        drop_references = chances[1] < self.config.reference_dropout
         conditions = replace(
             conditions,
             reference_latents=[
@@ -198,8 +206,8 @@ class CinemaModel(nn.Module):
         rows = drop_caption.to(kept.states.device)
         return replace(
             conditions,
-            mllm_states=torch.where(rows[:, None, None], empty.states.to(kept.states.dtype), kept.states),
-            mllm_mask=torch.where(rows[:, None], empty.mask, kept.mask),
+            mllm_states=torch.where(rows[:, None, None], empty.states.to(kept.states), kept.states),
+            mllm_mask=torch.where(rows[:, None], empty.mask.to(kept.mask.device), kept.mask),
         )
 
     def empty_prompt(self) -> MLLMStates:

@@ -48,6 +48,7 @@ class CinemaTransformer3DModel(CogVideoXTransformer3DModel):
     def forward_grouped(
         self, video: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, references: list[torch.Tensor]
     ) -> torch.Tensor:
+        """One stock-shaped call per distinct reference count, no padding, outputs back in batch order."""
         if len(references) != video.shape[0]:
             raise ValueError(f"{len(references)} reference lists for a batch of {video.shape[0]}")
         counts = torch.tensor([len(sample) for sample in references])
@@ -62,6 +63,10 @@ class CinemaTransformer3DModel(CogVideoXTransformer3DModel):
     def forward_padded(
         self, video: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, references: list[torch.Tensor]
     ) -> torch.Tensor:
+        """One call, every sample padded to the most references and the padding masked out of attention.
+
+        The measured alternative to grouping (slower once attention costs anything), and a check on it.
+        """
         most = max(len(sample) for sample in references)
         if most == 0:
             return self.forward_frames(video, text, timestep)
@@ -94,7 +99,8 @@ class CinemaTransformer3DModel(CogVideoXTransformer3DModel):
         tokens_per_frame = (height // self.config.patch_size) * (width // self.config.patch_size)
         attention_kwargs = None
         if reference_valid is not None:
-            always = torch.ones(batch, text_length + num_frames * tokens_per_frame, dtype=torch.bool, device=video.device)
+            visible = text_length + num_frames * tokens_per_frame  # text and video keys: never padding
+            always = torch.ones(batch, visible, dtype=torch.bool, device=video.device)
             keys = torch.cat([always, reference_valid.repeat_interleave(tokens_per_frame, dim=1)], dim=1)
             attention_kwargs = {"attention_mask": keys[:, None, :]}
 

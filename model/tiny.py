@@ -347,6 +347,48 @@ def build_sam(out: Path) -> None:
     torch.save(sam_of_type("tiny").state_dict(), out / "sam_tiny.pth")
 
 
+def build_clip_eval(out: Path) -> None:
+    """A tiny open_clip CLIP with the real BPE vocabulary and context, so open_clip's own tokenizer drives it (CLIP-T)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    model_cfg = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    torch.manual_seed(SEED)
+    model = open_clip.CLIP(**model_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), out / "open_clip_model.safetensors")
+    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2))
+
+
+def build_dino(out: Path) -> None:
+    """A DINOv2 backbone and its image processor, as `facebook/dinov2-small` (the DINO-I metric's model class)."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=56)
+    torch.manual_seed(SEED)
+    Dinov2Model(config).save_pretrained(out)
+    processor = BitImageProcessor(
+        size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}, do_center_crop=True,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+    )  # fmt: skip
+    processor.save_pretrained(out)
+
+
+def build_arcface(out: Path) -> None:
+    """insightface's IResNet ArcFace backbone, shallow and narrow, a state-dict `.pth` like `backbone.pth`."""
+    from model.face import IResNet
+
+    torch.manual_seed(SEED)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(IResNet([1, 1, 1, 1], [8, 16, 16, 32], stem=8, num_features=32).state_dict(), out / "arcface.pth")
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "qwen2_vl": partial(build_qwen_vl, family="qwen2_vl"),
     "qwen2_5_vl": partial(build_qwen_vl, family="qwen2_5_vl"),
@@ -356,6 +398,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "aesthetic_head": build_aesthetic_head,
     "grounding_dino": build_grounding_dino,
     "sam": build_sam,
+    "clip_eval": build_clip_eval,
+    "dino": build_dino,
+    "arcface": build_arcface,
 }
 
 

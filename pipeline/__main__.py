@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 from manifests import store
+from manifests.filters import FilterConfig
+from manifests.report import write_report
 from model.hub import MissingWeights, require, resolve_file
 from pipeline.config import RunConfig, load_config, write_run_config
 from pipeline.registry import STAGES
@@ -61,6 +63,14 @@ def download_weights(config: RunConfig) -> None:
             continue
         print(f"{name}: downloading {ref}{'/' + filename if filename else ''}")
         snapshot_download(ref, allow_patterns=[filename] if filename else None)
+
+
+def write_report_or_warn(run: Path, filters: FilterConfig) -> None:
+    """The report is for people: failing to write it warns and never changes the exit code."""
+    try:
+        print(f"  report    {write_report(run, filters)}")
+    except Exception as error:
+        print(f"warning: no report written: {type(error).__name__}: {error}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     reports = [run_stage(name, config, run, args.retry_errors) for name in names]
     text, failed = summarize(run, reports, time.perf_counter() - started)
     print(text)
+    if args.command == "curate":
+        write_report_or_warn(run, config.filter)
     if failed:
         print(f"{failed} input(s) failed; each has a row in {run}/manifests/errors", file=sys.stderr)
         return EXIT_FAILED_INPUTS

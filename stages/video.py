@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -24,8 +25,9 @@ class Frame:
     image: np.ndarray  # HxWx3 uint8 (bgr24 or rgb24) or HxW (gray)
 
 
-def open_video(path: str | Path, threads: bool = True) -> tuple[av.container.InputContainer, av.VideoStream]:
-    container = av.open(str(path))
+def open_video(path: str | Path | BinaryIO, threads: bool = True) -> tuple[av.container.InputContainer, av.VideoStream]:
+    """A file path, or a binary stream (an mp4 read from a WebDataset shard)."""
+    container = av.open(path if hasattr(path, "read") else str(path))
     if not container.streams.video:
         container.close()
         raise ValueError("no video stream")
@@ -49,7 +51,7 @@ def to_array(frame: av.VideoFrame, fmt: str, size: tuple[int, int] | None) -> np
 
 
 def iter_frames(
-    path: str | Path,
+    path: str | Path | BinaryIO,
     *,
     start_frame: int = 0,
     start_pts: int | None = None,

@@ -1,0 +1,306 @@
+"""The run report: `RUN/report/index.html`, a static page a curator opens to choose thresholds.
+
+It shows the funnel, histograms of the motion and aesthetic scores with the thresholds drawn, and
+kept and rejected clips side by side: a poster frame, scores, caption, reference crops, and the
+rule that rejected each. No server, no network, no script beyond one line that reports images
+that fail to load on the console.
+
+Size: the funnel and the histograms count every clip (DuckDB aggregates), but the grid shows a
+fixed sample of at most `per_group` clips per group (kept, and each rejecting rule), picked by
+md5 of the clip id, so a run of 100,000 clips gives the same small page and a few hundred posters,
+and a rerun shows the same clips. Posters are cached by clip id.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from manifests import store, views
+from manifests.filters import RULES, FilterConfig, predicate
+from manifests.store import TMP_PREFIX
+
+# later steps: (table that must exist, condition a kept clip meets, stage whose errors explain a miss, label)
+LATER_STEPS = [
+    ("clips", "clip_path IS NOT NULL", "clips", "no clip file"),
+    ("captions", "caption IS NOT NULL", "caption", "no caption"),
+    ("subjects", "n_subjects > 0", "subjects", "no reference crops"),
+    ("shards", "shard IS NOT NULL", "shards", "not in a shard"),
+]
+RANDOM_TABLES = ("aesthetic", "captions", "subjects")
+
+
+class ReportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    per_group: int = 48  # clips shown per group (kept, each rejecting rule)
+    poster_width: int = 256  # pixels
+
+
+@dataclass
+class Group:
+    status: str  # "kept", a filter rule, or a later step's table
+    title: str
+    total: int
+    rows: list[dict]
+
+
+def write_report(run: Path, filters: FilterConfig | None = None, config: ReportConfig | None = None) -> Path:
+    """Write `RUN/report/index.html` with its plots and posters; returns the page's path."""
+    run, filters, config = Path(run), filters or FilterConfig(), config or ReportConfig()
+    out = run / "report"
+    (out / "posters").mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    con = views.connect(run)
+    groups = sample_groups(run, con, filters, config.per_group)
+    errors = {(e["stage"], e["key"]): e["message"] for e in store.read_table(run, "errors").to_pylist()}
+    for group in groups:
+        for row in group.rows:
+            row["poster"] = poster(run, row, out / "posters", config.poster_width)
+            row["error"] = errors.get((stage_of(group.status), row["clip_id"]))
+    plots = {
+        "motion": histogram(
+            con, "motion_score", "motion score (% of diagonal / s)", {"min_motion": filters.min_motion, "max_motion": filters.max_motion}, out / "plots" / "motion.png"
+        ),
+        "aesthetic": histogram(con, "aesthetic_score", "aesthetic score (LAION scale)", {"min_aesthetic": filters.min_aesthetic}, out / "plots" / "aesthetic.png"),
+    }
+    page = render(run, counts(run, con), views.funnel(run, filters), random_tables(run, con), plots, groups, config)
+    path = out / "index.html"
+    tmp = out / f"{TMP_PREFIX}index.html"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def status_sql(run: Path, filters: FilterConfig) -> str:
+    """SQL naming the first step a clip fails, in funnel order, or 'kept'."""
+    cases = [f"WHEN NOT {predicate(rule, filters)} THEN '{rule}'" for rule in views.active_rules(run, list(RULES))]
+    cases += [f"WHEN NOT COALESCE({done}, FALSE) THEN '{table}'" for table, done, _, _ in LATER_STEPS if store.parts(run, table)]
+    return f"CASE {' '.join(cases)} ELSE 'kept' END" if cases else "'kept'"
+
+
+def stage_of(status: str) -> str | None:
+    """The stage whose error rows explain a rejection (None for threshold rules on metadata)."""
+    later = {table: stage for table, _, stage, _ in LATER_STEPS}
+    return later.get(status) or RULES.get(status, (None,))[0]
+
+
+def title_of(status: str, filters: FilterConfig) -> str:
+    if status == "kept":
+        return "Kept"
+    if status in RULES:
+        return f"Rejected by {status}: fails {RULES[status][1].format(**filters.model_dump())}"
+    return f"Rejected: {next(label for table, _, _, label in LATER_STEPS if table == status)}"
+
+
+def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list[Group]:
+    """Kept clips, then each rejecting step in funnel order, each sampled by md5(clip_id)."""
+    data = con.sql(
+        f"""
+        WITH s AS (SELECT *, {status_sql(run, filters)} AS status FROM candidates)
+        SELECT * FROM (
+          SELECT *, row_number() OVER (PARTITION BY status ORDER BY md5(clip_id)) AS pick,
+                 count(*) OVER (PARTITION BY status) AS group_size
+          FROM s)
+        WHERE pick <= {int(per_group)}
+        ORDER BY status, clip_id
+        """
+    ).to_arrow_table().to_pylist()
+    order = ["kept", *RULES, *(table for table, *_ in LATER_STEPS)]
+    groups = []
+    for status in order:
+        rows = [r for r in data if r["status"] == status]
+        if rows:
+            groups.append(Group(status, title_of(status, filters), rows[0]["group_size"], rows))
+    return groups
+
+
+def poster(run: Path, row: dict, folder: Path, width: int) -> str | None:
+    """The middle frame of the clip (its file, or the source window), as a JPEG; None if none decodes."""
+    from stages.video import iter_frames, rotate_upright
+
+    path = folder / f"{row['clip_id']}.jpg"
+    if not path.exists():
+        middle = (row["end_frame"] - row["start_frame"]) // 2
+        if row["clip_path"]:
+            frames = iter_frames(run / row["clip_path"], fmt="rgb24", keep=middle.__eq__)
+        else:
+            frames = iter_frames(
+                row["video_path"],
+                start_frame=row["start_frame"],
+                start_pts=row["start_pts"],
+                end_frame=row["end_frame"],
+                fmt="rgb24",
+                keep=(row["start_frame"] + middle).__eq__,
+            )
+        try:
+            image = next((f.image for f in frames), None)
+        except Exception:  # an unreadable video shows as "no frame", the report goes on
+            image = None
+        if image is None:
+            return None
+        if not row["clip_path"]:
+            image = rotate_upright(image, row["rotation"] or 0)
+        height = max(1, round(image.shape[0] * width / image.shape[1]))
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR))
+        tmp = folder / f"{TMP_PREFIX}{path.name}"
+        tmp.write_bytes(data.tobytes())
+        os.replace(tmp, path)
+    return f"posters/{path.name}"
+
+
+def histogram(con, column: str, label: str, thresholds: dict[str, float], path: Path) -> dict:
+    """A PNG histogram of one score over every scored clip, thresholds as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.array([v for (v,) in con.execute(f"SELECT {column} FROM candidates WHERE {column} IS NOT NULL").fetchall()], float)
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    off_scale = []
+    if len(values):
+        ax.hist(values, bins=min(60, max(10, len(values) // 20)), color="#4c78a8")
+        lo, hi = float(values.min()), float(values.max())
+        span = max(hi - lo, 1.0)
+        for name, value in thresholds.items():
+            if lo - span <= value <= hi + span:
+                ax.axvline(value, color="#e45756", linestyle="--", label=f"{name} = {value:g}")
+            else:
+                off_scale.append(f"{name} = {value:g}")
+        if any(lo - span <= v <= hi + span for v in thresholds.values()):
+            ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not scored yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(label)
+    ax.set_ylabel("clip windows")
+    ax.set_title(f"{column}: {len(values)} scored" + (f"; off the axis: {', '.join(off_scale)}" if off_scale else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return {"path": f"plots/{path.name}", "n": len(values)}
+
+
+def counts(run: Path, con) -> dict[str, str]:
+    """Headline numbers: what went in, what came out."""
+    one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+    hours = (one("SELECT sum(duration_s) FROM videos") or 0.0) / 3600
+    return {
+        "videos": f"{one('SELECT count(*) FROM videos')} ({hours:.2f} h)",
+        "windows": str(one("SELECT count(*) FROM scenes")),
+        "clips": str(one("SELECT count(*) FROM clips")),
+        "captions": str(one("SELECT count(*) FROM captions")),
+        "reference crops": str(one("SELECT count(*) FROM subjects")),
+        "shards": f"{one('SELECT count(*) FROM shards')} ({one('SELECT COALESCE(sum(n_samples), 0) FROM shards')} samples)",
+        "error rows": str(one("SELECT count(*) FROM errors")),
+    }
+
+
+def random_tables(run: Path, con) -> list[str]:
+    """Tables with rows made by random-initialised models (profile tiny)."""
+    return [t for t in RANDOM_TABLES if store.parts(run, t) and con.execute(f"SELECT bool_or(random_weights) FROM {t}").fetchone()[0]]
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def text(value, limit: int = 240) -> str:
+    """Escaped, control characters dropped (random captions are full of them), cut to `limit`."""
+    value = CONTROL.sub("", str(value))
+    return html.escape(value if len(value) <= limit else value[: limit - 1] + "…")
+
+
+def number(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
+h1{margin:0 0 8px}h2{margin:24px 0 8px}h3{margin:16px 0 6px;font-size:15px}
+.banner{background:#c62828;color:#fff;padding:10px 14px;font-weight:bold;border-radius:4px;margin:8px 0}
+table{border-collapse:collapse}td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.plots img{max-width:48%;margin-right:1%;border:1px solid #ddd;background:#fff}
+.sides{display:grid;grid-template-columns:1fr 1fr;gap:20px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:10px}
+.card{background:#fff;border:1px solid #ddd;border-radius:4px;padding:6px;font-size:12px}
+.card.rejected{border-color:#e0a0a0}
+.card img.poster{width:100%;display:block;background:#eee}
+.noframe{height:120px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
+.why{color:#b71c1c;font-weight:bold}.caption{color:#444;margin:4px 0}.muted{color:#777}
+.refs{display:flex;flex-wrap:wrap;gap:4px}.ref{text-align:center;font-size:11px;max-width:80px}
+.ref img{height:64px;max-width:80px;object-fit:contain;background:repeating-conic-gradient(#ddd 0 25%,#fff 0 50%) 0/10px 10px}
+"""
+# Report images that do not load on the console, where a person or the browser test sees them.
+IMAGE_CHECK = "addEventListener('error',e=>{if(e.target.tagName==='IMG')console.error('image did not load: '+e.target.src)},true);"
+
+
+def render(run: Path, numbers: dict, funnel: list, randomized: list[str], plots: dict, groups: list[Group], config: ReportConfig) -> str:
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>cinema run report: {text(run.resolve().name)}</title><style>{CSS}</style><script>{IMAGE_CHECK}</script></head><body>",
+        f"<h1>Run report: {text(run.resolve().name)}</h1><p class='muted'>{text(run.resolve())}</p>",
+    ]
+    if randomized:
+        parts.append(
+            f"<div class='banner' id='random-weights'>RANDOM WEIGHTS: {', '.join(randomized)} come from random-initialised "
+            "models (profile tiny). Their scores, captions and crops are meaningless.</div>"
+        )
+    parts.append("<h2>Totals</h2><table>" + "".join(f"<tr><th>{k}</th><td class='n'>{v}</td></tr>" for k, v in numbers.items()) + "</table>")
+    parts.append("<h2>Funnel</h2><table id='funnel'><tr><th>step</th><th>clips left</th><th>removed</th></tr>")
+    parts += [f"<tr><td>{text(step)}</td><td class='n'>{left}</td><td class='n'>{'-' + str(cut) if cut else ''}</td></tr>" for step, left, cut in funnel]
+    parts.append("</table><h2>Scores</h2><div class='plots'>")
+    parts += [f"<img src='{p['path']}' alt='histogram of {name} scores'>" for name, p in plots.items()]
+    parts.append("</div><h2>Clips</h2>")
+    parts.append(
+        f"<p class='muted'>At most {config.per_group} clips per group, a fixed sample by md5 of the clip id; the funnel and "
+        f"histograms count every clip. All rows: <code>python -m manifests show {text(run)} candidates</code>.</p>"
+    )
+    kept = [g for g in groups if g.status == "kept"]
+    rejected = [g for g in groups if g.status != "kept"]
+    parts.append("<div class='sides'><section id='kept'>")
+    parts += [section(g) for g in kept] or ["<h3>Kept</h3><p class='muted'>none</p>"]
+    parts.append("</section><section id='rejected'>")
+    parts += [section(g) for g in rejected] or ["<h3>Rejected</h3><p class='muted'>none</p>"]
+    parts.append("</section></div></body></html>")
+    return "\n".join(parts)
+
+
+def section(group: Group) -> str:
+    head = f"<h3>{text(group.title)} <span class='muted'>(showing {len(group.rows)} of {group.total})</span></h3>"
+    return head + "<div class='grid'>" + "".join(card(row, group.status) for row in group.rows) + "</div>"
+
+
+def card(row: dict, status: str) -> str:
+    image = f"<img class='poster' src='{row['poster']}' alt='poster'>" if row["poster"] else "<div class='noframe'>no frame decodes</div>"
+    if row["clip_path"]:
+        image = f"<a href='../{html.escape(row['clip_path'])}'>{image}</a>"
+    lines = [
+        f"<div class='card{'' if status == 'kept' else ' rejected'}' data-clip='{row['clip_id']}'>{image}",
+        f"<div><b>{row['clip_id'][:8]}</b> <span class='muted'>{text(Path(row['video_path']).name, 40)} "
+        f"{row['start_s']:.2f}–{row['end_s']:.2f} s</span></div>",
+    ]
+    if status != "kept":
+        lines.append(f"<div class='why'>rejected: {text(status)}{': ' + text(row['error'], 160) if row['error'] else ''}</div>")
+    lines.append(
+        f"<div>duration {number(row['duration_s'])} s · {row['width']}×{row['height']} · motion {number(row['motion_score'])} · "
+        f"aesthetic {number(row['aesthetic_score'])}</div>"
+    )
+    if row["caption"] is not None:
+        lines.append(f"<div class='caption'>{text(row['caption'])}</div>")
+    if row["subjects"]:
+        refs = "".join(
+            f"<div class='ref'><img src='../{html.escape(s['masked_path'])}' alt='{text(s['label'], 40)}'>"
+            f"<div>{text(s['kind'], 10)}: {text(s['label'], 24)}</div></div>"
+            for s in json.loads(row["subjects"])
+        )
+        lines.append(f"<div class='refs'>{refs}</div>")
+    return "".join(lines) + "</div>"

@@ -1,0 +1,223 @@
+"""Training batches streamed from WebDataset shards, raw (`make curate`) or cached (`make encode`).
+
+Determinism is the design: epoch e reads the shards in an order drawn from (seed, e), each
+process and loader worker takes its own share (whole shards when there are enough, every n-th
+sample otherwise), and every sample carries a seed of its own, drawn from (seed, key, epoch),
+for its noise, timestep and dropout. So a resumed run sees the same batches and the same noise,
+and a global batch split over two processes is the same global batch as in one.
+
+The stream never ends (epochs follow one another), so no process runs out before another. A bad
+sample (missing reference, broken mp4, too few frames, a cache made with another config) is
+skipped with a reason; the counts ride on the next batch to the trainer, which logs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load as load_tensors
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from model.cinema import REFERENCE_BACKGROUND
+from model.train_config import DataConfig
+from stages.video import iter_frames, open_video
+
+CACHE = "cache.safetensors"  # the member `make encode` adds to a sample
+
+
+class BadSample(Exception):
+    """A sample the trainer cannot use; `reason` is the counter it adds to."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass
+class Sample:
+    key: str
+    seed: int
+    caption: str
+    references: list[Image.Image]
+    bucket: tuple[int, ...]  # samples of one bucket batch together
+    video: torch.Tensor | None = None  # (3, frames, H, W) in [-1, 1]
+    cache: dict[str, torch.Tensor] | None = None  # latents, MLLM states, reference latents, T5 targets
+
+
+@dataclass
+class Batch:
+    keys: list[str]
+    seeds: list[int]
+    captions: list[str]
+    references: list[list[Image.Image]]
+    videos: torch.Tensor | None  # (batch, 3, frames, H, W); None for cached shards or the align phase
+    caches: list[dict[str, torch.Tensor]] | None
+    skipped: Counter = field(default_factory=Counter)  # reason -> bad samples met since the last batch
+
+
+def sample_seed(seed: int, key: str, epoch: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{key}/{epoch}".encode()).digest()[:8], "little") >> 1
+
+
+def latent_seed(seed: int, key: str) -> int:
+    """The seed of a clip's VAE posterior sample: one per clip, as `make encode` caches it."""
+    return sample_seed(seed, key, -1)
+
+
+def shard_paths(shards: str) -> list[str]:
+    paths = sorted(str(p) for p in Path(shards).glob("*.tar"))
+    if not paths:
+        raise FileNotFoundError(f"no .tar shards in {shards}")
+    return paths
+
+
+def nearest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    aspect = math.log(width / height)
+    return min(buckets, key=lambda b: abs(math.log(b[1] / b[0]) - aspect))
+
+
+def on_white(png: bytes) -> Image.Image:
+    """A subject cut-out (RGBA, transparent background) on the white the model expects."""
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    if image.mode in ("RGBA", "LA", "P"):
+        background = Image.new("RGBA", image.size, (REFERENCE_BACKGROUND,) * 4)
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def read_video(data: bytes, frames: int, buckets: list[tuple[int, int]]) -> torch.Tensor:
+    """`frames` frames spread evenly over the clip, resized to cover the nearest bucket and centre-cropped."""
+    try:
+        container, stream = open_video(io.BytesIO(data), threads=False)
+        total, height, width = stream.frames, stream.height, stream.width
+        container.close()
+    except Exception as error:  # PyAV raises many kinds on broken files
+        raise BadSample("broken_mp4", str(error)) from error
+    if total < frames:
+        raise BadSample("too_few_frames", f"{total} < {frames}")
+    bucket_h, bucket_w = nearest_bucket(height, width, buckets)
+    scale = max(bucket_h / height, bucket_w / width)
+    size = (max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale)))
+    wanted = set(np.linspace(0, total - 1, frames).round().astype(int).tolist())
+    try:
+        images = [f.image for f in iter_frames(io.BytesIO(data), fmt="rgb24", size=size, keep=wanted.__contains__)]
+    except Exception as error:
+        raise BadSample("broken_mp4", str(error)) from error
+    if len(images) != frames:
+        raise BadSample("too_few_frames", f"decoded {len(images)} of {frames}")
+    top, left = (size[1] - bucket_h) // 2, (size[0] - bucket_w) // 2
+    video = torch.from_numpy(np.stack(images)[:, top : top + bucket_h, left : left + bucket_w])
+    return video.permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def decode(raw: dict, config: DataConfig, decode_video: bool, seed: int, epoch: int) -> Sample:
+    """One shard sample -> a Sample, or BadSample naming why not."""
+    key = raw["__key__"]
+    try:
+        meta = json.loads(raw["json"])
+        caption = raw["txt"].decode()
+    except (KeyError, ValueError) as error:
+        raise BadSample("bad_metadata", str(error)) from error
+    references = []
+    for subject in meta.get("subjects", [])[: config.max_references]:
+        if subject["ref"] not in raw:
+            raise BadSample("missing_reference", f"{key} lists {subject['ref']}, the shard lacks it")
+        try:
+            references.append(on_white(raw[subject["ref"]]))
+        except OSError as error:
+            raise BadSample("broken_reference", str(error)) from error
+    sample = Sample(key, sample_seed(seed, key, epoch), caption, references, bucket=())
+    if CACHE in raw:
+        sample.cache = load_tensors(raw[CACHE])
+        frames = (config.frames - 1) // 4 + 1
+        if sample.cache["latents"].shape[0] != frames or len(sample.cache["reference_latents"]) != len(references):
+            raise BadSample("cache_mismatch", f"{key} was encoded with another frames or max_references")
+        sample.bucket = tuple(sample.cache["latents"].shape)
+    elif decode_video:
+        if "mp4" not in raw:
+            raise BadSample("broken_mp4", f"{key} has no mp4")
+        sample.video = read_video(raw["mp4"], config.frames, config.buckets)
+        sample.bucket = tuple(sample.video.shape)
+    return sample
+
+
+def collate(samples: list[Sample], skipped: Counter) -> Batch:
+    return Batch(
+        keys=[s.key for s in samples],
+        seeds=[s.seed for s in samples],
+        captions=[s.caption for s in samples],
+        references=[s.references for s in samples],
+        videos=torch.stack([s.video for s in samples]) if samples and samples[0].video is not None else None,
+        caches=[s.cache for s in samples] if samples and samples[0].cache is not None else None,
+        skipped=skipped,
+    )
+
+
+class ShardStream(IterableDataset):
+    """The endless, deterministic stream of batches of one process (all its loader workers together)."""
+
+    def __init__(self, config: DataConfig, seed: int, rank: int = 0, world: int = 1, decode_video: bool = True):
+        self.config, self.seed, self.rank, self.world, self.decode_video = config, seed, rank, world, decode_video
+        self.shards = shard_paths(config.shards)
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        slots, slot = self.world * workers, worker * self.world + self.rank
+        pending: dict[tuple, list[Sample]] = {}
+        skipped: Counter = Counter()
+        for epoch in range(2**62):
+            shards = list(self.shards)
+            random.Random(self.seed + epoch).shuffle(shards)
+            whole_shards = len(shards) >= slots
+            mine = shards[slot::slots] if whole_shards else shards
+            used = 0
+            for index, raw in enumerate(self.samples(mine, skipped)):
+                if not whole_shards and index % slots != slot:
+                    continue
+                try:
+                    sample = decode(raw, self.config, self.decode_video, self.seed, epoch)
+                except BadSample as bad:
+                    skipped[bad.reason] += 1
+                    continue
+                used += 1
+                group = pending.setdefault(sample.bucket, [])
+                group.append(sample)
+                if len(group) == self.config.batch_size:
+                    yield collate(pending.pop(sample.bucket), skipped)
+                    skipped = Counter()
+            if not used:  # nothing usable in this share: say what was skipped and stop
+                yield collate([], skipped)
+                return
+
+    @staticmethod
+    def samples(shards: list[str], skipped: Counter) -> Iterator[dict]:
+        def broken(error: Exception) -> bool:
+            skipped["broken_shard"] += 1
+            return True
+
+        yield from tarfile_samples(({"url": path} for path in shards), handler=broken)
+
+
+def make_loader(config: DataConfig, seed: int, rank: int, world: int, decode_video: bool) -> DataLoader:
+    stream = ShardStream(config, seed, rank, world, decode_video)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        prefetch_factor=4 if config.workers else None,
+    )

@@ -1,0 +1,158 @@
+"""Reference-to-video sampling, as a diffusers-style pipeline: `pipe(prompt=..., reference_images=[...]).frames`.
+
+The scheduler is the checkpoint's own (CogVideoX DDIM or DPM, v-prediction); classifier-free
+guidance contrasts the full condition with the unconditional one the training dropout taught
+(empty prompt, no references). `python -m model.sample --checkpoint CKPT --refs a.png,b.png
+--prompt "..."` writes an mp4, by default into the run folder's `samples/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers import CogVideoXDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from model.checkpoint import model_config
+from model.data import on_white
+from model.cinema import SCHEDULERS, CinemaModel, Conditions, pad_tokens
+from model.mllm import MLLMStates
+from stages.video import encode_mp4
+
+FPS = 8  # CogVideoX's frame rate
+SCHEDULER_NAMES = {"ddim": "CogVideoXDDIMScheduler", "dpm": "CogVideoXDPMScheduler"}
+
+
+@dataclass
+class CinemaPipelineOutput:
+    frames: list[list[Image.Image]]  # one list of frames per video
+
+
+class CinemaPipeline:
+    """Composes a CinemaModel and a scheduler; owns no weights of its own."""
+
+    def __init__(self, model: CinemaModel, scheduler=None):
+        self.model = model.eval()
+        self.scheduler = scheduler or model.scheduler
+
+    @classmethod
+    def from_pretrained(
+        cls, checkpoint: str | Path, scheduler: Literal["ddim", "dpm"] | None = None, dtype: torch.dtype = torch.float32
+    ) -> CinemaPipeline:
+        """A checkpoint folder written by the trainer; `scheduler` swaps the class, keeping its config."""
+        model = CinemaModel.from_config(model_config(Path(checkpoint)), dtype)
+        chosen = model.scheduler
+        if scheduler is not None:
+            chosen = SCHEDULERS[SCHEDULER_NAMES[scheduler]].from_config(model.scheduler.config)
+        return cls(model, chosen)
+
+    def to(self, device: str | torch.device) -> CinemaPipeline:
+        self.model.to(device)
+        return self
+
+    def guided_conditions(self, conditions: Conditions) -> Conditions:
+        """The sample's conditions and the unconditional ones (empty prompt, no references), as a batch of two."""
+        empty = self.model.empty_prompt()
+        length = max(conditions.mllm_states.shape[1], empty.states.shape[1])
+        full = pad_tokens(MLLMStates(conditions.mllm_states, conditions.mllm_mask), length)
+        empty = pad_tokens(empty, length)
+        return Conditions(
+            torch.cat([full.states, empty.states.to(full.states)]),
+            torch.cat([full.mask, empty.mask.to(full.mask.device)]),
+            conditions.reference_latents + [conditions.reference_latents[0][:0]],
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        reference_images: list[Image.Image],
+        num_frames: int = 45,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        generator: torch.Generator | None = None,
+    ) -> CinemaPipelineOutput:
+        model = self.model
+        height, width = height or model.config.height, width or model.config.width
+        if (num_frames - 1) % model.vae.temporal_compression:
+            raise ValueError(f"num_frames must be {model.vae.temporal_compression}k+1, got {num_frames}")
+        conditions = model.encode_conditions([reference_images], [prompt], (height, width))
+        guided = guidance_scale > 1
+        if guided:
+            conditions = self.guided_conditions(conditions)
+        device, dtype = model.vae.device, model.transformer.dtype
+        shape = (1, (num_frames - 1) // model.vae.temporal_compression + 1, *model.vae.latent_size(height, width))
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        previous_x0 = None
+        for i, t in enumerate(timesteps):
+            batch = torch.cat([latents, latents]) if guided else latents
+            batch = self.scheduler.scale_model_input(batch, t)
+            velocity = model(batch, t.expand(batch.shape[0]), conditions)
+            if guided:
+                conditional, unconditional = velocity.chunk(2)
+                velocity = unconditional + guidance_scale * (conditional - unconditional)
+            if isinstance(self.scheduler, CogVideoXDPMScheduler):
+                back = timesteps[i - 1] if i > 0 else None
+                latents, previous_x0 = self.scheduler.step(
+                    velocity, previous_x0, t, back, latents, generator=generator, return_dict=False
+                )
+            else:
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+        # CogVideoX 1.0's decoder keeps the first latent frame single only for odd counts: an even
+        # count (45 frames = 12 latent frames) decodes to 4 per latent frame. The last frames are the video.
+        video = model.vae.decode(latents.to(model.vae.vae.dtype))[:, :, -num_frames:]
+        pixels = ((video.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
+        return CinemaPipelineOutput(frames=[[Image.fromarray(frame) for frame in clip] for clip in pixels])
+
+
+def export_mp4(frames: list[Image.Image], path: Path, fps: int = FPS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encode_mp4(path, (np.asarray(frame) for frame in frames), Fraction(fps))
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m model.sample", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
+    p.add_argument("--refs", required=True, help="comma-separated reference images")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--frames", type=int, default=45, help="4k+1")
+    p.add_argument("--height", type=int, help="default: the checkpoint's")
+    p.add_argument("--width", type=int, help="default: the checkpoint's")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=6.0)
+    p.add_argument("--scheduler", choices=list(SCHEDULER_NAMES), help="default: the checkpoint's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="default: RUN/samples/<checkpoint>-seed<seed>.mp4")
+    args = p.parse_args(argv)
+    pipe = CinemaPipeline.from_pretrained(args.checkpoint, args.scheduler)
+    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    references = [on_white(Path(path).read_bytes()) for path in args.refs.split(",") if path]
+    frames = pipe(
+        prompt=args.prompt,
+        reference_images=references,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        generator=torch.Generator().manual_seed(args.seed),
+    ).frames[0]
+    out = args.out or args.checkpoint.parent.parent / "samples" / f"{args.checkpoint.name}-seed{args.seed}.mp4"
+    print(export_mp4(frames, out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""`python -m model.train --config configs/train_tiny.yaml`: one Trainer, two phases.
+
+The loop is written once, with named lifecycle steps (prepare models, choose what is trainable,
+prepare optimizer and data, resume, train, validate, save). A phase decides what is trainable,
+what a batch becomes before the trained parts see it (frozen encoders or the cache), and the loss:
+`align` pre-trains AlignerNet against T5 features (MSE + cosine); `joint` trains AlignerNet and the
+DiT (whole, or LoRA through peft) on the v-prediction loss, MLLM and VAE frozen.
+
+Runs under `accelerate launch` (DDP, DeepSpeed, FSDP from `configs/accelerate/`) or `torchrun`.
+Each sample's noise comes from its own seed (`model/data.py`), so resuming and splitting the global
+batch over processes reproduce the losses. Everything the run makes is under `config.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import time
+from collections import Counter
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.training_utils import EMAModel
+from torch import nn
+from tqdm import tqdm
+
+from model import checkpoint
+from model.aligner import alignment_loss
+from model.cinema import CinemaModel, Conditions
+from model.data import Batch, latent_seed, make_loader
+from model.mllm import MLLMStates
+from model.sample import CinemaPipeline, export_mp4
+from model.text_encoder import T5TargetEncoder
+from model.train_config import TrainConfig, load_train_config
+from pipeline.config import provenance
+
+
+def padded(states: list[torch.Tensor], masks: list[torch.Tensor]) -> MLLMStates:
+    """Per-sample (tokens, width) states right-padded into one batch."""
+    length = max(s.shape[0] for s in states)
+    batch = torch.zeros(len(states), length, states[0].shape[-1], dtype=states[0].dtype)
+    mask = torch.zeros(len(states), length, dtype=torch.bool)
+    for row, (s, m) in enumerate(zip(states, masks)):
+        batch[row, : len(s)], mask[row, : len(m)] = s, m
+    return MLLMStates(batch, mask)
+
+
+class Phase:
+    """What is trained, what a batch becomes before the trained parts see it, and the loss."""
+
+    name: ClassVar[str]
+    trained: ClassVar[list[str]]  # CinemaModel attributes whose weights this phase changes
+    needs_video: ClassVar[bool]
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def inputs(self, batch: Batch) -> dict:
+        raise NotImplementedError
+
+    def loss(self, model: CinemaModel, inputs: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class AlignPhase(Phase):
+    """AlignerNet alone, to reproduce the T5 features of the caption from the MLLM states."""
+
+    name, trained, needs_video = "align", ["aligner"], False
+    t5: T5TargetEncoder | None = None
+
+    def inputs(self, batch: Batch) -> dict:
+        device = self.trainer.accelerator.device
+        if batch.caches is not None:
+            states = padded([c["mllm_states"] for c in batch.caches], [c["mllm_mask"].bool() for c in batch.caches])
+            targets = torch.stack([c["t5"] for c in batch.caches])
+            target_mask = torch.stack([c["t5_mask"].bool() for c in batch.caches])
+        else:
+            if self.t5 is None:
+                config = self.trainer.config
+                self.t5 = T5TargetEncoder.from_pretrained(config.t5.ref, dtype=self.trainer.weight_dtype).to(device)
+            states = self.trainer.model.mllm(batch.references, batch.captions)
+            targets, target_mask = self.t5(batch.captions)
+        return {
+            "states": states.states.to(device),
+            "mask": states.mask.to(device),
+            "targets": targets.to(device),
+            "target_mask": target_mask.to(device),
+        }
+
+    def loss(self, model: CinemaModel, inputs: dict) -> torch.Tensor:
+        prediction = model.aligner(inputs["states"], inputs["mask"])
+        return alignment_loss(prediction, inputs["targets"], inputs["target_mask"])
+
+
+class JointPhase(Phase):
+    """AlignerNet and the DiT on the v-prediction loss, one noise draw per sample from its seed."""
+
+    name, trained, needs_video = "joint", ["aligner", "transformer"], True
+
+    def inputs(self, batch: Batch) -> dict:
+        trainer = self.trainer
+        return {"samples": joint_inputs(trainer.model, batch, trainer.config.seed, trainer.accelerator.device)}
+
+    def loss(self, model: CinemaModel, inputs: dict) -> torch.Tensor:
+        losses = [
+            model.training_loss(latents, conditions, torch.Generator().manual_seed(seed))
+            for latents, conditions, seed in inputs["samples"]
+        ]
+        return torch.stack(losses).mean()
+
+
+def joint_inputs(model: CinemaModel, batch: Batch, seed: int, device: torch.device) -> list[tuple]:
+    """Per sample: video latents, conditions and the sample's seed, from the cache or the frozen encoders."""
+    samples = []
+    for row, key in enumerate(batch.keys):
+        if batch.caches is not None:
+            cache = batch.caches[row]
+            latents = cache["latents"][None]
+            conditions = Conditions(cache["mllm_states"][None], cache["mllm_mask"][None].bool(), [cache["reference_latents"]])
+        else:
+            video = batch.videos[row : row + 1].to(device, model.vae.vae.dtype)
+            vae_noise = torch.Generator().manual_seed(latent_seed(seed, key))
+            latents = model.vae.encode_video(video, vae_noise)
+            conditions = model.encode_conditions([batch.references[row]], [batch.captions[row]], tuple(video.shape[-2:]))
+        samples.append((latents.to(device), to_device(conditions, device), batch.seeds[row]))
+    return samples
+
+
+def to_device(conditions: Conditions, device: torch.device) -> Conditions:
+    return Conditions(
+        conditions.mllm_states.to(device),
+        conditions.mllm_mask.to(device),
+        [latents.to(device) for latents in conditions.reference_latents],
+    )
+
+
+PHASES: dict[str, type[Phase]] = {phase.name: phase for phase in (AlignPhase, JointPhase)}
+
+
+class Objective(nn.Module):
+    """What accelerate wraps (DDP, FSDP, DeepSpeed): its forward is the phase's loss."""
+
+    def __init__(self, model: CinemaModel, phase: Phase):
+        super().__init__()
+        self.model = model
+        self.phase = phase
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        return self.phase.loss(self.model, inputs)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.run = Path(config.run)
+        self.accelerator = Accelerator(
+            mixed_precision="bf16" if config.precision == "bf16" else "no",
+            gradient_accumulation_steps=config.gradient_accumulation,
+            log_with="tensorboard",
+            project_dir=str(self.run),
+        )
+        self.weight_dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+        self.phase = PHASES[config.phase](self)
+        self.step = 0
+        self.skipped: Counter = Counter()  # bad samples, by reason (this process's share)
+        self.nonfinite = 0  # optimizer steps skipped for a NaN/inf loss or gradient
+        self.ema: EMAModel | None = None
+        self.validation_batch: Batch | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def fit(self) -> None:
+        set_seed(self.config.seed)
+        self.prepare_models()
+        self.prepare_trainable()
+        self.prepare_optimizer()
+        self.prepare_data()
+        self.resume()
+        self.write_config()
+        self.train()
+        self.accelerator.end_training()
+
+    def prepare_models(self) -> None:
+        self.model = CinemaModel.from_config(self.config.model, self.weight_dtype)
+        self.model.to(self.accelerator.device)
+
+    def prepare_trainable(self) -> None:
+        """Freeze everything, then unfreeze (in fp32) what the phase trains; LoRA replaces the full DiT."""
+        self.model.requires_grad_(False)
+        for name in self.phase.trained:
+            part = getattr(self.model, name).to(torch.float32)
+            if name == "transformer" and self.config.lora is not None:
+                from peft import LoraConfig
+
+                lora = self.config.lora
+                part.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules))
+            else:
+                part.requires_grad_(True)
+        if self.config.gradient_checkpointing:
+            self.model.transformer.enable_gradient_checkpointing()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.config.ema_decay is not None:
+            self.ema = EMAModel(self.params, decay=self.config.ema_decay)
+            self.accelerator.register_for_checkpointing(self.ema)
+
+    def prepare_optimizer(self) -> None:
+        config = self.config
+        optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        warmup = max(1, config.warmup_steps)
+        # Not prepared: accelerate would step it once per process; registered so resume restores it.
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        self.accelerator.register_for_checkpointing(self.lr_scheduler)
+        self.model.train()
+        self.objective, self.optimizer = self.accelerator.prepare(Objective(self.model, self.phase), optimizer)
+        self.accelerator.register_save_state_pre_hook(self.keep_trained_weights)
+
+    @staticmethod
+    def keep_trained_weights(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+        """Resume state holds the trained weights only; the frozen ones are reloaded from their refs."""
+        for model, state in zip(models, weights):
+            trained = {name for name, p in model.named_parameters() if p.requires_grad}
+            for key in [key for key in state if key not in trained]:
+                del state[key]
+
+    def prepare_data(self) -> None:
+        acc = self.accelerator
+        self.loader = make_loader(
+            self.config.data, self.config.seed, acc.process_index, acc.num_processes, self.phase.needs_video
+        )
+
+    def resume(self) -> None:
+        found = checkpoint.latest(self.run) if self.config.resume else None
+        if found is None:
+            return
+        self.accelerator.load_state(str(found / "state"), strict=False)  # trained weights only
+        state = checkpoint.read_trainer_state(found)
+        self.step = state["step"]
+        if self.accelerator.is_main_process:  # the totals are kept once, on the main process
+            self.skipped, self.nonfinite = Counter(state["skipped"]), state["nonfinite"]
+        self.accelerator.print(f"resumed from {found} at step {self.step}")
+
+    def write_config(self) -> None:
+        if self.accelerator.is_main_process:
+            self.run.mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump({**self.config.model_dump(), "provenance": provenance()}, sort_keys=False)
+            (self.run / "config.yaml").write_text(text)
+        self.accelerator.init_trackers("logs")
+
+    # --- the loop --------------------------------------------------------------------------
+    def batches(self):
+        """Real batches, forever; skip counts ride along and are added up. Starts where the run stopped."""
+        to_skip = self.step * self.config.gradient_accumulation
+        for batch in self.loader:
+            if to_skip:  # seen before the resume: its skips are in the restored totals
+                to_skip -= bool(batch.keys)
+                continue
+            self.skipped += batch.skipped
+            if batch.keys:  # an empty batch only reports a share with nothing usable
+                yield batch
+        raise RuntimeError(f"no usable samples in {self.config.data.shards} for this process: {dict(self.skipped)}")
+
+    def train(self) -> None:
+        config, acc = self.config, self.accelerator
+        batches = self.batches()
+        bar = tqdm(total=config.max_steps, initial=self.step, disable=not acc.is_main_process, desc=self.phase.name)
+        while self.step < config.max_steps:
+            started = time.perf_counter()
+            losses, samples = [], 0
+            for _ in range(config.gradient_accumulation):
+                batch = next(batches)
+                self.validation_batch = self.validation_batch or batch
+                samples += len(batch.keys)
+                with acc.accumulate(self.objective):
+                    with torch.no_grad():
+                        inputs = self.phase.inputs(batch)
+                    loss = self.objective(inputs)
+                    acc.backward(loss)
+                    losses.append(loss.detach())
+                    if acc.sync_gradients:
+                        grad_norm = self.optimizer_step()
+            self.step += 1
+            bar.update(1)
+            loss = acc.reduce(torch.stack(losses).mean(), "mean").item()
+            if acc.is_main_process:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if self.step % config.log_every == 0 or self.step == config.max_steps:
+                self.log(loss, grad_norm, time.perf_counter() - started, samples)
+            if config.validation.every and self.step % config.validation.every == 0:
+                self.validate()
+            if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
+                self.save()
+        bar.close()
+
+    def optimizer_step(self) -> float:
+        """Clip, then step unless the gradient is NaN/inf (then skip the step and count it)."""
+        max_norm = self.config.max_grad_norm or math.inf
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
+        grad_norm = float(grad_norm) if grad_norm is not None else math.nan
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(self.params)
+        else:
+            self.nonfinite += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def totals(self) -> tuple[dict[str, int], int]:
+        """Skipped samples by reason and non-finite steps, summed over processes."""
+        reasons = sorted(set(self.skipped) | {"missing_reference", "broken_mp4", "too_few_frames"})
+        counts = torch.tensor([self.skipped[r] for r in reasons] + [self.nonfinite], device=self.accelerator.device)
+        counts = self.accelerator.reduce(counts, "sum").tolist()
+        return dict(zip(reasons, counts[:-1])), counts[-1]
+
+    def log(self, loss: float, grad_norm: float, seconds: float, samples: int) -> None:
+        acc = self.accelerator
+        skipped, nonfinite = self.totals()
+        memory = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        values = {
+            "loss": loss,
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "step_time_s": seconds,
+            "samples_per_s": samples * acc.num_processes / seconds,
+            "peak_memory_gib": memory / 2**30,
+            "nonfinite_steps": nonfinite,
+            **{f"skipped/{reason}": count for reason, count in skipped.items()},
+        }
+        acc.log(values, step=self.step)
+        if acc.is_main_process:
+            with open(self.run / "metrics.jsonl", "a") as stream:
+                stream.write(json.dumps({"step": self.step, **values}) + "\n")
+
+    def validate(self) -> None:
+        """A video from the first training sample's references and caption, into RUN/validation/."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            batch, config = self.validation_batch, self.config
+            height, width = batch.videos.shape[-2:] if batch.videos is not None else config.data.buckets[0]
+            self.model.eval()
+            frames = CinemaPipeline(self.model)(
+                prompt=batch.captions[0],
+                reference_images=batch.references[0],
+                num_frames=config.data.frames,
+                height=height,
+                width=width,
+                num_inference_steps=config.validation.steps,
+                guidance_scale=config.validation.guidance_scale,
+                generator=torch.Generator().manual_seed(config.seed),
+            ).frames[0]
+            self.model.train()
+            export_mp4(frames, self.run / "validation" / f"step-{self.step:07d}.mp4")
+        acc.wait_for_everyone()
+
+    def save(self) -> None:
+        acc = self.accelerator
+        tmp, final = checkpoint.staging(self.run, self.step)
+        skipped, nonfinite = self.totals()
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / "state"))  # every process: sharded states (FSDP, DeepSpeed) need them all
+        if acc.is_main_process:
+            if self.ema is not None:
+                self.ema.store(self.params)
+                self.ema.copy_to(self.params)
+            checkpoint.save_parts(tmp, acc.unwrap_model(self.objective).model, self.phase.trained)
+            if self.ema is not None:
+                self.ema.restore(self.params)
+            checkpoint.write_trainer_state(tmp, {"step": self.step, "skipped": skipped, "nonfinite": nonfinite})
+            checkpoint.publish(tmp, final, self.config.keep_checkpoints)
+        acc.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, required=True, help="YAML training config (configs/train_*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    args = p.parse_args(argv)
+    Trainer(load_train_config(args.config, args.set)).fit()
+
+
+if __name__ == "__main__":
+    main()

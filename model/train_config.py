@@ -1,0 +1,81 @@
+"""The training config: one pydantic schema, read from a YAML file with `--set a.b=value` on top.
+
+Same system as the curation config (`pipeline/config.py`): defaults here, the file, then the
+overrides. The paper gives no learning rate, batch size or step count: the defaults are a careful
+reimplementation's choices (CogVideoX fine-tuning values) and say so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from model.cinema import CinemaConfig, PartRef
+from pipeline.config import apply_overrides
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    """What a training sample is: frames, size bucket, references; read from raw or cached shards."""
+
+    shards: str = "runs/demo/shards"  # a folder of .tar shards (raw or written by `make encode`)
+    frames: int = 45  # 4k+1: 12 latent frames, the paper's length
+    buckets: list[tuple[int, int]] = [(480, 720)]  # (height, width); a clip goes to the nearest aspect
+    max_references: int = 4  # a sample keeps its first subjects, up to this many
+    batch_size: int = 1  # per process
+    workers: int = 2  # DataLoader worker processes per process (0: in the training process)
+
+    @field_validator("frames")
+    @classmethod
+    def four_k_plus_one(cls, frames: int) -> int:
+        if (frames - 1) % 4:
+            raise ValueError(f"frames must be 4k+1 (the VAE compresses time 4x), got {frames}")
+        return frames
+
+
+class LoraConfig(Strict):
+    rank: int = 64
+    alpha: int = 64
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class ValidationConfig(Strict):
+    every: int = 0  # steps between validation videos (0: never)
+    steps: int = 50  # denoising steps
+    guidance_scale: float = 6.0
+
+
+class TrainConfig(Strict):
+    run: str = "runs/train"  # every output of the run goes here
+    phase: Literal["align", "joint"] = "joint"
+    model: CinemaConfig = CinemaConfig()
+    t5: PartRef = PartRef(ref="THUDM/CogVideoX-5b")  # tokenizer/ + text_encoder/: the align phase's targets
+    data: DataConfig = DataConfig()
+    lora: LoraConfig | None = None  # joint phase: None trains the whole DiT
+    precision: Literal["fp32", "bf16"] = "bf16"
+    seed: int = 0
+    max_steps: int = 1000
+    learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    max_grad_norm: float | None = 1.0
+    ema_decay: float | None = None  # an EMA of the trained weights, saved in its place
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: bool = True  # continue from the run's latest checkpoint when there is one
+    validation: ValidationConfig = ValidationConfig()
+
+
+def load_train_config(path: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """The YAML file (a run's own `config.yaml` too), then `--set` overrides."""
+    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    return TrainConfig.model_validate(apply_overrides(data or {}, list(overrides)))

@@ -1,0 +1,97 @@
+"""Fixtures for training and sampling: tiny CINEMA models, and shards written by the real shard writer."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.cinema import AlignerShape, CinemaConfig, PartRef
+from model.train_config import DataConfig, TrainConfig
+from stages.shards import Shards, ShardsConfig
+from stages.video import encode_mp4, iter_frames
+
+CINEMA_MODELS = ["qwen2_5_vl", "cogvideox_2b"]
+REAL = Path(__file__).parent / "data" / "real"
+SIZE = (32, 48)  # tiny video height, width
+FRAMES = 9
+
+
+@pytest.fixture(scope="session")
+def cinema_models(tmp_path_factory) -> Path:
+    from model.tiny import ensure
+
+    return ensure(tmp_path_factory.mktemp("cinema-models"), CINEMA_MODELS)
+
+
+def tiny_model_config(models: Path) -> CinemaConfig:
+    base = str(models / "cogvideox_2b")
+    return CinemaConfig(
+        mllm=PartRef(ref=str(models / "qwen2_5_vl")),
+        vae=PartRef(ref=base, subfolder="vae"),
+        transformer=PartRef(ref=base, subfolder="transformer"),
+        scheduler=PartRef(ref=base, subfolder="scheduler"),
+        aligner_shape=AlignerShape(num_layers=2, width=32, num_heads=4, mlp_ratio=2),
+        max_pixels=56 * 56,
+        height=SIZE[0],
+        width=SIZE[1],
+    )
+
+
+def tiny_train_config(models: Path, shards: Path, run: Path, **values) -> TrainConfig:
+    """configs/train_tiny.yaml's values, on the given models, shards and run folder."""
+    data = DataConfig(shards=str(shards), frames=FRAMES, buckets=[SIZE], max_references=2, batch_size=1, workers=0)
+    defaults = dict(
+        run=str(run), model=tiny_model_config(models), t5=PartRef(ref=str(models / "cogvideox_2b")), data=data,
+        precision="fp32", learning_rate=1e-3, warmup_steps=1, log_every=1, max_steps=4, checkpoint_every=4,
+    )  # fmt: skip
+    return TrainConfig(**{**defaults, **values})
+
+
+def rgba_cutout(image: np.ndarray) -> np.ndarray:
+    """A subject cut-out as the subjects stage writes it: RGBA, an ellipse opaque, the rest transparent."""
+    h, w = image.shape[:2]
+    y, x = np.ogrid[:h, :w]
+    inside = ((y - h / 2) / (h / 2)) ** 2 + ((x - w / 2) / (w / 2)) ** 2 <= 1
+    return np.dstack([image, np.where(inside, 255, 0).astype(np.uint8)])
+
+
+def real_samples(count: int, frames: int = 13) -> list[dict]:
+    """Short clips of the shipped real footage, each with two cut-outs of its own frames as references."""
+    samples = []
+    for index in range(count):
+        source = sorted(REAL.glob("*.mp4"))[index % 2]
+        start = 15 * (index // 2)
+        images = [f.image for f in iter_frames(source, fmt="rgb24", size=(64, 48), end_frame=start + frames) if f.index >= start]
+        refs = [rgba_cutout(images[0][8:40, 4:36]), rgba_cutout(images[-1][8:40, 28:60])]
+        samples.append({"key": f"real-{index:02d}", "frames": images, "refs": refs, "caption": f"a scene from {source.stem}"})
+    return samples
+
+
+def write_shard(run: Path, samples: list[dict], name: str = "train-test") -> Path:
+    """Clips and references as files of a run folder, then one shard through `stages.shards.Shards`."""
+    rows = []
+    for sample in samples:
+        key = sample["key"]
+        clip = Path("clips") / f"{key}.mp4"
+        (run / clip).parent.mkdir(parents=True, exist_ok=True)
+        encode_mp4(run / clip, iter(sample["frames"]), Fraction(8))
+        subjects = []
+        for i, ref in enumerate(sample["refs"]):
+            masked, crop = Path("refs") / f"{key}_{i}.png", Path("refs") / f"{key}_{i}_crop.png"
+            (run / masked).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ref).save(run / masked)
+            Image.fromarray(ref[..., :3]).save(run / crop)
+            subjects.append({"subject_id": f"{key}-{i}", "kind": "object", "label": "thing", "masked_path": str(masked), "crop_path": str(crop)})
+        rows.append({"clip_id": key, "clip_path": str(clip), "caption": sample["caption"], "subjects": json.dumps(subjects)})
+    shards = Shards(ShardsConfig(), run)
+    shards.process({"shard": name, "samples_json": json.dumps(rows)})
+    return run / "shards"
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
