@@ -58,6 +58,15 @@ sample: setup
 cinema-tiny-models: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.tiny $(TINY_MODELS) qwen2_5_vl cogvideox_2b
 
+# Metrics of generated videos (CLIP-T, CLIP-I, DINO-I, face similarity, temporal consistency, motion):
+# make eval SAMPLES=samples.jsonl [EVAL_OUT=DIR] [PROFILE=tiny]; one JSON line per video:
+# {"video": "a.mp4", "prompt": "...", "references": [{"image": "ref.png", "kind": "face", "label": "woman"}]}
+EVAL_OUT ?=
+eval: setup
+	@test -n "$(SAMPLES)" || { echo 'usage: make eval SAMPLES=samples.jsonl [EVAL_OUT=DIR] [PROFILE=full|tiny]'; exit 2; }
+	$(if $(filter tiny,$(PROFILE)),HF_HUB_OFFLINE=1 $(PY) -m model.tiny $(TINY_MODELS) clip_eval dino grounding_dino arcface >/dev/null)
+	HF_HUB_OFFLINE=1 $(PY) -m model.evaluate "$(SAMPLES)" $(if $(EVAL_OUT),--out "$(EVAL_OUT)") $(if $(filter tiny,$(PROFILE)),--tiny-models $(TINY_MODELS))
+
 # The browser the report tests open pages in (Debian's chromium; needs root, as CI is).
 test-deps:
 	@test -x /usr/bin/chromium || { apt-get update -q && apt-get install -y -q chromium; }

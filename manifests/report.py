@@ -72,7 +72,7 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
         ),
         "aesthetic": histogram(con, "aesthetic_score", "aesthetic score (LAION scale)", {"min_aesthetic": filters.min_aesthetic}, out / "plots" / "aesthetic.png"),
     }
-    page = render(run, counts(run, con), views.funnel(run, filters), random_tables(run, con), plots, groups, config)
+    page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config)
     path = out / "index.html"
     tmp = out / f"{TMP_PREFIX}index.html"
     tmp.write_text(page, encoding="utf-8")
@@ -189,7 +189,7 @@ def histogram(con, column: str, label: str, thresholds: dict[str, float], path: 
     return {"path": f"plots/{path.name}", "n": len(values)}
 
 
-def counts(run: Path, con) -> dict[str, str]:
+def counts(con) -> dict[str, str]:
     """Headline numbers: what went in, what came out."""
     one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
     hours = (one("SELECT sum(duration_s) FROM videos") or 0.0) / 3600

@@ -18,14 +18,14 @@ Every similarity is a plain cosine in [-1, 1] (papers often print it times 100):
   on face boxes of the same detector, unaligned crops; null without a face reference.
 - `temporal_consistency`: mean CLIP cosine of consecutive frames (frame consistency of Gen-1,
   Esser et al., ICCV 2023).
-- `motion`: the curation motion score (stages/motion.py: mean optical flow, % of the frame diagonal
-  per second) over consecutive frames, so generated and training clips compare on one scale.
+- `motion`: motion magnitude in the curation motion score's units (stages/motion.py's flow: mean
+  optical flow, % of the frame diagonal per second), but over every pair of consecutive frames
+  rather than 2 frames a second, so compare it with other generated videos, not with curation scores.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -117,6 +117,13 @@ def clip_t(text: torch.Tensor, frames: torch.Tensor) -> float:
 def best_region_similarity(reference: torch.Tensor, regions_per_frame: list[torch.Tensor]) -> float:
     """Mean over frames of the highest cosine between the reference and any region of the frame."""
     return float(np.mean([float(cosine(reference.view(1, -1), regions).max()) for regions in regions_per_frame]))
+
+
+def region_score(embed, reference: np.ndarray, crops: list[list[np.ndarray]]) -> float:
+    """`best_region_similarity` with one forward of the embedding model for the reference and every crop."""
+    embeddings = embed([reference] + [c for frame in crops for c in frame])
+    per_frame = torch.split(embeddings[1:], [len(frame) for frame in crops])
+    return best_region_similarity(embeddings[0], list(per_frame))
 
 
 def temporal_consistency(frames: torch.Tensor) -> float:
@@ -211,10 +218,10 @@ class Evaluator:
             image = np.asarray(on_white(Path(ref.image).read_bytes()))
             crops, share = self.regions(frames, ref.label)
             detected.append(share)
-            clip_i.append(best_region_similarity(self.clip_images([image])[0], [self.clip_images(c) for c in crops]))
-            dino_i.append(best_region_similarity(self.dino_images([image])[0], [self.dino_images(c) for c in crops]))
+            clip_i.append(region_score(self.clip_images, image, crops))
+            dino_i.append(region_score(self.dino_images, image, crops))
             if ref.kind == "face":
-                face.append(best_region_similarity(self.face.embed([image])[0], [self.face.embed(c) for c in crops]))
+                face.append(region_score(self.face.embed, image, crops))
         mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
         row.update(clip_i=mean(clip_i), dino_i=mean(dino_i), face_sim=mean(face), detected=mean(detected))
         row["random_weights"] = self.config.random_weights

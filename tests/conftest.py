@@ -6,6 +6,8 @@ import contextlib
 import io
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ KEEP_ALL = [
     "--set", "filter.max_motion=100000",
     "--set", "filter.min_short_side=0",
 ]
-# The shared run's sources: three real videos and two of the golden suite (one of them VFR).
+# The shared run's sources: two real videos and three of the golden suite (goldeneye is VFR).
 SHARED_SOURCES = [
     REAL / "bikes.mp4",
     REAL / "carphone_pristine.mp4",
@@ -80,6 +82,36 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("RAY_ADDRESS", None)
     env.update(extra)
     return env
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of a session this test run started (Ray puts its workers in groups of their own)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,sid=,stat="], capture_output=True, text=True).stdout
+    rows = (line.split() for line in out.splitlines())
+    return [int(pid) for pid, s, stat in rows if int(s) == sid and not stat.startswith("Z")]
+
+
+def kill_session(proc: subprocess.Popen, first: signal.Signals = signal.SIGKILL, grace_s: float = 10.0) -> None:
+    """Stop a process started with start_new_session=True and everything it started, by pid."""
+    try:
+        os.killpg(proc.pid, first)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    for _ in range(100):
+        left = session_pids(proc.pid)
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import KEEP_ALL, REAL, ROOT, CliResult, pipeline_cli, subprocess_env
+from conftest import KEEP_ALL, REAL, ROOT, CliResult, manifests_cli, pipeline_cli, subprocess_env
 from videos import decode_rgb, marked_frames, moving_square, textured, write_audio_only, write_video
 
 from manifests import store
@@ -126,8 +125,6 @@ def test_weird_names_work_end_to_end(bad_run):
     assert video["n_frames"] == 30
     (clip,) = [c for c in store.read_table(bad_run.run, "clips").to_pylist() if c["video_id"] == video["video_id"]]
     assert clip["n_frames"] == 30 and len(decode_rgb(bad_run.run / clip["path"])) == 30
-    from conftest import manifests_cli
-
     shown = manifests_cli("sql", bad_run.run, "SELECT count(*) AS n FROM candidates WHERE video_path LIKE '%vidéo ü.mp4'")
     assert shown.code == 0 and shown.out.split() == ["n", "1"], shown.out
 

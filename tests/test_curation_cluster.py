@@ -1,8 +1,8 @@
-"""`python -m pipeline stage NAME --run RUN` runs on a Ray cluster named by RAY_ADDRESS."""
+"""`python -m pipeline stage NAME --run RUN` runs on a Ray cluster named by RAY_ADDRESS; without
+RAY_ADDRESS the pipeline runs on a Ray of its own, even when a cluster runs on the machine."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -10,10 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import GOLDEN, REAL, ROOT, pipeline_cli, subprocess_env
+from conftest import GOLDEN, REAL, ROOT, kill_session, pipeline_cli, subprocess_env
 
 from manifests import store
 
@@ -26,70 +27,98 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@dataclass
+class Cluster:
+    address: str
+    tmpdir: Path  # RAY_TMPDIR: where this cluster, and only it, is found by `ray.init()`
+    logs: Path  # the cluster's session logs: every driver that connects leaves a log here
+
+
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A one-node cluster of its own (own temp dir, own process group), stopped by its pids only:
-    `ray stop --force` would also stop every other Ray on this machine."""
+    """A one-node cluster in a temp dir of its own (RAY_TMPDIR), so no other Ray on this machine
+    finds it; stopped by the pids of its own session: `ray stop --force` would stop every Ray here."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths have a length limit
     port = _free_port()
-    temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    log = open(temp / "head.log", "w")
+    address = f"127.0.0.1:{port}"
+    log = open(tmpdir / "head.log", "w")
     head = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port), "--node-ip-address", "127.0.0.1",
-         "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(temp)],
-        env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+         "--include-dashboard=false", "--disable-usage-stats"],
+        env=subprocess_env(RAY_TMPDIR=str(tmpdir)), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert head.poll() is None, (temp / "head.log").read_text()
-            status = subprocess.run([str(RAY), "status", "--address", address], env=subprocess_env(), capture_output=True, text=True)
+            assert head.poll() is None, (tmpdir / "head.log").read_text()
+            status = subprocess.run(
+                [str(RAY), "status", "--address", address], env=subprocess_env(RAY_TMPDIR=str(tmpdir)), capture_output=True, text=True
+            )
             if status.returncode == 0 and "CPU" in status.stdout:
                 break
             assert time.monotonic() < deadline, status.stdout + status.stderr
             time.sleep(1)
-        yield address, temp
+        yield Cluster(address, tmpdir, (tmpdir / "ray" / "session_latest").resolve() / "logs")
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops what it started
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        kill_session(head, first=signal.SIGTERM, grace_s=5)  # `ray start --block` stops what it started
         log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory) -> Path:
+    """A run whose probe ran here, on this process's own Ray."""
+    src = tmp_path_factory.mktemp("cluster_src")
+    shutil.copy(REAL / "bikes.mp4", src)
+    shutil.copy(GOLDEN / "counter.mp4", src)
+    run = tmp_path_factory.mktemp("cluster_run") / "run"
+    local = pipeline_cli("curate", src, "--out", run, "--stages", "probe")
+    assert local.code == 0, local.out + local.err
+    assert store.read_table(run, "videos").num_rows == 2 and store.read_table(run, "scenes").num_rows == 0
+    return run
+
+
+def _drivers(cluster: Cluster) -> list[str]:
+    return [p.name for p in cluster.logs.glob("python-core-driver-*.log")]
 
 
 @pytest.mark.slow
-def test_stage_runs_on_the_cluster_at_ray_address(ray_cluster, tmp_path):
-    address, temp = ray_cluster
-    src = tmp_path / "src"
-    src.mkdir()
-    shutil.copy(REAL / "bikes.mp4", src)
-    shutil.copy(GOLDEN / "counter.mp4", src)
-    run = tmp_path / "run"
-    local = pipeline_cli("curate", src, "--out", run, "--stages", "probe")  # this process's own Ray
-    assert local.code == 0, local.out + local.err
-    assert store.read_table(run, "videos").num_rows == 2 and store.read_table(run, "scenes").num_rows == 0
-
+def test_stage_runs_on_the_cluster_at_ray_address(ray_cluster, probed):
     stage = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "stage", "scenes", "--run", str(run)],
-        cwd=ROOT, env=subprocess_env(RAY_ADDRESS=address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "pipeline", "stage", "scenes", "--run", str(probed)],
+        cwd=ROOT, env=subprocess_env(RAY_ADDRESS=ray_cluster.address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     out, _ = stage.communicate(timeout=300)
     assert stage.returncode == 0, out
-    scenes = store.read_table(run, "scenes").to_pylist()
-    assert {s["video_id"] for s in scenes} == {v["video_id"] for v in store.read_table(run, "videos").to_pylist()}
-    bikes = sorted(s["start_frame"] for s in scenes if s["video_id"] in _ids(run, "bikes.mp4"))
-    assert bikes == [0, 30, 76, 137, 187, 242]
+    scenes = store.read_table(probed, "scenes").to_pylist()
+    videos = store.read_table(probed, "videos").to_pylist()
+    assert {s["video_id"] for s in scenes} == {v["video_id"] for v in videos}
+    (bikes,) = [v["video_id"] for v in videos if Path(v["path"]).name == "bikes.mp4"]
+    assert sorted(s["start_frame"] for s in scenes if s["video_id"] == bikes) == [0, 30, 76, 137, 187, 242]
     # It ran on that cluster: the stage's driver process left its log in the cluster's session.
-    logs = temp / "session_latest" / "logs"
-    drivers = [p.name for p in logs.glob("python-core-driver-*.log")]
-    assert any(name.endswith(f"_{stage.pid}.log") for name in drivers), (stage.pid, drivers)
+    assert any(name.endswith(f"_{stage.pid}.log") for name in _drivers(ray_cluster)), (stage.pid, _drivers(ray_cluster))
 
 
-def _ids(run: Path, name: str) -> set[str]:
-    return {v["video_id"] for v in store.read_table(run, "videos").to_pylist() if Path(v["path"]).name == name}
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="pipeline/runner.py start_ray passes address=None without RAY_ADDRESS, so ray.init joins the "
+    "latest `ray start` cluster of the machine and fails on num_cpus; address='local' fixes it",
+)
+def test_without_ray_address_a_running_cluster_is_left_alone(ray_cluster, tmp_path):
+    """A cluster someone started on this machine must not capture (or break) a local run."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(GOLDEN / "counter.mp4", src)
+    run = tmp_path / "run"
+    local = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "curate", str(src), "--out", str(run), "--stages", "probe"],
+        cwd=ROOT, env=subprocess_env(RAY_TMPDIR=str(ray_cluster.tmpdir)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    out, _ = local.communicate(timeout=300)
+    assert local.returncode == 0, out[-3000:]
+    assert store.read_table(run, "videos").num_rows == 1
+    assert not any(name.endswith(f"_{local.pid}.log") for name in _drivers(ray_cluster))
 
 
 def test_stage_on_a_folder_that_is_not_a_run_fails_clearly(tmp_path):

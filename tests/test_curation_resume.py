@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
-from conftest import KEEP_ALL, ROOT, pipeline_cli, subprocess_env
+from conftest import KEEP_ALL, ROOT, kill_session, pipeline_cli, subprocess_env
 
 from manifests import store
 from manifests.schemas import TABLES
-
-
-def _session_pids(sid: int) -> list[int]:
-    """Processes still alive in the session that a killed run started in."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,sid=,stat="], capture_output=True, text=True).stdout
-    return [int(pid) for pid, s, stat in (line.split() for line in out.splitlines()) if int(s) == sid and not stat.startswith("Z")]
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    for _ in range(50):  # anything of that run that left the process group, by pid
-        left = _session_pids(proc.pid)
-        if not left:
-            return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
 
 
 def _rows(run: Path, table: str) -> list[dict]:
@@ -71,7 +50,7 @@ def test_kill_and_rerun_gives_the_tables_of_an_uninterrupted_run(curated, tmp_pa
         assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, "no clips were written in time"
     finally:
-        _kill_session(proc)
+        kill_session(proc)
     done_before = len(_rows(run, "clips"))
     expected = _rows(curated.run, "clips")
     assert 2 <= done_before < len(expected), "the kill must land while clips are being written"
@@ -86,8 +65,24 @@ def test_kill_and_rerun_gives_the_tables_of_an_uninterrupted_run(curated, tmp_pa
     for table, spec in TABLES.items():
         resumed, uninterrupted = _rows(run, table), _rows(curated.run, table)
         assert [tuple(r[k] for k in spec.key) for r in resumed] == [tuple(r[k] for k in spec.key) for r in uninterrupted], table
+        if table == "clips":  # x264 output is not byte-reproducible from run to run; the frames are
+            resumed = [{**r, "bytes": None} for r in resumed]
+            uninterrupted = [{**r, "bytes": None} for r in uninterrupted]
         assert resumed == uninterrupted, f"{table}: rows differ after resume"
     assert len(_rows(run, "clips")) == 13 and not _rows(run, "errors")
+    for clip in _rows(run, "clips"):
+        assert (run / clip["path"]).stat().st_size == clip["bytes"]
+        ours, theirs = _first_frame_and_count(run / clip["path"]), _first_frame_and_count(curated.run / clip["path"])
+        assert ours[1] == theirs[1] == clip["n_frames"]
+        assert np.abs(ours[0] - theirs[0]).mean() < 1.0, clip["path"]
+
+
+def _first_frame_and_count(path: Path) -> tuple[np.ndarray, int]:
+    with av.open(str(path)) as container:
+        first = next(container.decode(video=0)).to_ndarray(format="gray").astype(np.float32)
+        container.seek(0)
+        count = sum(1 for packet in container.demux(video=0) if packet.size)
+    return first, count
 
 
 @pytest.mark.slow
@@ -104,5 +99,8 @@ def test_rerun_of_a_finished_run_does_nothing_quickly(curated):
     for stage in ("probe", "scenes", "motion", "clips"):  # the run's config.yaml keeps its stages
         assert f"{stage}: nothing to do" in done.stdout
     assert "nothing to do: every stage was already complete" in done.stdout
-    assert seconds < 10, f"a rerun with nothing to do took {seconds:.1f} s"
+    # About 5 s here, most of it Python imports; the limit leaves room for a loaded machine.
+    assert seconds < 15, f"a rerun with nothing to do took {seconds:.1f} s"
+    (reported,) = [float(line.split()[1]) for line in done.stdout.splitlines() if line.split()[:1] == ["time"]]
+    assert reported < 5, done.stdout
     assert {p: p.stat().st_mtime_ns for p in (curated.run / "manifests").rglob("*.parquet")} == parts_before

@@ -119,7 +119,6 @@ def test_whole_sample_scores_its_own_reference_higher(evaluator, videos):
     assert moving["detected"] == 1.0  # threshold 0: the detector's boxes are the regions
 
 
-@pytest.mark.slow
 def test_cli_writes_parquet_and_markdown(evaluator, videos, tmp_path):
     models = Path(evaluator.config.clip).parent
     folder = videos["astronaut"].parent

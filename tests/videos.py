@@ -23,7 +23,7 @@ def write_video(
 ) -> Path:
     """Encode RGB uint8 frames (HxWx3, even sizes) as H.264 in MP4.
 
-    `pts` (in `time_base`, default 1/fps-ish 1/90000) gives each frame its own presentation time, for
+    `pts` (in `time_base`, default 1/90000) gives each frame its own presentation time, for
     variable frame rate; `rotation` (degrees counter-clockwise) sets the display matrix.
     """
     path = Path(path)
@@ -61,7 +61,7 @@ def write_audio_only(path: str | Path, seconds: float = 1.0, rate: int = 16000) 
         t = np.arange(int(seconds * rate)) / rate
         samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         size = 1024
-        for i, offset in enumerate(range(0, len(samples), size)):
+        for offset in range(0, len(samples), size):
             chunk = samples[offset : offset + size]
             frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
             frame.sample_rate = rate
