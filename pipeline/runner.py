@@ -135,7 +135,7 @@ def start_ray(workers: int | None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = os.environ.get("RAY_ADDRESS")
     ray.init(
-        address=address or None,
+        address=address or "local",  # never join a cluster the user did not name
         num_cpus=None if address else (workers or os.cpu_count()),
         include_dashboard=False,
         logging_level="ERROR",

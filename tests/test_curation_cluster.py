@@ -100,11 +100,6 @@ def test_stage_runs_on_the_cluster_at_ray_address(ray_cluster, probed):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/runner.py start_ray passes address=None without RAY_ADDRESS, so ray.init joins the "
-    "latest `ray start` cluster of the machine and fails on num_cpus; address='local' fixes it",
-)
 def test_without_ray_address_a_running_cluster_is_left_alone(ray_cluster, tmp_path):
     """A cluster someone started on this machine must not capture (or break) a local run."""
     src = tmp_path / "src"
