@@ -81,6 +81,7 @@ test-fast: setup
 bench: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_learned
+	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_train
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench
 
 clean:

@@ -164,6 +164,7 @@ class Trainer:
             gradient_accumulation_steps=config.gradient_accumulation,
             log_with="tensorboard",
             project_dir=str(self.run),
+            cpu=not torch.cuda.is_available(),  # without it accelerate ignores torchrun's processes on CPU
         )
         self.weight_dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         self.phase = PHASES[config.phase](self)
