@@ -10,7 +10,7 @@ PROFILE ?= full
 TINY_MODELS := tiny-models
 CURATE_ARGS = --profile $(PROFILE) $(if $(STAGES),--stages $(STAGES)) $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: setup demo curate weights tiny-models test test-deps test-fast bench eval clean train sample cinema-tiny-models
+.PHONY: setup demo curate weights tiny-models test test-deps test-fast bench eval clean train encode sample cinema-tiny-models
 
 setup: .venv/.installed
 
@@ -43,10 +43,18 @@ curate: setup $(if $(filter tiny,$(PROFILE)),tiny-models)
 
 # Train CINEMA: `make train PROFILE=tiny` on the demo shards, or CONFIG=configs/train_full.yaml;
 # multi-GPU with LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml".
+# TRAIN_ARGS="--set data.shards=runs/demo/encoded" trains on the features `make encode` cached.
 CONFIG  ?= configs/train_$(PROFILE).yaml
 LAUNCH  ?= $(PY)
+TRAIN_ARGS ?=
 train: setup $(if $(filter tiny,$(PROFILE)),cinema-tiny-models)
-	HF_HUB_OFFLINE=$(if $(filter tiny,$(PROFILE)),1,0) $(LAUNCH) -m model.train --config $(CONFIG)
+	HF_HUB_OFFLINE=$(if $(filter tiny,$(PROFILE)),1,0) $(LAUNCH) -m model.train --config $(CONFIG) $(TRAIN_ARGS)
+
+# Cache the frozen models' features of a curated run's shards for CONFIG (a pipeline stage on Ray):
+# writes RUN/encoded/, where RUN holds CONFIG's data.shards (make encode PROFILE=tiny: runs/demo).
+ENCODE_RUN = $(shell $(PY) -c "import yaml,pathlib;print(pathlib.Path(yaml.safe_load(open('$(CONFIG)'))['data']['shards']).parent)" 2>/dev/null)
+encode: setup $(if $(filter tiny,$(PROFILE)),cinema-tiny-models)
+	HF_HUB_OFFLINE=$(if $(filter tiny,$(PROFILE)),1,0) $(PY) -m pipeline stage encode --run "$(ENCODE_RUN)" --set encode.train_config=$(CONFIG) $(if $(WORKERS),--workers $(WORKERS))
 
 # A video from a checkpoint: make sample REFS=a.png,b.png PROMPT="..." [CKPT=runs/NAME/checkpoints/step-N]
 CKPT    ?= $(lastword $(sort $(wildcard $(shell $(PY) -c "import yaml;print(yaml.safe_load(open('$(CONFIG)'))['run'])" 2>/dev/null)/checkpoints/step-*)))

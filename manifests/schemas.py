@@ -134,6 +134,17 @@ TABLES: dict[str, TableSpec] = {
             F("clip_ids", pa.list_(pa.string())),  # the samples it holds, in order
         ),
         _spec(
+            "encoded",
+            ("shard",),
+            F("shard", pa.string()),  # the raw shard these samples' features come from
+            F("path", pa.string()),  # relative to the run folder: encoded/<shard>.tar
+            F("n_samples", pa.int32()),
+            F("skipped_json", pa.string()),  # {reason: count} of samples the trainer could not use
+            F("bytes", pa.int64()),
+            F("train_config", pa.string()),  # the training config the features were made for
+            F("config_digest", pa.string()),  # of the parts of it that change the features
+        ),
+        _spec(
             "errors",
             ("stage", "key"),
             F("stage", pa.string()),

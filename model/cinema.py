@@ -100,6 +100,22 @@ def pad_tokens(states: MLLMStates, length: int) -> MLLMStates:
     return MLLMStates(F.pad(states.states, (0, 0, 0, extra)), F.pad(states.mask, (0, extra), value=False))
 
 
+def encode_conditions(
+    mllm: MLLMEncoder, vae: VideoVAE, references: list[list[Image.Image]], captions: list[str], size: tuple[int, int]
+) -> Conditions:
+    """The frozen parts' view of each sample: MLLM states of references + caption, VAE latents of the references."""
+    height, width = size
+    states = mllm(references, captions)
+    counts = [len(sample) for sample in references]
+    images = [image for sample in references for image in sample]
+    if images:
+        pixels = torch.stack([letterbox(image, height, width) for image in images])
+        latents = vae.encode_images(pixels.to(vae.device))
+    else:
+        latents = torch.zeros(0, *vae.latent_size(height, width), device=vae.device)
+    return Conditions(states.states, states.mask, list(latents.split(counts)))
+
+
 class CinemaModel(nn.Module):
     def __init__(
         self,
@@ -153,16 +169,7 @@ class CinemaModel(nn.Module):
 
         References are letterboxed to `size` (height, width), the video's; default the config's.
         """
-        height, width = size or (self.config.height, self.config.width)
-        states = self.mllm(references, captions)
-        counts = [len(sample) for sample in references]
-        images = [image for sample in references for image in sample]
-        if images:
-            pixels = torch.stack([letterbox(image, height, width) for image in images])
-            latents = self.vae.encode_images(pixels.to(self.vae.device))
-        else:
-            latents = torch.zeros(0, *self.vae.latent_size(height, width), device=self.vae.device)
-        return Conditions(states.states, states.mask, list(latents.split(counts)))
+        return encode_conditions(self.mllm, self.vae, references, captions, size or (self.config.height, self.config.width))
 
     def forward(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         """The v-prediction for the video latents (batch, frames, C, h, w); references are not predicted."""

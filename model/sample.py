@@ -32,7 +32,7 @@ SCHEDULER_NAMES = {"ddim": "CogVideoXDDIMScheduler", "dpm": "CogVideoXDPMSchedul
 
 @dataclass
 class CinemaPipelineOutput:
-    frames: list[list[Image.Image]]  # one list of frames per video
+    frames: list[list[Image.Image]] | torch.Tensor  # one list of frames per video, or the latents
 
 
 class CinemaPipeline:
@@ -80,7 +80,9 @@ class CinemaPipeline:
         num_inference_steps: int = 50,
         guidance_scale: float = 6.0,
         generator: torch.Generator | None = None,
+        output_type: Literal["pil", "latent"] = "pil",
     ) -> CinemaPipelineOutput:
+        """`output_type="latent"` returns the denoised latents (batch, frames, C, h, w), not decoded."""
         model = self.model
         height, width = height or model.config.height, width or model.config.width
         if (num_frames - 1) % model.vae.temporal_compression:
@@ -109,9 +111,9 @@ class CinemaPipeline:
                 )
             else:
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
-        # CogVideoX 1.0's decoder keeps the first latent frame single only for odd counts: an even
-        # count (45 frames = 12 latent frames) decodes to 4 per latent frame. The last frames are the video.
-        video = model.vae.decode(latents.to(model.vae.vae.dtype))[:, :, -num_frames:]
+        if output_type == "latent":
+            return CinemaPipelineOutput(frames=latents)
+        video = model.vae.decode(latents.to(model.vae.vae.dtype))
         pixels = ((video.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
         return CinemaPipelineOutput(frames=[[Image.fromarray(frame) for frame in clip] for clip in pixels])
 

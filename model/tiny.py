@@ -186,7 +186,7 @@ def _cogvideox_vae(scaling_factor: float):
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(SEED)
-    return AutoencoderKLCogVideoX(
+    vae = AutoencoderKLCogVideoX(
         block_out_channels=(8, 8, 16, 16),  # four levels: 8x spatial, 4x temporal, as the real VAE
         layers_per_block=1,
         norm_num_groups=4,
@@ -195,24 +195,30 @@ def _cogvideox_vae(scaling_factor: float):
         sample_width=TINY_VIDEO_SHAPE["width"],
         scaling_factor=scaling_factor,
     )
+    # A trained VAE's posterior is narrow; a random one's (log-variance about 0) would bury each
+    # clip's latents under sampling noise of std 1. The log-variance half of the encoder's output
+    # is biased to -10 (std about 0.007), so sampled latents carry their video, as trained ones do.
+    with torch.no_grad():
+        vae.encoder.conv_out.conv.bias[vae.config.latent_channels :] = -10.0
+    return vae
 
 
-def _cogvideox_transformer(text_width: int, rotary: bool):
+def _cogvideox_transformer(text_width: int, rotary: bool, heads: int = 2, time_embed_dim: int = 16, text_length: int = 226):
     from diffusers import CogVideoXTransformer3DModel
 
     torch.manual_seed(SEED)
     return CogVideoXTransformer3DModel(
-        num_attention_heads=2,
+        num_attention_heads=heads,
         attention_head_dim=16,
         in_channels=16,
         out_channels=16,
-        time_embed_dim=16,
+        time_embed_dim=time_embed_dim,
         text_embed_dim=text_width,
         num_layers=2,
         sample_height=TINY_VIDEO_SHAPE["height"] // VAE_SPATIAL_DOWNSAMPLE,
         sample_width=TINY_VIDEO_SHAPE["width"] // VAE_SPATIAL_DOWNSAMPLE,
         sample_frames=TINY_VIDEO_SHAPE["frames"],
-        max_text_seq_length=226,
+        max_text_seq_length=text_length,
         use_rotary_positional_embeddings=rotary,
     )
 
@@ -243,7 +249,7 @@ COGVIDEOX_LAYOUTS = {
 }
 
 
-def build_cogvideox(out: Path, layout: str) -> None:
+def build_cogvideox(out: Path, layout: str, **transformer_size) -> None:
     """A CogVideoX text-to-video checkpoint folder: transformer/ vae/ scheduler/ text_encoder/ tokenizer/."""
     from diffusers import CogVideoXPipeline
 
@@ -254,14 +260,17 @@ def build_cogvideox(out: Path, layout: str) -> None:
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=_cogvideox_vae(spec["scaling_factor"]),
-        transformer=_cogvideox_transformer(text_encoder.config.d_model, spec["rotary"]),
+        transformer=_cogvideox_transformer(text_encoder.config.d_model, spec["rotary"], **transformer_size),
         scheduler=_cogvideox_scheduler(spec["snr_shift_scale"]),
     )
     pipeline.save_pretrained(out, safe_serialization=True)
 
 
-def build_clip(out: Path) -> None:
-    """An open_clip model in its hub layout (`open_clip_config.json` + safetensors), as `timm/vit_large_patch14_clip_224.openai`."""
+def _build_clip(out: Path, context_length: int, vocab_size: int) -> None:
+    """An open_clip model in its hub layout (`open_clip_config.json` + safetensors), as `timm/vit_large_patch14_clip_224.openai`.
+
+    The two entries differ only in the text tower's vocabulary and context (see `BUILDERS`).
+    """
     import open_clip
     from safetensors.torch import save_file
 
@@ -269,7 +278,7 @@ def build_clip(out: Path) -> None:
         "embed_dim": 32,
         "quick_gelu": True,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 32},
-        "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 32, "heads": 2, "layers": 1},
+        "text_cfg": {"context_length": context_length, "vocab_size": vocab_size, "width": 32, "heads": 2, "layers": 1},
     }
     torch.manual_seed(SEED)
     model = open_clip.CLIP(**model_cfg)
@@ -347,25 +356,6 @@ def build_sam(out: Path) -> None:
     torch.save(sam_of_type("tiny").state_dict(), out / "sam_tiny.pth")
 
 
-def build_clip_eval(out: Path) -> None:
-    """A tiny open_clip CLIP with the real BPE vocabulary and context, so open_clip's own tokenizer drives it (CLIP-T)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    model_cfg = {
-        "embed_dim": 32,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
-    torch.manual_seed(SEED)
-    model = open_clip.CLIP(**model_cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), out / "open_clip_model.safetensors")
-    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2))
-
-
 def build_dino(out: Path) -> None:
     """A DINOv2 backbone and its image processor, as `facebook/dinov2-small` (the DINO-I metric's model class)."""
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
@@ -394,11 +384,16 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "qwen2_5_vl": partial(build_qwen_vl, family="qwen2_5_vl"),
     "cogvideox_2b": partial(build_cogvideox, layout="2b"),
     "cogvideox_5b": partial(build_cogvideox, layout="5b"),
-    "clip": build_clip,
+    # For the toy-world proof (model/toy_world.py): wider, and 16 text tokens, not 226; next to
+    # 226 text tokens the 6 of a reference are too few for two narrow layers to learn in a CPU test.
+    "cogvideox_toy": partial(build_cogvideox, layout="2b", heads=4, time_embed_dim=64, text_length=16),
+    # The aesthetic stage's CLIP only embeds images: a small text tower is enough.
+    "clip": partial(_build_clip, context_length=16, vocab_size=512),
     "aesthetic_head": build_aesthetic_head,
     "grounding_dino": build_grounding_dino,
     "sam": build_sam,
-    "clip_eval": build_clip_eval,
+    # CLIP-T tokenizes prompts with open_clip's own tokenizer: the real BPE vocabulary and context.
+    "clip_eval": partial(_build_clip, context_length=77, vocab_size=49408),
     "dino": build_dino,
     "arcface": build_arcface,
 }

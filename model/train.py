@@ -34,6 +34,7 @@ from model import checkpoint
 from model.aligner import alignment_loss
 from model.cinema import CinemaModel, Conditions
 from model.data import Batch, latent_seed, make_loader
+from model.features import sample_features
 from model.mllm import MLLMStates
 from model.sample import CinemaPipeline, export_mp4
 from model.text_encoder import T5TargetEncoder
@@ -75,22 +76,18 @@ class AlignPhase(Phase):
     t5: T5TargetEncoder | None = None
 
     def inputs(self, batch: Batch) -> dict:
-        device = self.trainer.accelerator.device
-        if batch.caches is not None:
-            states = padded([c["mllm_states"] for c in batch.caches], [c["mllm_mask"].bool() for c in batch.caches])
-            targets = torch.stack([c["t5"] for c in batch.caches])
-            target_mask = torch.stack([c["t5_mask"].bool() for c in batch.caches])
-        else:
-            if self.t5 is None:
-                config = self.trainer.config
-                self.t5 = T5TargetEncoder.from_pretrained(config.t5.ref, dtype=self.trainer.weight_dtype).to(device)
-            states = self.trainer.model.mllm(batch.references, batch.captions)
-            targets, target_mask = self.t5(batch.captions)
+        if batch.caches is None and self.t5 is None:
+            config = self.trainer.config
+            self.t5 = T5TargetEncoder.from_pretrained(config.t5.ref, dtype=self.trainer.weight_dtype)
+            self.t5.to(self.trainer.accelerator.device)
+        trainer = self.trainer
+        features = batch_features(trainer.model, batch, trainer.config.seed, trainer.accelerator.device, self.t5)
+        states = padded([f["mllm_states"] for f in features], [f["mllm_mask"].bool() for f in features])
         return {
-            "states": states.states.to(device),
-            "mask": states.mask.to(device),
-            "targets": targets.to(device),
-            "target_mask": target_mask.to(device),
+            "states": states.states,
+            "mask": states.mask,
+            "targets": torch.stack([f["t5"] for f in features]),
+            "target_mask": torch.stack([f["t5_mask"].bool() for f in features]),
         }
 
     def loss(self, model: CinemaModel, inputs: dict) -> torch.Tensor:
@@ -105,7 +102,8 @@ class JointPhase(Phase):
 
     def inputs(self, batch: Batch) -> dict:
         trainer = self.trainer
-        return {"samples": joint_inputs(trainer.model, batch, trainer.config.seed, trainer.accelerator.device)}
+        features = batch_features(trainer.model, batch, trainer.config.seed, trainer.accelerator.device)
+        return {"samples": joint_samples(features, batch.seeds)}
 
     def loss(self, model: CinemaModel, inputs: dict) -> torch.Tensor:
         losses = [
@@ -115,29 +113,34 @@ class JointPhase(Phase):
         return torch.stack(losses).mean()
 
 
-def joint_inputs(model: CinemaModel, batch: Batch, seed: int, device: torch.device) -> list[tuple]:
-    """Per sample: video latents, conditions and the sample's seed, from the cache or the frozen encoders."""
-    samples = []
-    for row, key in enumerate(batch.keys):
-        if batch.caches is not None:
-            cache = batch.caches[row]
-            latents = cache["latents"][None]
-            conditions = Conditions(cache["mllm_states"][None], cache["mllm_mask"][None].bool(), [cache["reference_latents"]])
-        else:
-            video = batch.videos[row : row + 1].to(device, model.vae.vae.dtype)
-            vae_noise = torch.Generator().manual_seed(latent_seed(seed, key))
-            latents = model.vae.encode_video(video, vae_noise)
-            conditions = model.encode_conditions([batch.references[row]], [batch.captions[row]], tuple(video.shape[-2:]))
-        samples.append((latents.to(device), to_device(conditions, device), batch.seeds[row]))
-    return samples
+def batch_features(
+    model: CinemaModel, batch: Batch, seed: int, device: torch.device, t5: T5TargetEncoder | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """Each sample's frozen features: from the cache (`make encode`), else made now the same way."""
+    if batch.caches is not None:
+        return [{name: tensor.to(device) for name, tensor in cache.items()} for cache in batch.caches]
+    size = tuple(batch.videos.shape[-2:]) if batch.videos is not None else (model.config.height, model.config.width)
+    return [
+        sample_features(
+            model.mllm,
+            model.vae,
+            batch.references[row],
+            batch.captions[row],
+            size,
+            video=batch.videos[row] if batch.videos is not None else None,
+            latent_seed=latent_seed(seed, key),
+            t5=t5,
+        )
+        for row, key in enumerate(batch.keys)
+    ]
 
 
-def to_device(conditions: Conditions, device: torch.device) -> Conditions:
-    return Conditions(
-        conditions.mllm_states.to(device),
-        conditions.mllm_mask.to(device),
-        [latents.to(device) for latents in conditions.reference_latents],
-    )
+def joint_samples(features: list[dict[str, torch.Tensor]], seeds: list[int]) -> list[tuple]:
+    """Per sample: (video latents, conditions, the sample's seed), as the joint loss takes them."""
+    return [
+        (f["latents"][None], Conditions(f["mllm_states"][None], f["mllm_mask"][None].bool(), [f["reference_latents"]]), seed)
+        for f, seed in zip(features, seeds)
+    ]
 
 
 PHASES: dict[str, type[Phase]] = {phase.name: phase for phase in (AlignPhase, JointPhase)}
@@ -343,7 +346,7 @@ class Trainer:
         acc = self.accelerator
         if acc.is_main_process:
             batch, config = self.validation_batch, self.config
-            height, width = batch.videos.shape[-2:] if batch.videos is not None else config.data.buckets[0]
+            height, width = self.video_size(batch)
             self.model.eval()
             frames = CinemaPipeline(self.model)(
                 prompt=batch.captions[0],
@@ -358,6 +361,15 @@ class Trainer:
             self.model.train()
             export_mp4(frames, self.run / "validation" / f"step-{self.step:07d}.mp4")
         acc.wait_for_everyone()
+
+    def video_size(self, batch: Batch) -> tuple[int, int]:
+        """(height, width) of the batch's videos: decoded, or cached as latents."""
+        if batch.videos is not None:
+            return tuple(batch.videos.shape[-2:])
+        if batch.caches is not None and "latents" in batch.caches[0]:
+            spatial = self.model.vae.spatial_compression
+            return tuple(spatial * side for side in batch.caches[0]["latents"].shape[-2:])
+        return tuple(self.config.data.buckets[0])
 
     def save(self) -> None:
         acc = self.accelerator

@@ -38,9 +38,13 @@ class VideoVAE(nn.Module):
     def device(self) -> torch.device:
         return self.vae.device
 
+    @property
+    def spatial_compression(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     def latent_size(self, height: int, width: int) -> tuple[int, int, int]:
         """(channels, height, width) of the latents of a height x width frame."""
-        spatial = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        spatial = self.spatial_compression
         return self.vae.config.latent_channels, height // spatial, width // spatial
 
     def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -63,5 +67,10 @@ class VideoVAE(nn.Module):
         return posterior.mode()[:, :, 0] * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(batch, frames, C, h, w) scaled latents -> (batch, 3, 4(frames-1)+1, 8h, 8w) in about [-1, 1]."""
-        return self.vae.decode(latents.permute(0, 2, 1, 3, 4) / self.scaling_factor).sample
+        """(batch, frames, C, h, w) scaled latents -> (batch, 3, 4(frames-1)+1, 8h, 8w) in about [-1, 1].
+
+        CogVideoX 1.0's decoder keeps the first latent frame single only for an odd count: an even
+        count (45 frames = 12 latent frames) decodes to 4 frames each, 48. The last ones are the video.
+        """
+        frames = self.temporal_compression * (latents.shape[1] - 1) + 1
+        return self.vae.decode(latents.permute(0, 2, 1, 3, 4) / self.scaling_factor).sample[:, :, -frames:]

@@ -19,6 +19,7 @@ from manifests.filters import FilterConfig
 from stages.aesthetic import AestheticConfig
 from stages.caption import CaptionConfig
 from stages.clips import ClipsConfig
+from stages.encode import EncodeConfig
 from stages.motion import MotionConfig
 from stages.probe import ProbeConfig
 from stages.scenes import ScenesConfig
@@ -50,6 +51,7 @@ class RunConfig(BaseModel):
     caption: CaptionConfig = CaptionConfig()
     subjects: SubjectsConfig = SubjectsConfig()
     shards: ShardsConfig = ShardsConfig()
+    encode: EncodeConfig = EncodeConfig()
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

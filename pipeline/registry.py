@@ -1,9 +1,10 @@
-"""Stage names to classes, in chain order."""
+"""Stage names to classes, in chain order; `encode` (for training, `make encode`) comes after the chain."""
 
 from stages.aesthetic import Aesthetic
 from stages.base import Stage
 from stages.caption import Caption
 from stages.clips import Clips
+from stages.encode import Encode
 from stages.motion import Motion
 from stages.probe import Probe
 from stages.scenes import Scenes
@@ -11,5 +12,5 @@ from stages.shards import Shards
 from stages.subjects import Subjects
 
 STAGES: dict[str, type[Stage]] = {
-    cls.name: cls for cls in [Probe, Scenes, Motion, Aesthetic, Clips, Caption, Subjects, Shards]
+    cls.name: cls for cls in [Probe, Scenes, Motion, Aesthetic, Clips, Caption, Subjects, Shards, Encode]
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from stages.base import BadInput, ModelStageConfig, Resources, Row, Stage, error_row
-from stages.video import iter_frames, rotate_upright
+from stages.video import iter_frames, rotate_upright, spread
 
 
 class AestheticConfig(ModelStageConfig):
@@ -21,12 +21,6 @@ class AestheticConfig(ModelStageConfig):
 
     def weights(self) -> dict[str, tuple[str, str | None]]:
         return {"aesthetic.clip": (self.clip, None), "aesthetic.head": (self.head, self.head_file)}
-
-
-def spread(start: int, end: int, n: int) -> list[int]:
-    """n frame indices spread evenly over [start, end), centred in equal parts."""
-    count = min(n, end - start)
-    return sorted({start + int((i + 0.5) * (end - start) / count) for i in range(count)})
 
 
 def center_square(image: np.ndarray) -> np.ndarray:

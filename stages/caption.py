@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages.aesthetic import model_name, spread
+from stages.aesthetic import model_name
 from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
-from stages.video import iter_frames
+from stages.video import clip_frames
 
 PROMPTS = Path(__file__).resolve().parent.parent / "model" / "prompts"
 KINDS = ("human", "face", "object")
@@ -90,10 +90,7 @@ class Caption(Stage):
         if not item.get("clip_path"):
             raise BadInput(f"clip {item['clip_id']} has no clip file (run the clips stage)")
         n = item["end_frame"] - item["start_frame"]
-        picks = set(spread(0, n, self.config.n_frames))
-        frames = [f.image for f in iter_frames(self.run_dir / item["clip_path"], fmt="rgb24", keep=picks.__contains__)]
-        if not frames:
-            raise BadInput(f"{item['clip_path']}: no frame decodes")
+        frames = [f.image for f in clip_frames(self.run_dir, item["clip_path"], n, self.config.n_frames)]
         h, w = frames[0].shape[:2]
         scale = min(1.0, self.config.max_side / max(h, w))
         if scale < 1.0:

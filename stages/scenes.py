@@ -52,8 +52,8 @@ def _detector_frames(stream, container, factor: float, size: tuple[int, int]):
         yield frame.pts - start, frame.time_base, image
 
 
-def detect_cuts(path: str, detector_name: str, params: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """Indices of the frames that start a new shot, and the pts of every frame."""
+def detect_cuts(path: str, detector_name: str, params: dict[str, Any]) -> tuple[list[int], list[int], list[float]]:
+    """Indices of the frames that start a new shot, and the pts and seconds from the stream start of every frame."""
     detector = DETECTORS[detector_name](**params)
     container, stream = open_video(path)
     with container:
@@ -74,7 +74,7 @@ def detect_cuts(path: str, detector_name: str, params: dict[str, Any]) -> tuple[
         # starts at the first frame shown at or after that time.
         times = [float(p * stream.time_base) for p in pts_list]
     cuts = sorted({bisect.bisect_left(times, s - 1e-6) for s in cut_s} - {0, len(times)})
-    return cuts, [p + start for p in pts_list]
+    return cuts, [p + start for p in pts_list], times
 
 
 def windows(start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
@@ -93,17 +93,13 @@ class Scenes(Stage):
 
     def process(self, item: Row) -> list[Row]:
         cfg = self.config
-        cuts, pts = detect_cuts(item["path"], cfg.detector, cfg.params)
+        # Times come from pts, not index / fps: the two differ for variable frame rate video.
+        cuts, pts, seconds = detect_cuts(item["path"], cfg.detector, cfg.params)
         n = len(pts)
         if n < 2:
             raise BadInput(f"{item['path']}: only {n} frame(s) decode; a clip needs at least 2")
         fps = float(item["fps"])
         bounds = [0, *cuts, n]
-        # Times come from pts, not index / fps: the two differ for variable frame rate video.
-        container, stream = open_video(item["path"], threads=False)
-        with container:
-            base, offset = stream.time_base, stream.start_time or 0
-        seconds = [float((p - offset) * base) for p in pts]
         seconds.append(max(float(item["duration_s"]), seconds[-1]))  # the end of the last frame
         rows: list[Row] = []
         params = json.dumps({"detector": cfg.detector, **cfg.params, "max_clip_s": cfg.max_clip_s}, sort_keys=True)

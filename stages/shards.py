@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from manifests.store import TMP_PREFIX
@@ -27,6 +28,21 @@ SAMPLE_COLUMNS = (
     "clip_id", "video_id", "start_frame", "end_frame", "fps", "clip_path", "clip_bytes", "caption", "caption_model",
     "prompt_version", "motion_score", "aesthetic_score", "aesthetic_min", "random_weights", "subjects",
 )  # fmt: skip
+
+
+def write_tar(path: Path, samples: Iterable[dict[str, bytes | str]]) -> None:
+    """A WebDataset shard written under a `.tmp-` name and renamed when complete (same bytes every time)."""
+    import webdataset as wds
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        with open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as writer:
+            for sample in samples:
+                writer.write(sample)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class ShardsConfig(StageConfig):
@@ -68,20 +84,10 @@ class Shards(Stage):
         return f"{self.config.split}-{digest}"
 
     def process(self, item: Row) -> list[Row]:
-        import webdataset as wds
-
         samples = json.loads(item["samples_json"])
         relative = Path("shards") / f"{item['shard']}.tar"
         final = self.run_dir / relative
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
-        try:
-            with open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as writer:
-                for sample in samples:
-                    writer.write(self.sample(sample))
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_tar(final, (self.sample(sample) for sample in samples))
         return [
             {
                 "shard": item["shard"],

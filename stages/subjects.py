@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 
 from manifests.store import TMP_PREFIX
-from stages.aesthetic import model_name, spread
+from stages.aesthetic import model_name
 from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
 from stages.caption import DEFAULT_SUBJECTS
 from stages.crops import box_crop, mask_iou, masked_crop, pixel_box, rle_encode
-from stages.video import iter_frames
+from stages.video import clip_frames
 
 SUBJECT_NAMESPACE = uuid.UUID("9c4f3c1e-5a63-4a51-9d55-3f3b2a0c7e21")
 
@@ -148,10 +148,7 @@ class Subjects(Stage):
         if not item.get("clip_path") or item.get("subjects_json") is None:
             raise BadInput(f"clip {item['clip_id']} has no clip file or caption yet")
         n = item["end_frame"] - item["start_frame"]
-        picks = spread(0, n, self.config.key_frames)
-        frames = [f for f in iter_frames(self.run_dir / item["clip_path"], fmt="rgb24", keep=set(picks).__contains__)]
-        if not frames:
-            raise BadInput(f"{item['clip_path']}: no frame decodes")
+        frames = clip_frames(self.run_dir, item["clip_path"], n, self.config.key_frames)
         listed = json.loads(item["subjects_json"]) + DEFAULT_SUBJECTS
         kinds = {}
         for s in listed:

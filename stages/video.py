@@ -17,6 +17,8 @@ from typing import BinaryIO
 import av
 import numpy as np
 
+from stages.base import BadInput
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -83,6 +85,24 @@ def iter_frames(
             index += 1
     finally:
         container.close()
+
+
+def spread(start: int, end: int, n: int) -> list[int]:
+    """n frame indices spread evenly over [start, end), centred in equal parts."""
+    count = min(n, end - start)
+    return sorted({start + int((i + 0.5) * (end - start) / count) for i in range(count)})
+
+
+def clip_frames(run_dir: Path, clip_path: str, n_frames: int, count: int) -> list[Frame]:
+    """`count` rgb24 frames spread over a clip file of `n_frames` frames, the view of the clip's model stages.
+
+    `clip_path` is relative to `run_dir`, as the clips stage records it, and names the clip in the error.
+    """
+    picks = set(spread(0, n_frames, count))
+    frames = list(iter_frames(run_dir / clip_path, fmt="rgb24", keep=picks.__contains__))
+    if not frames:
+        raise BadInput(f"{clip_path}: no frame decodes")
+    return frames
 
 
 def sample_frames(

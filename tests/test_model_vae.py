@@ -74,3 +74,11 @@ def test_decode_undoes_the_scaling(vaes):
 def test_vae_is_frozen(vaes):
     ours, _ = vaes
     assert not ours.training and not any(p.requires_grad for p in ours.parameters())
+
+
+def test_an_even_latent_count_decodes_to_the_frames_it_stands_for(vaes):
+    """CogVideoX 1.0 decodes 4 latent frames to 16 frames; the video they encode is 13 (4k+1) frames."""
+    ours, _ = vaes
+    latents = torch.randn(1, 4, *ours.latent_size(HEIGHT, WIDTH), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert ours.decode(latents).shape == (1, 3, 13, HEIGHT, WIDTH)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from model.cinema import AlignerShape, CinemaConfig, PartRef
+from model.toy_world import write_shard  # noqa: F401  (the one shard writer of the tests)
 from model.train_config import DataConfig, TrainConfig
-from stages.shards import Shards, ShardsConfig
-from stages.video import encode_mp4, iter_frames
+from stages.video import iter_frames
 
 CINEMA_MODELS = ["qwen2_5_vl", "cogvideox_2b"]
 REAL = Path(__file__).parent / "data" / "real"
@@ -70,27 +68,6 @@ def real_samples(count: int, frames: int = 13) -> list[dict]:
         refs = [rgba_cutout(images[0][8:40, 4:36]), rgba_cutout(images[-1][8:40, 28:60])]
         samples.append({"key": f"real-{index:02d}", "frames": images, "refs": refs, "caption": f"a scene from {source.stem}"})
     return samples
-
-
-def write_shard(run: Path, samples: list[dict], name: str = "train-test") -> Path:
-    """Clips and references as files of a run folder, then one shard through `stages.shards.Shards`."""
-    rows = []
-    for sample in samples:
-        key = sample["key"]
-        clip = Path("clips") / f"{key}.mp4"
-        (run / clip).parent.mkdir(parents=True, exist_ok=True)
-        encode_mp4(run / clip, iter(sample["frames"]), Fraction(8))
-        subjects = []
-        for i, ref in enumerate(sample["refs"]):
-            masked, crop = Path("refs") / f"{key}_{i}.png", Path("refs") / f"{key}_{i}_crop.png"
-            (run / masked).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(ref).save(run / masked)
-            Image.fromarray(ref[..., :3]).save(run / crop)
-            subjects.append({"subject_id": f"{key}-{i}", "kind": "object", "label": "thing", "masked_path": str(masked), "crop_path": str(crop)})
-        rows.append({"clip_id": key, "clip_path": str(clip), "caption": sample["caption"], "subjects": json.dumps(subjects)})
-    shards = Shards(ShardsConfig(), run)
-    shards.process({"shard": name, "samples_json": json.dumps(rows)})
-    return run / "shards"
 
 
 def metrics(run: Path) -> list[dict]:
