@@ -13,7 +13,6 @@ from manifests.schemas import TABLES
 
 
 def _print_table(table, limit: int) -> None:
-    import pyarrow as pa
 
     shown = table.slice(0, limit)
     columns = shown.column_names

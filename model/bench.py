@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 
 from model.aligner import AlignerNet, alignment_loss, masked_cosine
-from model.cinema import AlignerShape, CinemaConfig, CinemaModel, PartRef
+from model.cinema import CinemaConfig, CinemaModel
 from model.dit import CinemaTransformer3DModel
 from model.mllm import MLLMEncoder
 from model.text_encoder import T5TargetEncoder
-from model.tiny import TINY_VIDEO_SHAPE, ensure
+from model.tiny import TINY_VIDEO_SHAPE, ensure, tiny_cinema_config
 
 REFERENCE_COUNTS = (0, 1, 2, 4)
 MIXED_COUNTS = [0, 1, 2, 4]  # one batch, four samples with different reference counts
@@ -145,17 +145,7 @@ def trackable(*modules: torch.nn.Module) -> Iterator[None]:
 
 
 def tiny_config(tiny: Path, layout: str) -> CinemaConfig:
-    base = str(tiny / f"cogvideox_{layout}")
-    return CinemaConfig(
-        mllm=PartRef(ref=str(tiny / "qwen2_5_vl")),
-        vae=PartRef(ref=base, subfolder="vae"),
-        transformer=PartRef(ref=base, subfolder="transformer"),
-        scheduler=PartRef(ref=base, subfolder="scheduler"),
-        aligner_shape=AlignerShape(num_layers=2, width=32, num_heads=4, mlp_ratio=2),
-        max_pixels=56 * 56,
-        height=TINY_VIDEO_SHAPE["height"],
-        width=TINY_VIDEO_SHAPE["width"],
-    )
+    return tiny_cinema_config(tiny, f"cogvideox_{layout}")
 
 
 def random_images(count: int, seed: int) -> list[Image.Image]:

@@ -17,8 +17,12 @@ import tempfile
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from model.cinema import CinemaConfig
 
 SEED = 0
 
@@ -397,6 +401,23 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "dino": build_dino,
     "arcface": build_arcface,
 }
+
+
+def tiny_cinema_config(models: Path, cogvideox: str = "cogvideox_2b") -> CinemaConfig:
+    """A CinemaConfig on tiny models built into `models` (the MLLM and one CogVideoX folder), at the tiny video size."""
+    from model.cinema import AlignerShape, CinemaConfig, PartRef
+
+    base = str(Path(models) / cogvideox)
+    return CinemaConfig(
+        mllm=PartRef(ref=str(Path(models) / "qwen2_5_vl")),
+        vae=PartRef(ref=base, subfolder="vae"),
+        transformer=PartRef(ref=base, subfolder="transformer"),
+        scheduler=PartRef(ref=base, subfolder="scheduler"),
+        aligner_shape=AlignerShape(num_layers=2, width=32, num_heads=4, mlp_ratio=2),
+        max_pixels=56 * 56,
+        height=TINY_VIDEO_SHAPE["height"],
+        width=TINY_VIDEO_SHAPE["width"],
+    )
 
 
 def ensure(out: Path, names: Iterable[str] | None = None) -> Path:

@@ -30,8 +30,9 @@ import yaml
 from PIL import Image
 
 from model import checkpoint
-from model.cinema import AlignerShape, CinemaConfig, PartRef
+from model.cinema import PartRef
 from model.data import latent_seed, on_white
+from model.tiny import tiny_cinema_config
 from model.train_config import DataConfig, TrainConfig, ValidationConfig
 from stages.shards import Shards, ShardsConfig
 from stages.video import encode_mp4
@@ -98,20 +99,10 @@ def write_shard(run: Path, samples: list[dict], name: str = "train-toy") -> Path
 
 def toy_train_config(models: Path, shards: Path, run: Path, steps: int) -> TrainConfig:
     """The tiny model on the toy shards: the three clips in every batch, no validation videos."""
-    base = str(models / "cogvideox_toy")
-    model = CinemaConfig(
-        mllm=PartRef(ref=str(models / "qwen2_5_vl")),
-        vae=PartRef(ref=base, subfolder="vae"),
-        transformer=PartRef(ref=base, subfolder="transformer"),
-        scheduler=PartRef(ref=base, subfolder="scheduler"),
-        aligner_shape=AlignerShape(num_layers=2, width=32, num_heads=4, mlp_ratio=2),
-        max_pixels=56 * 56,
-        height=HEIGHT,
-        width=WIDTH,
-    )
+    model = tiny_cinema_config(models, "cogvideox_toy")
     data = DataConfig(shards=str(shards), frames=FRAMES, buckets=[(HEIGHT, WIDTH)], max_references=1, batch_size=len(SUBJECTS), workers=0)
     return TrainConfig(
-        run=str(run), model=model, t5=PartRef(ref=base), data=data, precision="fp32", max_steps=steps,
+        run=str(run), model=model, t5=PartRef(ref=model.vae.ref), data=data, precision="fp32", max_steps=steps,
         learning_rate=1e-3, warmup_steps=1, log_every=50, checkpoint_every=steps, validation=ValidationConfig(every=0),
     )  # fmt: skip
 

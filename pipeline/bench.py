@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 
 from stages.motion import Motion, MotionConfig
-from stages.scenes import Scenes, ScenesConfig, detect_cuts, windows
+from stages.scenes import Scenes, ScenesConfig, detect_cuts
 from stages.video import open_video
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,15 +12,16 @@ from PIL import Image
 from model import checkpoint
 from model.cinema import CinemaModel
 from model.sample import CinemaPipeline, main
+from model.tiny import tiny_cinema_config
 from stages.video import iter_frames, open_video
-from train_fixtures import REAL, cinema_models, tiny_model_config  # noqa: F401
+from train_fixtures import REAL, cinema_models  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(cinema_models, tmp_path_factory) -> Path:
     """A checkpoint folder as the trainer writes it (untrained weights: this tests the plumbing)."""
     folder = tmp_path_factory.mktemp("run") / "checkpoints" / "step-0000001"
-    checkpoint.save_parts(folder, CinemaModel.from_config(tiny_model_config(cinema_models)), ["aligner", "transformer"])
+    checkpoint.save_parts(folder, CinemaModel.from_config(tiny_cinema_config(cinema_models)), ["aligner", "transformer"])
     return folder
 
 

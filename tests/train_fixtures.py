@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.cinema import AlignerShape, CinemaConfig, PartRef
+from model.cinema import PartRef
+from model.tiny import tiny_cinema_config
 from model.toy_world import write_shard  # noqa: F401  (the one shard writer of the tests)
 from model.train_config import DataConfig, TrainConfig
 from stages.video import iter_frames
@@ -26,25 +27,11 @@ def cinema_models(tmp_path_factory) -> Path:
     return ensure(tmp_path_factory.mktemp("cinema-models"), CINEMA_MODELS)
 
 
-def tiny_model_config(models: Path) -> CinemaConfig:
-    base = str(models / "cogvideox_2b")
-    return CinemaConfig(
-        mllm=PartRef(ref=str(models / "qwen2_5_vl")),
-        vae=PartRef(ref=base, subfolder="vae"),
-        transformer=PartRef(ref=base, subfolder="transformer"),
-        scheduler=PartRef(ref=base, subfolder="scheduler"),
-        aligner_shape=AlignerShape(num_layers=2, width=32, num_heads=4, mlp_ratio=2),
-        max_pixels=56 * 56,
-        height=SIZE[0],
-        width=SIZE[1],
-    )
-
-
 def tiny_train_config(models: Path, shards: Path, run: Path, **values) -> TrainConfig:
     """configs/train_tiny.yaml's values, on the given models, shards and run folder."""
     data = DataConfig(shards=str(shards), frames=FRAMES, buckets=[SIZE], max_references=2, batch_size=1, workers=0)
     defaults = dict(
-        run=str(run), model=tiny_model_config(models), t5=PartRef(ref=str(models / "cogvideox_2b")), data=data,
+        run=str(run), model=tiny_cinema_config(models), t5=PartRef(ref=str(models / "cogvideox_2b")), data=data,
         precision="fp32", learning_rate=1e-3, warmup_steps=1, log_every=1, max_steps=4, checkpoint_every=4,
     )  # fmt: skip
     return TrainConfig(**{**defaults, **values})
