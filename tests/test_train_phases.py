@@ -72,3 +72,17 @@ def test_bf16_steps_are_finite(cinema_models, shards, tmp_path, fresh_accelerate
     assert trainer.model.transformer.dtype == torch.float32
     rows = metrics(Path(config.run))
     assert len(rows) == 4 and all(math.isfinite(r["loss"]) for r in rows) and rows[-1]["nonfinite_steps"] == 0
+
+
+@pytest.mark.slow
+def test_accumulation_with_checkpointing_matches_one_bigger_batch(cinema_models, shards, tmp_path):
+    """Batch 1 x 2 accumulated steps (activations recomputed) trains like batch 2: same samples, same noise."""
+    big = tiny_train_config(cinema_models, shards, tmp_path / "big", max_steps=4, checkpoint_every=4)
+    big.data.batch_size = 2
+    Trainer(big).fit()
+    small = tiny_train_config(
+        cinema_models, shards, tmp_path / "small", max_steps=4, checkpoint_every=4, gradient_accumulation=2, gradient_checkpointing=True
+    )
+    Trainer(small).fit()
+    expected = [m["loss"] for m in metrics(Path(big.run))]
+    assert [m["loss"] for m in metrics(Path(small.run))] == pytest.approx(expected, rel=1e-5)
