@@ -60,8 +60,14 @@ class EvalConfig(BaseModel):
     motion_height: int = 180  # flow is computed at most at this height, as the motion stage
     random_weights: bool = False  # tiny models: every row says its numbers mean nothing
 
-    def weights(self) -> dict[str, str]:
-        return {"eval.clip": self.clip, "eval.dino": self.dino, "eval.detector": self.detector, "eval.face": self.face}
+    def weights(self) -> dict[str, tuple[str, str | None]]:
+        """name -> (hub id or local folder, file inside it or None), as the stage configs give them."""
+        return {
+            "eval.clip": (self.clip, None),
+            "eval.dino": (self.dino, None),
+            "eval.detector": (self.detector, None),
+            "eval.face": (self.face, self.face_file),
+        }
 
 
 def tiny_config(models: Path) -> EvalConfig:
@@ -154,7 +160,7 @@ class Evaluator:
         from model.grounding import Detector
 
         self.config = config
-        found = require(config.weights())
+        found = require({name: ref for name, (ref, _) in config.weights().items()})
         resolve_file(config.face, config.face_file)
         self.clip, _, self.clip_preprocess = open_clip.create_model_and_transforms(f"local-dir:{found['eval.clip']}")
         self.clip.eval()

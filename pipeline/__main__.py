@@ -54,10 +54,13 @@ def check_weights(config: RunConfig, names: list[str]) -> None:
 
 
 def download_weights(config: RunConfig) -> None:
-    """Fill the Hugging Face cache with the profile's hub models (local folders are left alone)."""
+    """Fill the Hugging Face cache with every hub model: the stages' (`encode`'s are the training
+    config's), and `make eval`'s. Local folders are left alone."""
     from huggingface_hub import snapshot_download
 
-    for name, (ref, filename) in model_refs(config, list(STAGES)).items():
+    from model.evaluate import EvalConfig
+
+    for name, (ref, filename) in {**model_refs(config, list(STAGES)), **EvalConfig().weights()}.items():
         if Path(ref).expanduser().exists():
             print(f"{name}: {ref} (local)")
             continue
