@@ -76,11 +76,10 @@ class AlignPhase(Phase):
     t5: T5TargetEncoder | None = None
 
     def inputs(self, batch: Batch) -> dict:
-        if batch.caches is None and self.t5 is None:
-            config = self.trainer.config
-            self.t5 = T5TargetEncoder.from_pretrained(config.t5.ref, dtype=self.trainer.weight_dtype)
-            self.t5.to(self.trainer.accelerator.device)
         trainer = self.trainer
+        if batch.caches is None and self.t5 is None:  # raw shards: the targets are made here
+            self.t5 = T5TargetEncoder.from_pretrained(trainer.config.t5.ref, dtype=trainer.weight_dtype)
+            self.t5.to(trainer.accelerator.device)
         features = batch_features(trainer.model, batch, trainer.config.seed, trainer.accelerator.device, self.t5)
         states = padded([f["mllm_states"] for f in features], [f["mllm_mask"].bool() for f in features])
         return {

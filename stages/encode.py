@@ -80,26 +80,26 @@ class Encode(Stage):
     def process(self, item: Row) -> list[Row]:
         relative = Path("encoded") / Path(item["path"]).name
         final = self.run_dir / relative
-        skipped: Counter = Counter()
-        written = [0]
-        write_tar(final, self.encoded(self.run_dir / item["path"], skipped, written))
-        if not written[0]:
+        tally: Counter = Counter()  # "encoded", and a count per reason a sample was skipped
+        write_tar(final, self.encoded(self.run_dir / item["path"], tally))
+        encoded = tally.pop("encoded", 0)
+        if not encoded:
             final.unlink()
-            raise BadInput(f"no usable sample in {item['path']}: skipped {dict(skipped)}")
+            raise BadInput(f"no usable sample in {item['path']}: skipped {dict(tally)}")
         return [
             {
                 "shard": item["shard"],
                 "path": str(relative),
-                "n_samples": written[0],
-                "skipped_json": json.dumps(dict(skipped), sort_keys=True),
+                "n_samples": encoded,
+                "skipped_json": json.dumps(dict(tally), sort_keys=True),
                 "bytes": final.stat().st_size,
                 "train_config": self.config.train_config,
                 "config_digest": self.config.digest(),
             }
         ]
 
-    def encoded(self, shard: Path, skipped: Counter, written: list[int]) -> Iterator[dict]:
-        """The shard's usable samples with their cached features; the rest counted in `skipped`."""
+    def encoded(self, shard: Path, tally: Counter) -> Iterator[dict]:
+        """The shard's usable samples with their cached features, counted in `tally` with those skipped."""
         from safetensors.torch import save
         from webdataset.tariterators import tarfile_samples
 
@@ -113,7 +113,7 @@ class Encode(Stage):
             try:
                 sample = decode(raw, config.data, decode_video=True, seed=config.seed, epoch=0)
             except BadSample as bad:
-                skipped[bad.reason] += 1
+                tally[bad.reason] += 1
                 continue
             with self.timed("forward"):
                 features = sample_features(
@@ -121,5 +121,5 @@ class Encode(Stage):
                     video=sample.video, latent_seed=latent_seed(config.seed, sample.key), t5=self.t5,
                 )  # fmt: skip
             kept = {k: v for k, v in raw.items() if k in KEPT_MEMBERS or k.startswith("ref_")}
-            written[0] += 1
+            tally["encoded"] += 1
             yield {**kept, CACHE: save({name: t.detach().cpu().contiguous() for name, t in features.items()})}
