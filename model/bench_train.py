@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fixtures that write shards through the shard stage
 
@@ -42,29 +40,22 @@ def step_stats(run: Path) -> tuple[float, float]:
 
 def main() -> None:
     from model.tiny import ensure
-    from model.toy_world import run_toy_world, table, wins
+    from model.toy_world import encode_shard, run_toy_world, table, wins
     from model.train import Trainer
-    from stages.encode import Encode, EncodeConfig
     from train_fixtures import CINEMA_MODELS, real_samples, tiny_train_config, write_shard
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models = ensure(tmp / "models", [*CINEMA_MODELS, "cogvideox_toy"])
-        shards = write_shard(tmp / "data", real_samples(8))
+        samples = real_samples(8)
+        shards = write_shard(tmp / "data", samples)
         config = tiny_train_config(models, shards, tmp / "raw", max_steps=30, checkpoint_every=30)
         Trainer(config).fit()
         step_s, memory = step_stats(tmp / "raw")
         rates = {workers: loader_rate(config.data.model_copy(update={"workers": workers}), 24) for workers in (0, 2)}
 
-        config_file = tmp / "train.yaml"
-        config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-        encode = Encode(EncodeConfig(train_config=str(config_file)), tmp / "data")
-        encode.setup()
-        started = time.perf_counter()
-        encode.process({"shard": "train-toy", "path": "shards/train-toy.tar"})
-        encode_s = (time.perf_counter() - started) / 8
-        cached = config.model_copy(update={"run": str(tmp / "cached")})
-        cached.data = config.data.model_copy(update={"shards": str(tmp / "data" / "encoded")})
+        cached, encode_s = encode_shard(config.model_copy(update={"run": str(tmp / "cached")}), tmp / "data")
+        encode_s /= len(samples)
         Trainer(cached).fit()
         cached_step_s, cached_memory = step_stats(tmp / "cached")
 

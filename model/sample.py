@@ -111,11 +111,14 @@ class CinemaPipeline:
                 )
             else:
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
-        if output_type == "latent":
-            return CinemaPipelineOutput(frames=latents)
-        video = model.vae.decode(latents.to(model.vae.vae.dtype))
+        return CinemaPipelineOutput(frames=latents if output_type == "latent" else self.decode(latents))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[list[Image.Image]]:
+        """Denoised latents (batch, frames, C, h, w) -> one list of frames per video."""
+        video = self.model.vae.decode(latents.to(self.model.vae.vae.dtype))
         pixels = ((video.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).cpu().numpy()
-        return CinemaPipelineOutput(frames=[[Image.fromarray(frame) for frame in clip] for clip in pixels])
+        return [[Image.fromarray(frame) for frame in clip] for clip in pixels]
 
 
 def export_mp4(frames: list[Image.Image], path: Path, fps: int = FPS) -> Path:

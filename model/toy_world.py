@@ -97,6 +97,24 @@ def write_shard(run: Path, samples: list[dict], name: str = "train-toy") -> Path
     return run / "shards"
 
 
+def encode_shard(config: TrainConfig, run: Path, shard: str = "train-toy") -> tuple[TrainConfig, float]:
+    """`make encode`'s stage, run here on one shard of `run` for `config` (written beside it as YAML).
+
+    Returns the config that trains on the cached features, and the seconds the stage's work took
+    (its model loading left out).
+    """
+    from stages.encode import Encode, EncodeConfig
+
+    config_file = run / "train.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    encode = Encode(EncodeConfig(train_config=str(config_file)), run)
+    encode.setup()
+    started = time.perf_counter()
+    encode.process({"shard": shard, "path": f"shards/{shard}.tar"})
+    seconds = time.perf_counter() - started
+    return config.model_copy(update={"data": config.data.model_copy(update={"shards": str(run / "encoded")})}), seconds
+
+
 def toy_train_config(models: Path, shards: Path, run: Path, steps: int) -> TrainConfig:
     """The tiny model on the toy shards: the three clips in every batch, no validation videos."""
     model = tiny_cinema_config(models, "cogvideox_toy")
@@ -126,19 +144,12 @@ def run_toy_world(models: Path, workdir: Path, steps: int = 1500, seeds: tuple[i
     """Train on the toy world under `workdir`, then sample each reference with each seed and measure."""
     from model.sample import CinemaPipeline
     from model.train import Trainer
-    from stages.encode import Encode, EncodeConfig
 
     names = list(SUBJECTS)
     samples = [{"key": f"toy-{i}", "frames": toy_clip(n), "refs": [toy_reference(n)], "caption": CAPTION} for i, n in enumerate(names)]
     raw = workdir / "curated"
     shards = write_shard(raw, samples)
-    config = toy_train_config(models, shards, workdir / "train", steps)
-    config_file = workdir / "train.yaml"
-    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    encode = Encode(EncodeConfig(train_config=str(config_file)), raw)
-    encode.setup()
-    encode.process({"shard": "train-toy", "path": "shards/train-toy.tar"})
-    config.data.shards = str(raw / "encoded")  # the trainer reads the cached features
+    config, _ = encode_shard(toy_train_config(models, shards, workdir / "train", steps), raw)
 
     started = time.perf_counter()
     Trainer(config).fit()
@@ -158,12 +169,12 @@ def run_toy_world(models: Path, workdir: Path, steps: int = 1500, seeds: tuple[i
     for seed in seeds:
         latent, pixels = np.zeros((len(names), len(names))), np.zeros((len(names), len(names)))
         for row, name in enumerate(names):
-            kwargs = dict(
+            made = pipe(
                 prompt=CAPTION, reference_images=[png_image(toy_reference(name))], num_frames=FRAMES, height=HEIGHT,
-                width=WIDTH, num_inference_steps=20, guidance_scale=3.0,
-            )  # fmt: skip
-            made = pipe(**kwargs, generator=torch.Generator().manual_seed(seed), output_type="latent").frames
-            frames = pipe(**kwargs, generator=torch.Generator().manual_seed(seed)).frames[0]
+                width=WIDTH, num_inference_steps=20, guidance_scale=3.0, generator=torch.Generator().manual_seed(seed),
+                output_type="latent",
+            ).frames  # fmt: skip
+            frames = pipe.decode(made)[0]  # what output_type="pil" returns, without denoising again
             video = torch.from_numpy(np.stack([np.asarray(f) for f in frames])).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
             latent[row] = [(made - target).pow(2).mean().item() for target in clip_latents]
             pixels[row] = [(video - target).pow(2).mean().item() for target in clip_pixels]
