@@ -29,7 +29,8 @@ class T5TargetEncoder(nn.Module):
     def from_pretrained(
         cls, ref: str, max_length: int = MAX_LENGTH, dtype: torch.dtype = torch.float32
     ) -> T5TargetEncoder:
-        """`ref` is a CogVideoX checkpoint (its `tokenizer/` and `text_encoder/` folders)."""
+        """`ref` is a CogVideoX checkpoint (its `tokenizer/` and `text_encoder/` folders). The published
+        `tokenizer/` is sentencepiece files only (no tokenizer.json): the `sentencepiece` package builds it."""
         folder = resolve(ref)
         tokenizer = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")
         model = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype)
