@@ -50,9 +50,9 @@ class CinemaConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     mllm: PartRef = PartRef(ref="Qwen/Qwen2.5-VL-3B-Instruct")
-    vae: PartRef = PartRef(ref="THUDM/CogVideoX-5b", subfolder="vae")
-    transformer: PartRef = PartRef(ref="THUDM/CogVideoX-5b", subfolder="transformer")
-    scheduler: PartRef = PartRef(ref="THUDM/CogVideoX-5b", subfolder="scheduler")
+    vae: PartRef = PartRef(ref="zai-org/CogVideoX-5b", subfolder="vae")
+    transformer: PartRef = PartRef(ref="zai-org/CogVideoX-5b", subfolder="transformer")
+    scheduler: PartRef = PartRef(ref="zai-org/CogVideoX-5b", subfolder="scheduler")
     aligner: PartRef | None = None  # a pre-trained AlignerNet; None starts a fresh one
     aligner_shape: AlignerShape = AlignerShape()
     template: str = DEFAULT_TEMPLATE

@@ -230,7 +230,7 @@ def _cogvideox_transformer(text_width: int, rotary: bool, heads: int = 2, time_e
 def _cogvideox_scheduler(snr_shift_scale: float):
     from diffusers import CogVideoXDDIMScheduler
 
-    # The values of THUDM/CogVideoX-{2b,5b}/scheduler/scheduler_config.json (not the class defaults).
+    # The values of zai-org/CogVideoX-{2b,5b}/scheduler/scheduler_config.json (not the class defaults).
     return CogVideoXDDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,

@@ -55,7 +55,7 @@ class TrainConfig(Strict):
     run: str = "runs/train"  # every output of the run goes here
     phase: Literal["align", "joint"] = "joint"
     model: CinemaConfig = CinemaConfig()
-    t5: PartRef = PartRef(ref="THUDM/CogVideoX-5b")  # tokenizer/ + text_encoder/: the align phase's targets
+    t5: PartRef = PartRef(ref="zai-org/CogVideoX-5b")  # tokenizer/ + text_encoder/: the align phase's targets
     data: DataConfig = DataConfig()
     lora: LoraConfig | None = None  # joint phase: None trains the whole DiT
     precision: Literal["fp32", "bf16"] = "bf16"
