@@ -14,13 +14,14 @@ import pyarrow as pa
 @dataclass(frozen=True)
 class TableSpec:
     name: str
-    key: tuple[str, ...]
+    key: tuple[str, ...]  # what readers see once: the last written row of each key
     schema: pa.Schema
+    identity: tuple[str, ...]  # what compaction keeps once (videos keep every path of one content)
 
 
-def _spec(name: str, key: tuple[str, ...], *fields: pa.Field) -> TableSpec:
+def _spec(name: str, key: tuple[str, ...], *fields: pa.Field, identity: tuple[str, ...] | None = None) -> TableSpec:
     schema = pa.schema([f.with_nullable(f.name not in key) for f in fields])
-    return TableSpec(name, key, schema)
+    return TableSpec(name, key, schema, identity or key)
 
 
 F = pa.field
@@ -43,6 +44,7 @@ TABLES: dict[str, TableSpec] = {
             F("rotation", pa.int32()),  # degrees counter-clockwise to display upright
             F("vfr", pa.bool_()),
             F("has_audio", pa.bool_()),
+            identity=("video_id", "path"),
         ),
         _spec(
             "scenes",
@@ -151,6 +153,23 @@ TABLES: dict[str, TableSpec] = {
             F("key", pa.string()),  # the input key that failed (a path, a video_id, a clip_id)
             F("error_type", pa.string()),
             F("message", pa.string()),  # what a person needs to know, including the file
+            F("attempts", pa.int32()),  # how often it was tried (retries of transient failures, worker deaths)
+        ),
+        _spec(
+            "stage_runs",
+            ("run_started", "stage"),
+            F("run_started", pa.string()),  # ISO time the `curate` / `stage` command started
+            F("stage", pa.string()),
+            F("inputs", pa.int64()),  # pending inputs processed this time
+            F("done_before", pa.int64()),
+            F("rows", pa.int64()),
+            F("errors", pa.int64()),
+            F("seconds", pa.float64()),  # from the stage's first input to its last result
+            F("first_result_s", pa.float64()),  # seconds from the command's start to the stage's first result
+            F("last_result_s", pa.float64()),
+            F("actors", pa.int32()),  # model actors (model stages only)
+            F("busy_s", pa.float64()),  # seconds the actors spent processing batches, all actors together
+            F("utilisation", pa.float64()),  # busy_s / (actors x seconds): how well the model was fed
         ),
     ]
 }
