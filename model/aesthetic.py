@@ -1,6 +1,6 @@
 """The LAION improved aesthetic predictor: a small MLP on L2-normalised CLIP ViT-L/14 image embeddings.
 
-CLIP loads with open_clip from a folder in open_clip's own hub layout (`open_clip_config.json` and
+CLIP loads through model/clip.py (open_clip hub layout: `open_clip_config.json` and
 weights), the head from its published state dict (`torch.load(weights_only=True)`), so the tiny
 profile's random models go through exactly this code.
 """
@@ -8,11 +8,11 @@ profile's random models go through exactly this code.
 from __future__ import annotations
 
 import numpy as np
-import open_clip
 import torch
 from torch import nn
 
-from model.hub import resolve, resolve_file
+from model.clip import load_clip
+from model.hub import resolve_file
 
 
 class AestheticHead(nn.Module):
@@ -56,7 +56,7 @@ class AestheticScorer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, clip_ref: str, head_ref: str, head_file: str) -> AestheticScorer:
-        clip = open_clip.create_model(f"local-dir:{resolve(clip_ref)}")
+        clip, _, _ = load_clip(clip_ref)
         return cls(clip, load_head(head_ref, head_file))
 
     @property

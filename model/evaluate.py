@@ -153,18 +153,16 @@ class Evaluator:
     """Loads the models once; `evaluate(sample)` returns one row of metrics."""
 
     def __init__(self, config: EvalConfig):
-        import open_clip
         from transformers import AutoImageProcessor, AutoModel
 
+        from model.clip import load_clip
         from model.face import FaceEmbedder
         from model.grounding import Detector
 
         self.config = config
         found = require({name: ref for name, (ref, _) in config.weights().items()})
         resolve_file(config.face, config.face_file)
-        self.clip, _, self.clip_preprocess = open_clip.create_model_and_transforms(f"local-dir:{found['eval.clip']}")
-        self.clip.eval()
-        self.tokenizer = open_clip.get_tokenizer(f"local-dir:{found['eval.clip']}")
+        self.clip, self.clip_preprocess, self.tokenizer = load_clip(config.clip)
         self.dino = AutoModel.from_pretrained(found["eval.dino"]).eval()
         self.dino_processor = AutoImageProcessor.from_pretrained(found["eval.dino"])
         self.detector = Detector.from_pretrained(found["eval.detector"])
