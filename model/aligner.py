@@ -74,9 +74,15 @@ def masked_cosine(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return (cosine * weights).sum() / weights.sum()
 
 
-def alignment_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE + (1 - cosine similarity) to the T5 features, both over the real T5 tokens only."""
-    weights = mask.float().unsqueeze(-1)
-    squared = (prediction.float() - target.float()).pow(2) * weights
-    mse = squared.sum() / (weights.sum() * prediction.shape[-1])
-    return mse + (1 - masked_cosine(prediction, target, mask))
+def alignment_loss(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, padding_weight: float = 0.0
+) -> torch.Tensor:
+    """MSE + (1 - cosine similarity) to the T5 features, a weighted mean over the token positions.
+
+    A real token weighs 1, a padding position `padding_weight`: the DiT attends to all of T5's
+    positions, padding included (CogVideoX runs T5 without a mask), so training sets it above 0.
+    """
+    weights = torch.where(mask.bool(), 1.0, padding_weight).to(prediction.device, torch.float32)
+    squared = (prediction.float() - target.float()).pow(2).mean(-1)
+    cosine = F.cosine_similarity(prediction.float(), target.float(), dim=-1)
+    return ((squared + 1 - cosine) * weights).sum() / weights.sum()

@@ -46,7 +46,12 @@ class AlignerShape(BaseModel):
 
 
 class CinemaConfig(BaseModel):
-    """Defaults are the full profile. The paper gives no dropout rates: 0.1 each is our choice."""
+    """Defaults are the full profile. The paper gives no dropout rates: 0.1 each is our choice.
+
+    Caption and reference dropout are drawn independently, so alone they would train the sampler's
+    unconditional input (no caption, no references) on 1% of samples; `unconditional_dropout`
+    drops both together, so that input is trained on about 11% (0.1 + 0.9 x 0.1 x 0.1).
+    """
 
     model_config = ConfigDict(extra="forbid")
     mllm: PartRef = PartRef(ref="Qwen/Qwen2.5-VL-3B-Instruct")
@@ -61,6 +66,7 @@ class CinemaConfig(BaseModel):
     width: int = 720
     caption_dropout: float = 0.1  # chance a sample's MLLM states are replaced by the empty prompt's
     reference_dropout: float = 0.1  # chance a sample's VAE reference latents are removed
+    unconditional_dropout: float = 0.1  # chance both are dropped together: the guidance's unconditional input
 
     def refs(self) -> dict[str, str]:
         parts = {"mllm": self.mllm, "vae": self.vae, "transformer": self.transformer, "scheduler": self.scheduler}
@@ -178,26 +184,29 @@ class CinemaModel(nn.Module):
         return self.transformer(noisy_latents, text, timestep, references=references).sample
 
     def training_loss(
-        self, latents: torch.Tensor, conditions: Conditions, generator: torch.Generator | None = None
+        self, latents: torch.Tensor, conditions: Conditions, generator: torch.Generator | list[torch.Generator] | None = None
     ) -> torch.Tensor:
-        """v-prediction MSE on the video latents, with CFG dropout of the conditions while training."""
+        """v-prediction MSE on the video latents, with CFG dropout of the conditions while training.
+
+        One forward for the whole batch; with a list of generators (one per sample) each sample's
+        dropout, timestep and noise come from its own, so a sample trains the same in any batch.
+        """
         if self.training:
             conditions = self.drop_conditions(conditions, generator)
-        batch = latents.shape[0]
-        steps = torch.randint(
-            self.scheduler.config.num_train_timesteps, (batch,), generator=generator, device=_device(generator)
-        ).to(latents.device)
+        steps = _randint(self.scheduler.config.num_train_timesteps, latents.shape[0], generator).to(latents.device)
         noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         noisy = self.scheduler.add_noise(latents, noise, steps)
         target = self.scheduler.get_velocity(latents, noise, steps)
         return F.mse_loss(self(noisy, steps, conditions).float(), target.float())
 
-    def drop_conditions(self, conditions: Conditions, generator: torch.Generator | None = None) -> Conditions:
+    def drop_conditions(
+        self, conditions: Conditions, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> Conditions:
         """Classifier-free guidance dropout: empty-prompt MLLM states, and/or no reference latents."""
-        batch = conditions.mllm_states.shape[0]
-        chances = torch.rand(2, batch, generator=generator, device=_device(generator))
-        drop_caption = chances[0] < self.config.caption_dropout
-        drop_references = chances[1] < self.config.reference_dropout
+        chances = _rand(3, conditions.mllm_states.shape[0], generator)
+        unconditional = chances[0] < self.config.unconditional_dropout
+        drop_caption = unconditional | (chances[1] < self.config.caption_dropout)
+        drop_references = unconditional | (chances[2] < self.config.reference_dropout)
         conditions = replace(
             conditions,
             reference_latents=[
@@ -227,3 +236,17 @@ class CinemaModel(nn.Module):
 
 def _device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
+
+
+def _rand(draws: int, batch: int, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """(draws, batch) uniform numbers; from a list, column i comes from generator i."""
+    if isinstance(generator, list):
+        return torch.stack([torch.rand(draws, generator=g, device=_device(g)).cpu() for g in generator], dim=1)
+    return torch.rand(draws, batch, generator=generator, device=_device(generator)).cpu()
+
+
+def _randint(high: int, batch: int, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """(batch,) timesteps; from a list, entry i comes from generator i."""
+    if isinstance(generator, list):
+        return torch.cat([torch.randint(high, (1,), generator=g, device=_device(g)).cpu() for g in generator])
+    return torch.randint(high, (batch,), generator=generator, device=_device(generator))

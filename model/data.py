@@ -98,11 +98,28 @@ def on_white(png: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_video(data: bytes, frames: int, buckets: list[tuple[int, int]]) -> torch.Tensor:
-    """`frames` frames spread evenly over the clip, resized to cover the nearest bucket and centre-cropped."""
+def frame_picks(total: int, rate: float, frames: int, fps: float) -> list[int]:
+    """Indices of `frames` frames 1/fps seconds apart, centred in a clip of `total` frames at `rate` fps.
+
+    The first pick is the frame nearest the window's start; pick k is the frame nearest k/fps after it.
+    """
+    span = (frames - 1) / fps
+    start = ((total - 1) / rate - span) / 2
+    if start < 0:
+        raise BadSample("too_few_frames", f"{total} frames at {rate:.3g} fps last under {span:.3g} s")
+    first = math.floor(start * rate + 0.5)
+    picks = [first + math.floor(k * rate / fps + 0.5) for k in range(frames)]
+    if len(set(picks)) != frames:
+        raise BadSample("too_few_frames", f"{rate:.3g} fps is below the {fps:.3g} fps sampled")
+    return picks
+
+
+def read_video(data: bytes, frames: int, fps: float, buckets: list[tuple[int, int]]) -> torch.Tensor:
+    """`frames` frames at `fps` from the middle of the clip, resized to cover the nearest bucket and centre-cropped."""
     try:
         container, stream = open_video(io.BytesIO(data), threads=False)
         total, height, width = stream.frames, stream.height, stream.width
+        rate = float(stream.average_rate or stream.guessed_rate)
         container.close()
     except Exception as error:  # PyAV raises many kinds on broken files
         raise BadSample("broken_mp4", str(error)) from error
@@ -111,7 +128,7 @@ def read_video(data: bytes, frames: int, buckets: list[tuple[int, int]]) -> torc
     bucket_h, bucket_w = nearest_bucket(height, width, buckets)
     scale = max(bucket_h / height, bucket_w / width)
     size = (max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale)))
-    wanted = set(np.linspace(0, total - 1, frames).round().astype(int).tolist())
+    wanted = set(frame_picks(total, rate, frames, fps))
     try:
         images = [f.image for f in iter_frames(io.BytesIO(data), fmt="rgb24", size=size, keep=wanted.__contains__)]
     except Exception as error:
@@ -149,7 +166,7 @@ def decode(raw: dict, config: DataConfig, decode_video: bool, seed: int, epoch: 
     elif decode_video:
         if "mp4" not in raw:
             raise BadSample("broken_mp4", f"{key} has no mp4")
-        sample.video = read_video(raw["mp4"], config.frames, config.buckets)
+        sample.video = read_video(raw["mp4"], config.frames, config.fps, config.buckets)
         sample.bucket = tuple(sample.video.shape)
     return sample
 

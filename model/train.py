@@ -45,8 +45,8 @@ from pipeline.config import provenance
 def padded(states: list[torch.Tensor], masks: list[torch.Tensor]) -> MLLMStates:
     """Per-sample (tokens, width) states right-padded into one batch."""
     length = max(s.shape[0] for s in states)
-    batch = torch.zeros(len(states), length, states[0].shape[-1], dtype=states[0].dtype)
-    mask = torch.zeros(len(states), length, dtype=torch.bool)
+    batch = states[0].new_zeros(len(states), length, states[0].shape[-1])
+    mask = torch.zeros(len(states), length, dtype=torch.bool, device=states[0].device)
     for row, (s, m) in enumerate(zip(states, masks)):
         batch[row, : len(s)], mask[row, : len(m)] = s, m
     return MLLMStates(batch, mask)
@@ -91,25 +91,23 @@ class AlignPhase(Phase):
 
     def loss(self, model: CinemaModel, inputs: dict) -> torch.Tensor:
         prediction = model.aligner(inputs["states"], inputs["mask"])
-        return alignment_loss(prediction, inputs["targets"], inputs["target_mask"])
+        return alignment_loss(prediction, inputs["targets"], inputs["target_mask"], self.trainer.config.t5_padding_weight)
 
 
 class JointPhase(Phase):
-    """AlignerNet and the DiT on the v-prediction loss, one noise draw per sample from its seed."""
+    """AlignerNet and the DiT on the v-prediction loss: one forward per batch, each sample's draws from its seed."""
 
     name, trained, needs_video = "joint", ["aligner", "transformer"], True
 
     def inputs(self, batch: Batch) -> dict:
         trainer = self.trainer
         features = batch_features(trainer.model, batch, trainer.config.seed, trainer.accelerator.device)
-        return {"samples": joint_samples(features, batch.seeds)}
+        latents, conditions = joint_batch(features)
+        return {"latents": latents, "conditions": conditions, "seeds": batch.seeds}
 
     def loss(self, model: CinemaModel, inputs: dict) -> torch.Tensor:
-        losses = [
-            model.training_loss(latents, conditions, torch.Generator().manual_seed(seed))
-            for latents, conditions, seed in inputs["samples"]
-        ]
-        return torch.stack(losses).mean()
+        generators = [torch.Generator().manual_seed(seed) for seed in inputs["seeds"]]
+        return model.training_loss(inputs["latents"], inputs["conditions"], generators)
 
 
 def batch_features(
@@ -134,12 +132,11 @@ def batch_features(
     ]
 
 
-def joint_samples(features: list[dict[str, torch.Tensor]], seeds: list[int]) -> list[tuple]:
-    """Per sample: (video latents, conditions, the sample's seed), as the joint loss takes them."""
-    return [
-        (f["latents"][None], Conditions(f["mllm_states"][None], f["mllm_mask"][None].bool(), [f["reference_latents"]]), seed)
-        for f, seed in zip(features, seeds)
-    ]
+def joint_batch(features: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, Conditions]:
+    """The batch's video latents (one size bucket) and conditions, MLLM states right-padded to one length."""
+    states = padded([f["mllm_states"] for f in features], [f["mllm_mask"].bool() for f in features])
+    conditions = Conditions(states.states, states.mask, [f["reference_latents"] for f in features])
+    return torch.stack([f["latents"] for f in features]), conditions
 
 
 PHASES: dict[str, type[Phase]] = {phase.name: phase for phase in (AlignPhase, JointPhase)}

@@ -26,6 +26,7 @@ class DataConfig(Strict):
 
     shards: str = "runs/demo/shards"  # a folder of .tar shards (raw or written by `make encode`)
     frames: int = 45  # 4k+1: 12 latent frames, the paper's length
+    fps: float = 8.0  # frames are taken 1/fps apart from the middle of the clip, the rate samples are written at
     buckets: list[tuple[int, int]] = [(480, 720)]  # (height, width); a clip goes to the nearest aspect
     max_references: int = 4  # a sample keeps its first subjects, up to this many
     batch_size: int = 1  # per process
@@ -65,6 +66,7 @@ class TrainConfig(Strict):
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     gradient_accumulation: int = 1
+    t5_padding_weight: float = 1.0  # align phase: a T5 padding position's weight in the loss (a real token's is 1)
     gradient_checkpointing: bool = False
     max_grad_norm: float | None = 1.0
     ema_decay: float | None = None  # an EMA of the trained weights, saved in its place

@@ -95,6 +95,7 @@ def test_condition_dropout_gives_the_empty_prompt_and_no_references(model, monke
     dropped = model.drop_conditions(conditions, generator)
     monkeypatch.setattr(model.config, "caption_dropout", 0.0)
     monkeypatch.setattr(model.config, "reference_dropout", 0.0)
+    monkeypatch.setattr(model.config, "unconditional_dropout", 0.0)
     kept = model.drop_conditions(conditions, generator)
     empty = model.empty_prompt()
     length = int(empty.mask.sum())

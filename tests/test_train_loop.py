@@ -16,7 +16,7 @@ from model import checkpoint
 from model.aligner import AlignerNet
 from model.cinema import CinemaModel
 from model.data import ShardStream
-from model.train import JointPhase, Trainer, batch_features, joint_samples
+from model.train import JointPhase, Trainer, batch_features, joint_batch
 from train_fixtures import cinema_models, metrics, real_samples, tiny_train_config, write_shard  # noqa: F401
 
 
@@ -33,8 +33,8 @@ def held_out_loss(model: CinemaModel, config, seeds=range(6)) -> float:
     with torch.no_grad():
         for _ in range(4):
             batch = next(stream)
-            for latents, conditions, _ in joint_samples(batch_features(model, batch, config.seed, torch.device("cpu")), batch.seeds):
-                losses += [model.training_loss(latents, conditions, torch.Generator().manual_seed(s)).item() for s in seeds]
+            latents, conditions = joint_batch(batch_features(model, batch, config.seed, torch.device("cpu")))
+            losses += [model.training_loss(latents, conditions, torch.Generator().manual_seed(s)).item() for s in seeds]
     return sum(losses) / len(losses)
 
 
