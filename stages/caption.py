@@ -73,6 +73,7 @@ class Caption(Stage):
     writes = "captions"
     input_key = "clip_id"
     filters = ("duration", "resolution", "motion", "aesthetic")
+    needs = "clip_path IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True)
     batch_size = 4
     Config = CaptionConfig

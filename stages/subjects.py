@@ -130,6 +130,7 @@ class Subjects(Stage):
     writes = "subjects"
     input_key = "clip_id"
     filters = ("duration", "resolution", "motion", "aesthetic")
+    needs = "clip_path IS NOT NULL AND subjects_json IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True)
     batch_size = 2
     Config = SubjectsConfig
