@@ -79,3 +79,24 @@ def resolve_file(ref: str, filename: str) -> Path:
     if not path.is_file():
         raise MissingWeights({f"{ref}/{filename}": f"{ref}/{filename}"})
     return path
+
+
+# `make weights` fetches only what the loaders read: hub repositories often hold the same weights
+# two or three times (safetensors, pytorch_model.bin, other frameworks), and READMEs and images.
+TRANSFORMERS_FILES = ["*.json", "*.jinja", "*.txt", "*.model", "*.safetensors"]  # configs, tokenizer/processor, weights
+PICKLED_WEIGHTS = ["pytorch_model*.bin"]  # read (weights_only) only where a repository has no safetensors
+
+
+def download(ref: str, files: list[str], top_level_only: bool = False) -> Path:
+    """Fetch the files of hub repository `ref` matching `files` (glob patterns) into the Hugging Face
+    cache (needs internet); `top_level_only` skips every subfolder."""
+    return Path(snapshot_download(ref, allow_patterns=files, ignore_patterns=["*/*"] if top_level_only else None))
+
+
+def download_transformers(ref: str) -> Path:
+    """What `from_pretrained` of a transformers model and its processor reads: the top-level configs,
+    tokenizer and processor files, and the safetensors weights, else the pickled ones."""
+    folder = download(ref, TRANSFORMERS_FILES, top_level_only=True)
+    if not any(folder.glob("*.safetensors")):
+        folder = download(ref, PICKLED_WEIGHTS, top_level_only=True)
+    return folder

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, T5EncoderModel
 from model.hub import resolve
 
 MAX_LENGTH = 226  # CogVideoX's max_text_seq_length
+FILES = ["tokenizer/*", "text_encoder/*"]  # what `from_pretrained` reads of a CogVideoX checkpoint
 
 
 class T5TargetEncoder(nn.Module):

@@ -54,18 +54,33 @@ def check_weights(config: RunConfig, names: list[str]) -> None:
 
 
 def download_weights(config: RunConfig) -> None:
-    """Fill the Hugging Face cache with every hub model: the stages' (`encode`'s are the training
-    config's), and `make eval`'s. Local folders are left alone."""
-    from huggingface_hub import snapshot_download
-
+    """Fill the Hugging Face cache with the files each hub model's loader reads (listed in the README):
+    the stages' models, the training config's (`encode` names it), and `make eval`'s. Local folders
+    are left alone."""
+    from model.clip import FILES as CLIP_FILES
     from model.evaluate import EvalConfig
+    from model.hub import download, download_transformers
+    from model.text_encoder import FILES as T5_FILES
 
-    for name, (ref, filename) in {**model_refs(config, list(STAGES)), **EvalConfig().weights()}.items():
+    model = config.encode.training().model
+    parts = {"encode.vae": model.vae, "train.transformer": model.transformer, "train.scheduler": model.scheduler}
+    if model.aligner is not None:
+        parts["train.aligner"] = model.aligner
+    refs = {**model_refs(config, list(STAGES)), **EvalConfig().weights()}
+    refs.update({name: (part.ref, None) for name, part in parts.items()})
+    folders = {name: [f"{part.subfolder}/*" if part.subfolder else "*"] for name, part in parts.items()}
+    files = {"aesthetic.clip": CLIP_FILES, "eval.clip": CLIP_FILES, "encode.t5": T5_FILES, **folders}
+    for name, (ref, filename) in refs.items():
         if Path(ref).expanduser().exists():
             print(f"{name}: {ref} (local)")
             continue
         print(f"{name}: downloading {ref}{'/' + filename if filename else ''}")
-        snapshot_download(ref, allow_patterns=[filename] if filename else None)
+        if filename:
+            download(ref, [filename])
+        elif name in files:
+            download(ref, files[name])
+        else:  # a transformers model with its processor: caption, MLLM, detectors, DINO
+            download_transformers(ref)
 
 
 def write_report_or_warn(run: Path, filters: FilterConfig) -> None:

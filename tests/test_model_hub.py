@@ -71,3 +71,83 @@ def test_require_names_every_missing_model_in_one_error(hub_cache, tmp_path):
 
 def test_require_returns_local_folders_when_all_are_there(hub_cache, tmp_path):
     assert require({"mllm": "acme/tiny-model", "dit": str(tmp_path)}) == {"mllm": str(hub_cache), "dit": str(tmp_path)}
+
+
+# Files of the full profile's hub repositories, as their public file listings show them (the
+# timm CLIP listing as open_clip's hub loading expects it next to timm's own weights).
+LISTINGS = {
+    "timm/vit_large_patch14_clip_224.openai": [
+        ".gitattributes", "README.md", "config.json", "model.safetensors", "pytorch_model.bin",
+        "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
+    ],
+    "trl-lib/ddpo-aesthetic-predictor": [".gitattributes", "README.md", "aesthetic-model.pth"],
+    "Qwen/Qwen2.5-VL-3B-Instruct": [
+        ".gitattributes", "LICENSE", "README.md", "chat_template.json", "config.json", "generation_config.json",
+        "merges.txt", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+    ],
+    "IDEA-Research/grounding-dino-tiny": [
+        ".gitattributes", "README.md", "added_tokens.json", "config.json", "model.safetensors", "preprocessor_config.json",
+        "pytorch_model.bin", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+    ],
+    "ybelkada/segment-anything": [
+        "checkpoints/sam_vit_b_01ec64.pth", "checkpoints/sam_vit_l_0b3195.pth", "checkpoints/sam_vit_h_4b8939.pth",
+        "checkpoints/mobile_sam.pth", "checkpoints/efficientsam_s.pth", "checkpoints/efficientsam_ti.pth",
+    ],
+    "zai-org/CogVideoX-5b": [
+        ".gitattributes", "LICENSE", "README.md", "README_zh.md", "configuration.json", "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json", "text_encoder/model-00001-of-00002.safetensors",
+        "text_encoder/model-00002-of-00002.safetensors", "text_encoder/model.safetensors.index.json",
+        "tokenizer/added_tokens.json", "tokenizer/special_tokens_map.json", "tokenizer/spiece.model",
+        "tokenizer/tokenizer_config.json",
+        "transformer/config.json", "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors.index.json",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    ],
+    "facebook/dino-vits16": [".gitattributes", "README.md", "config.json", "preprocessor_config.json", "pytorch_model.bin"],
+    "lithiumice/ArcFace_PyTorch": [".gitattributes", "ms1mv3_arcface_r100_fp16.pth", "InsightFace_Pytorch+model_ir_se50.pth"],
+}
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """`snapshot_download` over LISTINGS, filtered as the hub client filters them: {repo: files fetched}."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    import model.hub
+
+    fetched: dict[str, set[str]] = {}
+
+    def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None):
+        folder = tmp_path / "hub" / repo_id
+        for name in filter_repo_objects(LISTINGS[repo_id], allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).touch()
+            fetched.setdefault(repo_id, set()).add(name)
+        return str(folder)
+
+    monkeypatch.setattr(model.hub, "snapshot_download", snapshot_download)
+    return fetched
+
+
+def test_make_weights_fetches_only_the_files_each_loader_reads(fake_hub):
+    from pipeline.__main__ import download_weights
+    from pipeline.config import load_config
+
+    download_weights(load_config())
+
+    cogvideox = {name for name in LISTINGS["zai-org/CogVideoX-5b"] if "/" in name}  # every part; no README, LICENSE
+    assert fake_hub == {
+        "timm/vit_large_patch14_clip_224.openai": {"open_clip_config.json", "open_clip_model.safetensors"},
+        "trl-lib/ddpo-aesthetic-predictor": {"aesthetic-model.pth"},
+        "Qwen/Qwen2.5-VL-3B-Instruct": set(LISTINGS["Qwen/Qwen2.5-VL-3B-Instruct"]) - {".gitattributes", "LICENSE", "README.md"},
+        "IDEA-Research/grounding-dino-tiny": set(LISTINGS["IDEA-Research/grounding-dino-tiny"])
+        - {".gitattributes", "README.md", "pytorch_model.bin"},
+        "ybelkada/segment-anything": {"checkpoints/sam_vit_b_01ec64.pth"},
+        "zai-org/CogVideoX-5b": cogvideox,
+        # no safetensors on its main branch: the pickled weights, loaded with weights_only
+        "facebook/dino-vits16": {"config.json", "preprocessor_config.json", "pytorch_model.bin"},
+        "lithiumice/ArcFace_PyTorch": {"ms1mv3_arcface_r100_fp16.pth"},
+    }
