@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_table(views.connect(args.run).sql(args.query).to_arrow_table(), args.limit)
     elif args.command == "funnel":
         for step, left, removed in views.funnel(args.run, _filter_config(args.run)):
-            print(f"{step:<22} {left:>8} left  {('-' + str(removed)) if removed else '':>8}")
+            print(f"{step:<22} {left:>8} left  {f'{removed} removed' if removed else ''}".rstrip())
     elif args.command == "report":
         return _report(args.run, args.per_group, args.check)
     return 0

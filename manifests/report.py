@@ -192,9 +192,9 @@ def histogram(con, column: str, label: str, thresholds: dict[str, float], path: 
 def counts(con) -> dict[str, str]:
     """Headline numbers: what went in, what came out."""
     one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
-    hours = (one("SELECT sum(duration_s) FROM videos") or 0.0) / 3600
+    footage = duration_text(one("SELECT sum(duration_s) FROM videos") or 0.0)
     return {
-        "videos": f"{one('SELECT count(*) FROM videos')} ({hours:.2f} h)",
+        "videos": f"{one('SELECT count(*) FROM videos')} ({footage})",
         "windows": str(one("SELECT count(*) FROM scenes")),
         "clips": str(one("SELECT count(*) FROM clips")),
         "captions": str(one("SELECT count(*) FROM captions")),
@@ -202,6 +202,16 @@ def counts(con) -> dict[str, str]:
         "shards": f"{one('SELECT count(*) FROM shards')} ({one('SELECT COALESCE(sum(n_samples), 0) FROM shards')} samples)",
         "error rows": str(one("SELECT count(*) FROM errors")),
     }
+
+
+def duration_text(seconds: float) -> str:
+    """Footage as people read it: "42 s", "7 min 42 s", then hours ("0.00 h" said nothing of a short run)."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{seconds / 3600:.2f} h"
 
 
 def random_tables(run: Path, con) -> list[str]:
@@ -256,7 +266,7 @@ def render(run: Path, numbers: dict, funnel: list, randomized: list[str], plots:
         )
     parts.append("<h2>Totals</h2><table>" + "".join(f"<tr><th>{k}</th><td class='n'>{v}</td></tr>" for k, v in numbers.items()) + "</table>")
     parts.append("<h2>Funnel</h2><table id='funnel'><tr><th>step</th><th>clips left</th><th>removed</th></tr>")
-    parts += [f"<tr><td>{text(step)}</td><td class='n'>{left}</td><td class='n'>{'-' + str(cut) if cut else ''}</td></tr>" for step, left, cut in funnel]
+    parts += [f"<tr><td>{text(step)}</td><td class='n'>{left}</td><td class='n'>{cut or ''}</td></tr>" for step, left, cut in funnel]
     parts.append("</table><h2>Scores</h2><div class='plots'>")
     parts += [f"<img src='{p['path']}' alt='histogram of {name} scores'>" for name, p in plots.items()]
     parts.append("</div><h2>Clips</h2>")
