@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 
 import pyarrow as pa
@@ -120,9 +121,9 @@ def test_funnel_follows_the_run_thresholds(curated):
     assert result.code == 0, result.err
     steps = []
     for line in result.out.splitlines():
-        match = re.fullmatch(r"(.+?)\s+(\d+) left\s*(-\d+)?\s*", line)
+        match = re.fullmatch(r"(.+?)\s+(\d+) left(?:\s+(\d+) removed)?", line)
         assert match, line
-        steps.append((match[1], int(match[2]), -int(match[3] or 0)))
+        steps.append((match[1], int(match[2]), int(match[3] or 0)))
     # The run kept every window (its config.yaml has KEEP_ALL's thresholds), so nothing is removed.
     assert steps == [
         ("windows", 13, 0), ("filter: duration", 13, 0), ("filter: resolution", 13, 0), ("filter: motion", 13, 0), ("clips", 13, 0)
@@ -134,6 +135,20 @@ def test_funnel_follows_the_run_thresholds(curated):
     durations = [r["n_frames"] / v for r, v in _frames_and_fps(curated.run)]
     assert left["filter: duration"] == sum(2.0 <= d <= 60.0 for d in durations) < 13
     assert all(removed >= 0 for _, _, removed in default)
+
+
+def test_funnel_prints_removals_as_positive_counts(curated, tmp_path):
+    run = tmp_path / "run"  # the same manifests, seen with the default thresholds
+    shutil.copytree(curated.run / "manifests", run / "manifests")
+    (run / "config.yaml").write_text("config:\n  filter: {}\n")
+    result = manifests_cli("funnel", run)
+    assert result.code == 0, result.err
+    printed = [re.fullmatch(r"(.+?)\s+(\d+) left(?:\s+(\d+) removed)?", line) for line in result.out.splitlines()]
+    assert all(printed), result.out
+    removed = {m[1]: int(m[3] or 0) for m in printed}
+    too_short_or_long = sum(not 2.0 <= d <= 60.0 for d in (r["n_frames"] / v for r, v in _frames_and_fps(curated.run)))
+    assert removed["filter: duration"] == too_short_or_long > 0
+    assert [(m[1], int(m[2]), int(m[3] or 0)) for m in printed] == views.funnel(run, FilterConfig())
 
 
 def _frames_and_fps(run):

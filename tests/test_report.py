@@ -14,7 +14,7 @@ from conftest import KEEP_ALL, manifests_cli, pipeline_cli
 
 from manifests import views
 from manifests.filters import FilterConfig
-from manifests.report import ReportConfig, sample_groups, write_report
+from manifests.report import ReportConfig, duration_text, sample_groups, write_report
 from manifests.store import read_table, write_part
 from stages.crops import box_crop, masked_crop
 from stages.subjects import write_png
@@ -102,6 +102,25 @@ def test_report_shows_every_clip_in_its_group_with_the_rule_that_rejected_it(rep
     assert all(cv2.imread(str(run / "report" / p)).shape[1] == 256 for p in posters)
     for plot in ("motion", "aesthetic"):
         assert cv2.imread(str(run / "report" / "plots" / f"{plot}.png")) is not None
+
+
+def test_funnel_shows_removals_as_positive_counts_and_short_footage_readably(report_run):
+    run, filters, *_ = report_run
+    page = write_report(run, filters, ReportConfig(per_group=1)).read_text()
+    table = page.split("<table id='funnel'>")[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td class='n'>(\d+)</td><td class='n'>([^<]*)</td></tr>", table)
+    steps = views.funnel(run, filters)
+    assert rows == [(step, str(left), str(removed) if removed else "") for step, left, removed in steps]
+    assert dict((s, r) for s, _, r in steps)["filter: motion"] > 0  # a removal is shown, as a positive count
+
+    seconds = round(sum(read_table(run, "videos").column("duration_s").to_pylist()))
+    assert 0 < seconds < 60  # the shared sample footage: seconds, which "0.01 h" hid
+    videos = read_table(run, "videos").num_rows
+    assert f"<th>videos</th><td class='n'>{videos} ({seconds} s)</td>" in page
+
+
+def test_duration_text_reads_like_a_person_would_say_it():
+    assert [duration_text(s) for s in (0, 42.4, 462, 3599.4, 5400)] == ["0 s", "42 s", "7 min 42 s", "59 min 59 s", "1.50 h"]
 
 
 def test_grid_is_a_fixed_sample_that_reruns_identically(report_run):
