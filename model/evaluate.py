@@ -52,7 +52,7 @@ class EvalConfig(BaseModel):
     clip: str = "timm/vit_large_patch14_clip_224.openai"  # open_clip hub layout; papers vary (B/32, L/14): match the one you compare with
     dino: str = "facebook/dino-vits16"  # any transformers DINO / DINOv2 backbone
     detector: str = "IDEA-Research/grounding-dino-tiny"  # the curation detector
-    face: str = "lithiumice/ArcFace_PyTorch"  # insightface arcface_torch backbone state dict
+    face: str = "lithiumice/ArcFace_PyTorch"  # insightface arcface_torch r100 state dict; a personal mirror (README)
     face_file: str = "ms1mv3_arcface_r100_fp16.pth"
     min_score: float = 0.35  # detector box score, as subjects.min_score
     max_regions: int = 3  # best-scoring boxes per frame and reference

@@ -67,7 +67,8 @@ class IResNet(nn.Module):
         layers = [len({m.group(1) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))}) for i in range(1, 5)]
         widths = [state[f"layer{i}.0.conv1.weight"].shape[0] for i in range(1, 5)]
         model = cls(layers, widths, stem=state["conv1.weight"].shape[0], num_features=state["fc.weight"].shape[0])
-        model.load_state_dict({k: v.float() for k, v in state.items()})  # published r100 is stored in fp16
+        # ms1mv3_arcface_r100_fp16.pth is stored in fp32 (fp16 names its mixed-precision training); half copies load too.
+        model.load_state_dict({k: v.float() for k, v in state.items()})
         return model.eval()
 
 
