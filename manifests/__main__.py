@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=200)
     sub.add_parser("funnel", help="how many clips each filter rule removes").add_argument("run", type=Path)
+    sub.add_parser("compact", help="merge each table's parts into one (atomic; safe to interrupt)").add_argument("run", type=Path)
     report = sub.add_parser("report", help="write RUN/report/index.html (funnel, score histograms, clip grid)")
     report.add_argument("run", type=Path)
     report.add_argument("--per-group", type=int, default=ReportConfig().per_group, help="clips shown per group")
@@ -65,18 +66,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "summary":
         for name in TABLES:
             n_parts = len(store.parts(args.run, name))
-            rows = store.read_table(args.run, name).num_rows if n_parts else 0
+            rows = store.count(args.run, name) if n_parts else 0
             print(f"{name:<10} {rows:>9} rows  {n_parts:>5} parts")
     elif args.command == "show":
         where = f" WHERE {args.where}" if args.where else ""
-        _print_table(views.connect(args.run).sql(f"SELECT * FROM {args.table}{where}").to_arrow_table(), args.limit)
+        _print_table(views.query(args.run, f"SELECT * FROM {args.table}{where} LIMIT {args.limit + 1}"), args.limit)
     elif args.command == "sql":
-        _print_table(views.connect(args.run).sql(args.query).to_arrow_table(), args.limit)
+        _print_table(views.query(args.run, args.query), args.limit)
+    elif args.command == "compact":
+        return _compact(args.run)
     elif args.command == "funnel":
         for step, left, removed in views.funnel(args.run, _filter_config(args.run)):
             print(f"{step:<22} {left:>8} left  {f'{removed} removed' if removed else ''}".rstrip())
     elif args.command == "report":
         return _report(args.run, args.per_group, args.check)
+    return 0
+
+
+def _compact(run: Path) -> int:
+    from manifests.files import RunInUse, RunLock, sweep_temporaries
+
+    try:
+        with RunLock(run):
+            sweep_temporaries(run)
+            merged = store.compact_all(run)
+    except RunInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 5
+    for table, n in merged.items():
+        print(f"{table:<10} {n:>6} parts merged into one")
+    if not merged:
+        print("nothing to compact: every table has at most one part")
     return 0
 
 

@@ -1,26 +1,37 @@
-"""Atomic, append-only Parquet parts per table, and readers that return one deduplicated table.
+"""Manifest tables as folders of Parquet parts, scanned in place by DuckDB.
 
-Layout: `RUN/manifests/<table>/part-<digest>.parquet`. A part is written under a temporary name
-and renamed, so a killed run never leaves half a part. The digest is of the keys a part holds, so
-writing the same rows again replaces the part instead of duplicating it. Readers keep the last
-written row of each key, which is how a retried input replaces its old error.
+Layout: `RUN/manifests/<table>/part-<ns>-<id>.parquet`. Workers write their own parts (atomic:
+temporary, fsync, rename); the name starts with the write time, so name order is write order and
+readers keep the last written row of each key: that is how a retried input replaces its old
+error and how a rewrite after a crash replaces its first copy. Every table also holds one empty
+part with its current schema, so a table with no rows yet, or parts from an older schema, still
+read with every column. Nothing here loads a whole table: queries project columns and push
+filters down into the scan; `compact` merges many small parts into one, atomically and resumably
+(a kill -9 during it leaves inputs and output side by side, which read the same).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import re
+import shutil
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from manifests.files import atomic_path, write_bytes
 from manifests.schemas import TABLES, spec
 
-TMP_PREFIX = ".tmp-"
+T = TypeVar("T")
+TMP_PREFIX = ".tmp-"  # TODO(lead): last writers move to manifests.files.atomic_path
+SCHEMA_PREFIX = "part-00000000000000000000-schema-"
+QUARANTINE = "quarantine"
 
 
 def table_dir(run: Path, table: str) -> Path:
@@ -35,85 +46,146 @@ def to_arrow(table: str, rows: Sequence[dict] | pa.Table) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
-def _digest(table: pa.Table, key: Sequence[str]) -> str:
-    h = hashlib.sha1()
-    for row in sorted(zip(*(table.column(k).to_pylist() for k in key))):
-        h.update(repr(row).encode())
-    return h.hexdigest()[:20]
+def ensure_table(run: Path, table: str) -> None:
+    """The empty part that carries the table's current schema (written once per schema)."""
+    schema = spec(table).schema
+    digest = hashlib.sha1(schema.to_string().encode()).hexdigest()[:12]
+    path = table_dir(run, table) / f"{SCHEMA_PREFIX}{digest}.parquet"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sink = pa.BufferOutputStream()
+        pq.write_table(schema.empty_table(), sink)
+        write_bytes(run, path, sink.getvalue().to_pybytes())
 
 
 def write_part(run: Path, table: str, rows: Sequence[dict] | pa.Table) -> Path | None:
-    """Write rows as one part, atomically. Returns the part's path, or None for no rows."""
+    """Write rows as one new part, atomically. Returns its path, or None for no rows."""
     data = to_arrow(table, rows)
     if data.num_rows == 0:
         return None
-    folder = table_dir(run, table)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"part-{_digest(data, spec(table).key)}.parquet"
-    tmp = folder / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
-    pq.write_table(data, tmp)
-    os.replace(tmp, final)
+    ensure_table(run, table)
+    final = table_dir(run, table) / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+    with atomic_path(run, final) as tmp:
+        pq.write_table(data, tmp, compression="zstd")
     return final
 
 
 def parts(run: Path, table: str) -> list[Path]:
-    """Finished parts in write order (modification time, then name)."""
+    """Parts holding rows, in write order."""
     folder = table_dir(run, table)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.glob("part-*.parquet")]
-    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith(SCHEMA_PREFIX))
+
+
+def has_rows(run: Path, table: str) -> bool:
+    return bool(parts(run, table))
+
+
+def scan(run: Path, table: str, files: Sequence[Path] | None = None) -> str:
+    """SQL for every written row, with the file and row it came from (for last-write-wins)."""
+    source = f"'{table_dir(run, table)}/part-*.parquet'" if files is None else "[" + ", ".join(f"'{p}'" for p in files) + "]"
+    return f"read_parquet({source}, union_by_name = true, filename = true, file_row_number = true)"
+
+
+def latest(run: Path, table: str, key: Sequence[str] | None = None, files: Sequence[Path] | None = None) -> str:
+    """SQL for one row per key, the last written, with the table's columns only."""
+    columns = ", ".join(f'"{c}"' for c in spec(table).schema.names)
+    by = ", ".join(f'"{k}"' for k in (key or spec(table).key))
+    return (
+        f"SELECT {columns} FROM {scan(run, table, files)} "
+        f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1"
+    )
+
+
+def connect(run: Path) -> duckdb.DuckDBPyConnection:
+    """A connection where every table is a view over its parts (nothing is loaded)."""
+    con = duckdb.connect()
+    for name in TABLES:
+        ensure_table(run, name)
+        con.execute(f"CREATE VIEW {name} AS {latest(run, name)}")
+    return con
+
+
+_PART = re.compile(r"'([^']*/manifests/[^'/]+/part-[^'/]+\.parquet)'")
+
+
+def guarded(run: Path, action: Callable[[], T]) -> T:
+    """Run a query; a part that cannot be read is quarantined and the query runs again.
+
+    Its rows are then missing from the table, so the stage that wrote them finds their inputs
+    pending again and recomputes them.
+    """
+    while True:
+        try:
+            return action()
+        except duckdb.Error as error:
+            found = _PART.search(str(error))
+            if not found or not Path(found.group(1)).is_file():
+                raise
+            quarantine(run, Path(found.group(1)), str(error))
+
+
+def quarantine(run: Path, part: Path, reason: str) -> Path:
+    """Move a damaged part out of its table, with a note saying why."""
+    folder = Path(run) / QUARANTINE / part.parent.name
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / part.name
+    shutil.move(str(part), target)
+    target.with_suffix(".txt").write_text(f"{reason}\n")
+    print(f"warning: quarantined {part} ({reason.splitlines()[0]}); its rows will be recomputed")
+    return target
+
+
+def query(run: Path, sql: str, params: Sequence | None = None) -> pa.Table:
+    """One query over the run's tables (views named like the tables)."""
+    return guarded(run, lambda: connect(run).sql(sql, params=params).to_arrow_table())
+
+
+def read_table(run: Path, table: str, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
+    """One row per key, sorted by key; only the asked columns, only the rows matching `where`."""
+    order = ", ".join(f'"{k}"' for k in spec(table).key)
+    cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    sql = f"SELECT {cols} FROM {table}{f' WHERE {where}' if where else ''} ORDER BY {order}"
+    data = query(run, sql)
+    return data.cast(spec(table).schema) if not columns else data
 
 
 def read_raw(run: Path, table: str) -> pa.Table:
-    """Every row of every part, duplicates included, in write order."""
-    schema = spec(table).schema
-    pieces = [pq.read_table(p, schema=schema) for p in parts(run, table)]
-    return pa.concat_tables(pieces) if pieces else schema.empty_table()
+    """Every written row, duplicates included, in write order."""
+    columns = ", ".join(f'"{c}"' for c in spec(table).schema.names)
+    sql = f"SELECT {columns} FROM {scan(run, table)} ORDER BY filename, file_row_number"
+    return guarded(run, lambda: duckdb.connect().sql(sql).to_arrow_table()).cast(spec(table).schema)
 
 
-def dedupe(data: pa.Table, key: Sequence[str]) -> pa.Table:
-    """Keep the last row of each key, then sort by key so equal runs give equal tables."""
-    if data.num_rows == 0:
-        return data
-    data = data.append_column("_row", pa.array(range(data.num_rows), pa.int64()))
-    last = data.group_by(list(key), use_threads=False).aggregate([("_row", "max")])
-    keep = pc.is_in(data.column("_row"), value_set=last.column("_row_max"))
-    data = data.filter(keep).drop_columns(["_row"])
-    return data.sort_by([(k, "ascending") for k in key])
+def count(run: Path, table: str) -> int:
+    return query(run, f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py()
 
 
-def read_table(run: Path, table: str) -> pa.Table:
-    """The table as users and stages see it: one row per key."""
-    return dedupe(read_raw(run, table), spec(table).key)
+def compact(run: Path, table: str) -> int:
+    """Merge the table's parts into one, deduplicated and sorted; returns how many parts it merged.
+
+    Reads an explicit list of parts and deletes exactly those after the merged part is in place.
+    The merged part is named after the newest input, so it sorts after its inputs and before any
+    later part: last-write-wins reads the same rows before, during and after a compaction.
+    """
+    def merge() -> list[Path]:
+        found = parts(run, table)
+        if len(found) < 2:
+            return []
+        newest = found[-1].name.split("-")[1]
+        final = table_dir(run, table) / f"part-{newest}-z{uuid.uuid4().hex[:11]}.parquet"
+        order = ", ".join(f'"{k}"' for k in spec(table).key)
+        sql = f"SELECT * FROM ({latest(run, table, spec(table).identity, found)}) ORDER BY {order}"
+        with atomic_path(run, final) as tmp:
+            duckdb.connect().execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        return found
+
+    merged = guarded(run, merge)
+    for part in merged:
+        part.unlink(missing_ok=True)
+    return len(merged)
 
 
-def keys(run: Path, table: str, column: str) -> set:
-    """The distinct values of one column: what a stage has done already."""
-    if not parts(run, table):
-        return set()
-    return set(read_raw(run, table).column(column).to_pylist())
-
-
-def error_keys(run: Path, stage: str) -> set[str]:
-    errors = read_raw(run, "errors")
-    return set(errors.filter(pc.equal(errors.column("stage"), stage)).column("key").to_pylist())
-
-
-def remove_temporaries(run: Path) -> list[Path]:
-    """Delete what a killed run left half-written (parts and any other `.tmp-` file)."""
-    removed = []
-    for path in Path(run).rglob(f"{TMP_PREFIX}*"):
-        if path.is_file():
-            path.unlink()
-            removed.append(path)
-    return removed
-
-
-def existing_tables(run: Path) -> list[str]:
-    return [t for t in TABLES if parts(run, t)]
-
-
-def iter_tables(run: Path, names: Iterable[str] | None = None) -> Iterable[tuple[str, pa.Table]]:
-    for name in names or TABLES:
-        yield name, read_table(run, name)
+def compact_all(run: Path) -> dict[str, int]:
+    return {name: merged for name in TABLES if (merged := compact(run, name))}

@@ -14,8 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from manifests.filters import RULES, FilterConfig, predicate
-from manifests.schemas import TABLES
-from manifests.store import error_keys, parts, read_table
+from manifests import store
 
 CANDIDATES = """
 CREATE VIEW candidates AS
@@ -46,54 +45,63 @@ LEFT JOIN (
 
 
 def connect(run: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    for name in TABLES:
-        con.register(f"_{name}", read_table(run, name))
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}")
+    """Every table and `candidates` as views over the parts: nothing is read until a query runs."""
+    con = store.connect(run)
     con.execute(CANDIDATES)
     return con
 
 
-def active_rules(run: Path, rules: Sequence[str]) -> list[str]:
-    """The rules whose scoring stage has run in this run."""
+def query(run: Path, sql: str) -> pa.Table:
+    return store.guarded(run, lambda: connect(run).sql(sql).to_arrow_table())
+
+
+def active_rules(run: Path, rules: Sequence[str], scoring: Sequence[str] = ()) -> list[str]:
+    """The rules whose scoring stage has run in this run, or is running (`scoring`)."""
     active = []
     for rule in rules:
         stage = RULES[rule][0]
-        if stage is None or parts(run, stage) or error_keys(run, stage):
+        if stage is None or stage in scoring or store.has_rows(run, stage) or _has_errors(run, stage):
             active.append(rule)
     return active
 
 
+def _has_errors(run: Path, stage: str) -> bool:
+    return store.has_rows(run, "errors") and bool(query(run, f"SELECT 1 FROM errors WHERE stage = '{stage}' LIMIT 1").num_rows)
+
+
+def where(run: Path, rules: Sequence[str], config: FilterConfig | None = None, scoring: Sequence[str] = ()) -> str:
+    """SQL condition on `candidates` for the rules that can be evaluated."""
+    config = config or FilterConfig()
+    return " AND ".join(predicate(r, config) for r in active_rules(run, rules, scoring)) or "TRUE"
+
+
 def candidates(run: Path, rules: Sequence[str] = (), config: FilterConfig | None = None) -> pa.Table:
     """Clip windows that pass the given rules (those that can be evaluated yet)."""
-    con = connect(run)
-    where = " AND ".join(predicate(r, config or FilterConfig()) for r in active_rules(run, rules)) or "TRUE"
-    return con.sql(f"SELECT * FROM candidates WHERE {where} ORDER BY clip_id").to_arrow_table()
+    return query(run, f"SELECT * FROM candidates WHERE {where(run, rules, config)} ORDER BY clip_id")
+
+
+LATER_STAGES = {
+    "clips": "clip_path IS NOT NULL",
+    "captions": "caption IS NOT NULL",
+    "subjects": "n_subjects > 0",
+    "shards": "shard IS NOT NULL",
+}
 
 
 def funnel(run: Path, config: FilterConfig | None = None) -> list[tuple[str, int, int]]:
-    """(step, clips left, removed by this step) for each rule in order, then the later stages."""
+    """(step, clips left, removed by this step) for each rule in order, then the later stages.
+
+    One scan: each step's count is a conditional count over the same rows.
+    """
     config = config or FilterConfig()
-    con = connect(run)
-    total = con.execute("SELECT count(*) FROM candidates").fetchone()[0]
-    steps = [("windows", total, 0)]
-    where = []
-    left = total
+    steps, conditions = ["windows"], ["TRUE"]
     for rule in active_rules(run, list(RULES)):
-        where.append(predicate(rule, config))
-        now = con.execute(f"SELECT count(*) FROM candidates WHERE {' AND '.join(where)}").fetchone()[0]
-        steps.append((f"filter: {rule}", now, left - now))
-        left = now
-    later = {
-        "clips": "clip_path IS NOT NULL",
-        "captions": "caption IS NOT NULL",
-        "subjects": "n_subjects > 0",
-        "shards": "shard IS NOT NULL",
-    }
-    for table, done in later.items():
-        if parts(run, table):
-            where.append(done)
-            now = con.execute(f"SELECT count(*) FROM candidates WHERE {' AND '.join(where)}").fetchone()[0]
-            steps.append((table, now, left - now))
-            left = now
-    return steps
+        steps.append(f"filter: {rule}")
+        conditions.append(f"{conditions[-1]} AND {predicate(rule, config)}")
+    for table, done in LATER_STAGES.items():
+        if store.has_rows(run, table):
+            steps.append(table)
+            conditions.append(f"{conditions[-1]} AND {done}")
+    counts = ", ".join(f"count(*) FILTER (WHERE {c})" for c in conditions)
+    left = list(store.guarded(run, lambda: connect(run).execute(f"SELECT {counts} FROM candidates").fetchone()))
+    return [(step, n, (left[i - 1] - n) if i else 0) for i, (step, n) in enumerate(zip(steps, left))]

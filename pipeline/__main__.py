@@ -2,7 +2,8 @@
 `python -m pipeline weights` downloads the models of a profile into the Hugging Face cache.
 
 Exit codes: 0 all inputs processed, 2 usage error (such as a missing SRC), 3 finished but some
-inputs failed (each has a row in the `errors` table), 4 model weights missing (nothing was run).
+inputs failed (each has a row in the `errors` table), 4 model weights missing (nothing was run),
+5 the run folder is in use by another process (named in the message).
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-from manifests import store
+from manifests.files import RunInUse, RunLock, sweep_temporaries
 from manifests.filters import FilterConfig
 from manifests.report import write_report
 from model.hub import MissingWeights, require, resolve_file
 from pipeline.config import RunConfig, load_config, write_run_config
 from pipeline.registry import STAGES
-from pipeline.runner import run_stage
+from pipeline.runner import run_chain
 from pipeline.summary import summarize
 
 EXIT_FAILED_INPUTS = 3
 EXIT_MISSING_WEIGHTS = 4
+EXIT_RUN_IN_USE = 5
 
 
 def model_refs(config: RunConfig, names: list[str]) -> dict[str, tuple[str, str | None]]:
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     curate.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     curate.add_argument("--config", type=Path, help="YAML config file")
     curate.add_argument("--profile", choices=["full", "tiny"], help="model profile (default full; see pipeline/profiles.yaml)")
+    curate.add_argument("--extensions", help="comma-separated file extensions taken as videos (default: probe.extensions)")
     weights = sub.add_parser("weights", help="download the models of a profile (needs internet)")
     weights.add_argument("--config", type=Path, help="YAML config file naming other models")
     stage = sub.add_parser("stage", help="run one stage of an existing run (on a cluster with RAY_ADDRESS)")
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         config.src = str(args.src.resolve())
         if args.stages:
             config.stages = [s.strip() for s in args.stages.split(",")]
+        if args.extensions:
+            config.probe.extensions = [e.strip() for e in args.extensions.split(",") if e.strip()]
         names = config.stages
     else:
         run = args.run
@@ -147,13 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_MISSING_WEIGHTS
     started = time.perf_counter()
-    store.remove_temporaries(run) if run.exists() else None
-    write_run_config(run, config)
-    reports = [run_stage(name, config, run, args.retry_errors) for name in names]
-    text, failed = summarize(run, reports, time.perf_counter() - started)
-    print(text)
-    if args.command == "curate":
-        write_report_or_warn(run, config.filter)
+    try:
+        with RunLock(run):
+            sweep_temporaries(run)
+            write_run_config(run, config)
+            reports = run_chain([STAGES[name] for name in names], config, run, args.retry_errors)
+            text, failed = summarize(run, reports, time.perf_counter() - started)
+            print(text)
+            if args.command == "curate" and (any(r.inputs for r in reports) or not (run / "report" / "index.html").exists()):
+                write_report_or_warn(run, config.filter)
+    except RunInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_RUN_IN_USE
     if failed:
         print(f"{failed} input(s) failed; each has a row in {run}/manifests/errors", file=sys.stderr)
         return EXIT_FAILED_INPUTS

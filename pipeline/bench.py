@@ -103,7 +103,7 @@ def measure() -> str:
     t_scenes, scenes = best_of(lambda: Scenes(ScenesConfig(), Path(tempfile.gettempdir())).process(row))
     t_dis, _ = best_of(lambda: motion_all(row, scenes, "dis"))
     t_farneback, _ = best_of(lambda: motion_all(row, scenes, "farneback"), repeats=1)
-    ours_cuts, _, _ = detect_cuts(str(VIDEO), "adaptive", {})
+    ours_cuts, _, _, _ = detect_cuts(str(VIDEO), "adaptive", {})
     t_cli, theirs = best_of(lambda: cli_cuts(VIDEO))
     t_ours_cli, _ = best_of(lambda: our_cli_cuts(VIDEO))
     busy = cores_busy(lambda: (Scenes(ScenesConfig(), Path(tempfile.gettempdir())).process(row), motion_all(row, scenes, "dis")))

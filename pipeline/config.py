@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from manifests.files import write_bytes
 from manifests.filters import FilterConfig
 from stages.aesthetic import AestheticConfig
 from stages.caption import CaptionConfig
@@ -42,6 +43,7 @@ class RunConfig(BaseModel):
     tiny_models: str = "tiny-models"  # where `python -m model.tiny` put the tiny profile's models
     stages: list[str] = CHAIN
     workers: int | None = None  # parallel CPU workers; default: every CPU of the Ray cluster
+    max_attempts: int = 3  # tries of an input whose failure may pass (I/O, out of memory, a worker that died)
     filter: FilterConfig = FilterConfig()
     probe: ProbeConfig = ProbeConfig()
     scenes: ScenesConfig = ScenesConfig()
@@ -113,7 +115,5 @@ def provenance() -> dict:
 def write_run_config(run: Path, config: RunConfig) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     path = run / "config.yaml"
-    tmp = run / ".tmp-config.yaml"
-    tmp.write_text(yaml.safe_dump({"config": config.model_dump(), "provenance": provenance()}, sort_keys=False))
-    tmp.replace(path)
+    write_bytes(run, path, yaml.safe_dump({"config": config.model_dump(), "provenance": provenance()}, sort_keys=False).encode())
     return path

@@ -1,128 +1,154 @@
-"""Run one stage on Ray Data: pending inputs in, manifest parts out, as results stream back.
+"""Run a chain of stages on Ray, all at once: a window flows on as soon as the stage before it wrote it.
 
-Resume is a set difference: the stage gets the input keys that are in neither its output table
-nor `errors`. Workers return each batch's rows as Arrow IPC bytes; the driver alone writes
-Parquet (through manifests), one atomic part per batch, so a killed run loses at most the
-batches in flight. Model stages run as an actor pool (the model loads once per actor), fed by
-separate CPU tasks that run the stage's `prepare` (decoding, resizing), so the model never waits
-on decode.
+Each stage streams its pending inputs from one SQL anti-join (inputs neither in its output table
+nor in `errors`, nor in flight) and keeps a bounded number of batches in flight; while the
+stages before it still run, it asks again whenever its last answer is used up. Workers write
+their own manifest parts; the driver only counts, so its memory does not grow with the run.
+Later stages are fed first, so finished windows leave the pipeline early instead of piling up.
+
+CPU stages run as Ray tasks. Model stages run as actors that load the model once, fed by CPU
+tasks that decode and resize (`prepare`), created when the stage's first input exists.
+
+Failures: `BadInput` / `BadModelOutput` are final. Any other exception is retried in the worker,
+item by item, up to `max_attempts`. A batch whose worker died (segfault, OOM kill) is split and
+its items retried alone, so one input cannot fail its neighbours; an input whose worker died
+`max_attempts` times gets an error row saying so, and the run goes on.
 """
 
 from __future__ import annotations
 
-import math
+import datetime
 import os
-import pickle
 import time
 import warnings
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 from tqdm import tqdm
 
 from manifests import store, views
-from manifests.schemas import spec
 from pipeline.config import RunConfig
-from pipeline.registry import STAGES
-from stages.base import Row, Stage
-from stages.probe import discover
+from stages.base import FINAL_ERRORS, Row, Stage, tables
+from stages.probe import walk
 
 PREPARE_CPUS = 0.5
+QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits on decoding
+POLL_S = 1.0  # at least this long between two asks of a stage whose inputs are still being made
 
 
 @dataclass
 class StageReport:
     stage: str
-    inputs: int  # pending inputs this time
-    done_before: int
+    inputs: int = 0  # pending inputs processed this time
+    done_before: int = 0
     rows: int = 0
     errors: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # first input submitted to last result
+    first_result_s: float | None = None  # from the start of the command
+    last_result_s: float | None = None
+    actors: int = 0
+    busy_s: float = 0.0  # model actors' processing time, all actors together
+
+    @property
+    def utilisation(self) -> float | None:
+        return self.busy_s / (self.actors * self.seconds) if self.actors and self.seconds else None
 
 
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+@dataclass
+class Result:
+    """What a worker reports back: counts only, the rows are in the parts it wrote."""
+
+    n: int
+    rows: int
+    errors: int
+    busy_s: float = 0.0
 
 
-def _from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(data).read_all()
+# ---------------------------------------------------------------- in the workers
 
 
-def _pack(stage: Stage, items: list[Row], failed: list[Row] = ()) -> dict:
-    rows, errors = stage.process_batch(items) if items else ([], [])
-    return {
-        "rows": [_ipc(store.to_arrow(stage.writes, rows))],
-        "errors": [_ipc(store.to_arrow("errors", list(failed) + errors))],
-        "n": [len(items) + len(failed)],
-    }
+def build(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: str) -> Stage:
+    fused = {name: getattr(config, name) for name in stage_cls.fuses if name in chain}
+    return stage_cls(getattr(config, stage_cls.name), Path(run), fused)
 
 
-def _prepare_batch(batch: pa.Table, stage_cls: type[Stage], config, run: str) -> dict:
-    """CPU task before a model stage: decode and preprocess, one pickled payload per item.
+def attempt(stage: Stage, items: list[Row], max_attempts: int) -> tuple[dict[str, list[Row]], list[Row]]:
+    """Process a batch; an item that fails with a retryable error is tried again alone."""
+    made, errors = stage.process_batch(items)
+    rows = tables(stage.writes, made)
+    keyed = {str(item[stage.input_key]): item for item in items}
+    final = [e for e in errors if e["error_type"] in FINAL_ERRORS or e["key"] not in keyed]
+    for error in (e for e in errors if e not in final):
+        tries = 1
+        while error is not None and error["error_type"] not in FINAL_ERRORS and tries < max_attempts:
+            time.sleep(min(2.0, 0.1 * 2**tries))
+            tries += 1
+            again, new_errors = stage.process_batch([keyed[error["key"]]])
+            for table, more in tables(stage.writes, again).items():
+                rows.setdefault(table, []).extend(more)
+            error = next((e for e in new_errors if e["key"] == error["key"] and e["error_type"] not in FINAL_ERRORS), None)
+            final += [e for e in new_errors if e is not error]
+        if error is not None:
+            final.append({**error, "attempts": tries, "message": f"{error['message']} (tried {tries} times)"})
+    return tables(stage.writes, rows), final
 
-    Pickle, because prepared items hold numpy arrays of varying shapes (Arrow tensor columns need
-    one shape); the payload only travels between this run's own workers.
-    """
-    stage = stage_cls(config, Path(run))
-    payloads = []
-    for item in batch.to_pylist():
-        try:
-            payloads.append(pickle.dumps({"item": stage.prepare(item)}))
-        except Exception as exc:  # one bad input must not stop the others
-            payloads.append(pickle.dumps({"error": stage.error_row(item, exc)}))
-    return {"payload": payloads}
+
+def write(run: Path, stage: Stage, rows: dict[str, list[Row]], errors: list[Row], n: int) -> Result:
+    for table, made in rows.items():  # fused tables first, the stage's own table last
+        store.write_part(run, table, made)
+    store.write_part(run, "errors", errors)
+    return Result(n, len(rows.get(stage.writes, [])), len(errors))
 
 
-def _run_batch(batch: pa.Table, stage_cls: type[Stage], config, run: str) -> dict:
-    """Task body for CPU stages: the stage object is cheap, built per batch."""
-    stage = stage_cls(config, Path(run))
+def run_cpu_batch(job: tuple, items: list[Row]) -> Result:
+    stage_cls, config, chain, run = job
+    stage = build(stage_cls, config, chain, run)
     stage.setup()
-    return _pack(stage, batch.to_pylist())
+    rows, errors = attempt(stage, items, config.max_attempts)
+    return write(Path(run), stage, rows, errors, len(items))
 
 
-class _ModelWorker:
+def prepare_batch(job: tuple, items: list[Row]) -> tuple[list[Row], list[Row]]:
+    """CPU side of a model stage: decoded items, and error rows for those that cannot be."""
+    stage_cls, config, chain, run = job
+    stage = build(stage_cls, config, chain, run)
+    ready, errors = [], []
+    for item in items:
+        for tries in range(1, config.max_attempts + 1):
+            try:
+                ready.append(stage.prepare(item))
+                break
+            except Exception as exc:  # one bad input must not stop the others
+                error = stage.error_row(item, exc)
+                if error["error_type"] in FINAL_ERRORS or tries == config.max_attempts:
+                    errors.append({**error, "attempts": tries})
+                    break
+    return ready, errors
+
+
+class ModelWorker:
     """Actor body for model stages: `setup` (the model load) runs once per actor."""
 
-    def __init__(self, stage_cls: type[Stage], config, run: str):
-        self.stage = stage_cls(config, Path(run))
+    def __init__(self, job: tuple):
+        stage_cls, self.config, chain, run = job
+        self.run_dir = Path(run)
+        self.stage = build(stage_cls, self.config, chain, run)
         self.stage.setup()
 
-    def __call__(self, batch: pa.Table) -> dict:
-        if "payload" not in batch.column_names:
-            return _pack(self.stage, batch.to_pylist())
-        prepared = [pickle.loads(p) for p in batch.column("payload").to_pylist()]
-        return _pack(self.stage, [p["item"] for p in prepared if "item" in p], [p["error"] for p in prepared if "error" in p])
+    def process(self, prepared: tuple[list[Row], list[Row]], n: int) -> Result:
+        started = time.perf_counter()
+        ready, failed = prepared
+        rows, errors = attempt(self.stage, ready, self.config.max_attempts) if ready else ({}, [])
+        result = write(self.run_dir, self.stage, rows, failed + errors, n)
+        result.busy_s = time.perf_counter() - started
+        return result
 
 
-def has_prepare(stage_cls: type[Stage]) -> bool:
-    return stage_cls.prepare is not Stage.prepare
-
-
-def stage_inputs(stage_cls: type[Stage], config: RunConfig, run: Path) -> list[Row]:
-    if stage_cls.reads == "sources":
-        found, problems = discover(Path(config.src))
-        store.write_part(
-            run, "errors", [{"stage": stage_cls.name, "key": p["path"], "error_type": "bad_input", "message": p["message"]} for p in problems]
-        )
-        return found
-    if stage_cls.reads == "candidates":
-        rows = views.candidates(run, stage_cls.filters, config.filter).to_pylist()
-    else:
-        rows = store.read_table(run, stage_cls.reads).to_pylist()
-    return stage_cls(getattr(config, stage_cls.name), run).plan(rows)
-
-
-def pending_inputs(stage_cls: type[Stage], config: RunConfig, run: Path, retry_errors: bool) -> tuple[list[Row], int]:
-    items = stage_inputs(stage_cls, config, run)
-    done = store.keys(run, stage_cls.writes, stage_cls.input_key)
-    if not retry_errors:
-        done |= store.error_keys(run, stage_cls.name)
-    pending = [item for item in items if str(item[stage_cls.input_key]) not in done]
-    return pending, len(items) - len(pending)
+# ---------------------------------------------------------------- on the driver
 
 
 def start_ray(workers: int | None) -> None:
@@ -142,76 +168,289 @@ def start_ray(workers: int | None) -> None:
         log_to_driver=True,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
     )
-    warnings.filterwarnings("ignore", module="ray.data")
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.enable_auto_log_stats = False
+    warnings.filterwarnings("ignore", module="ray")
 
 
-def _dataset(stage_cls: type[Stage], config: RunConfig, run: Path, pending: list[Row]):
-    import ray
+@dataclass
+class Batch:
+    items: list[Row]
+    attempt: int = 1  # how often these items have been sent to a worker
+    actor: int | None = None  # the model actor it was sent to
 
-    stage_config = getattr(config, stage_cls.name)
-    res = stage_cls.resources
-    batch = stage_cls.batch_size
-    ds = ray.data.from_items(pending, override_num_blocks=max(1, math.ceil(len(pending) / batch)))
-    cpus = ray.cluster_resources().get("CPU", 1)
-    if res.uses_model:
-        gpus = stage_config.gpus
-        if gpus:  # one actor per GPU share; decoding gets every CPU the actors leave
-            actors = config.workers or max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
-            actor_cpus = 1.0
-        else:  # leave a CPU for the decode tasks: a pool that takes every CPU starves them
-            actors = config.workers or max(1, int((cpus - 1) // max(res.cpus, 0.5)))
-            actor_cpus = res.cpus
-        if has_prepare(stage_cls):
-            # Half a CPU per decode task: two share a core that the actors leave. The request
-            # must differ from the actors' or Ray fuses both steps into the actor.
-            ds = ds.map_batches(
-                _prepare_batch,
-                fn_args=(stage_cls, stage_config, str(run)),
-                batch_size=batch,
-                batch_format="pyarrow",
-                num_cpus=PREPARE_CPUS,
-            )
-        return ds.map_batches(
-            _ModelWorker,
-            fn_constructor_args=(stage_cls, stage_config, str(run)),
-            batch_size=batch,
-            batch_format="pyarrow",
-            num_cpus=actor_cpus,
-            num_gpus=gpus or None,
-            compute=ray.data.ActorPoolStrategy(size=actors),
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def pending_sql(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path, retry_errors: bool) -> str:
+    """The stage's inputs that are neither done, nor failed (unless retried), nor in flight."""
+    key = stage_cls.input_key
+    conditions = [stage_cls.needs or "TRUE"]
+    if stage_cls.reads == "candidates":
+        conditions.append(views.where(run, stage_cls.filters, config.filter, scoring=chain))
+    conditions.append(f'NOT EXISTS (SELECT 1 FROM {store.scan(run, stage_cls.writes)} o WHERE o."{key}" = i."{key}")')
+    if not retry_errors:
+        conditions.append(
+            f"NOT EXISTS (SELECT 1 FROM {store.scan(run, 'errors')} e "
+            f"WHERE e.stage = '{stage_cls.name}' AND e.key = CAST(i.\"{key}\" AS VARCHAR))"
         )
-    return ds.map_batches(
-        _run_batch,
-        fn_args=(stage_cls, stage_config, str(run)),
-        batch_size=batch,
-        batch_format="pyarrow",
-        num_cpus=res.cpus,
-        compute=ray.data.TaskPoolStrategy(size=config.workers or max(1, int(cpus // res.cpus))),
-    )
+    conditions.append(f'CAST(i."{key}" AS VARCHAR) NOT IN (SELECT key FROM _inflight)')
+    order = f' ORDER BY i."{"clip_id" if stage_cls.reads == "candidates" else key}"' if stage_cls.barrier else ""
+    return f"SELECT i.* FROM {stage_cls.reads} i WHERE " + " AND ".join(f"({c})" for c in conditions) + order
 
 
-def run_stage(name: str, config: RunConfig, run: Path, retry_errors: bool = False) -> StageReport:
-    stage_cls = STAGES[name]
-    pending, done_before = pending_inputs(stage_cls, config, run, retry_errors)
-    report = StageReport(name, len(pending), done_before)
-    if not pending:
-        print(f"{name}: nothing to do ({done_before} inputs done before)")
-        return report
-    start_ray(config.workers)
+class StageRun:
+    """One stage of a running chain, as the driver sees it: a stream of pending inputs and batches in flight."""
+
+    def __init__(self, stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path,
+                 upstream: list[StageRun], retry_errors: bool, position: int, started: float):  # fmt: skip
+        self.cls, self.config, self.chain, self.run = stage_cls, config, chain, run
+        self.upstream, self.retry_errors, self.position, self.started = upstream, retry_errors, position, started
+        self.report = StageReport(stage_cls.name)
+        self.inflight: dict = {}  # ObjectRef -> Batch
+        self.retry: deque[Batch] = deque()
+        self.reader: Iterator[Row] | None = None
+        self.next_poll = 0.0
+        self.final_poll = False  # the current reader was opened after every stage before this one ended
+        self.finished = False
+        self.actors: list = []
+        self.actor_load: dict[int, int] = {}
+        self.job = None
+        self.bar: tqdm | None = None
+        self.first_submit: float | None = None
+        self.cpus: float | None = None
+
+    # -- inputs
+    def upstream_done(self) -> bool:
+        return all(u.finished for u in self.upstream)
+
+    def capacity(self) -> int:
+        if self.cls.resources.uses_model:
+            return max(1, self.n_actors()) * QUEUED_PER_ACTOR
+        if self.cpus is None:
+            import ray
+
+            if not ray.is_initialized():
+                return 1  # until the first batch starts Ray
+            self.cpus = ray.cluster_resources().get("CPU", 1)
+        return max(1, int(self.cpus // max(self.cls.resources.cpus, 0.5)))
+
+    def _open(self) -> Iterator[Row]:
+        """A fresh stream of pending inputs (work items, after `plan`)."""
+        self.final_poll = self.upstream_done()
+        if self.cls.reads == "sources":
+            return self._sources()
+        sql = pending_sql(self.cls, self.config, self.chain, self.run, self.retry_errors)
+        inflight = pa.table({"key": pa.array([str(i[self.cls.input_key]) for b in self._batches() for i in b.items], pa.string())})
+
+        def execute() -> pa.RecordBatchReader:
+            con = views.connect(self.run)
+            con.register("_inflight", inflight)
+            return con.sql(sql).to_arrow_reader(4096)
+
+        started = time.perf_counter()
+        reader = store.guarded(self.run, execute)
+        self.next_poll = time.monotonic() + max(POLL_S, 3 * (time.perf_counter() - started))
+        rows = (row for batch in reader for row in batch.to_pylist())
+        stage = build(self.cls, self.config, self.chain, str(self.run))
+        return self._skip_failed(stage.plan(rows)) if self.cls.barrier else rows
+
+    def _skip_failed(self, items: Iterator[Row]) -> Iterator[Row]:
+        """Planned items (shards) that failed before are not planned again unless retried."""
+        failed = set() if self.retry_errors else set(
+            store.query(self.run, "SELECT key FROM errors WHERE stage = ?", [self.cls.name]).column("key").to_pylist()
+        )  # fmt: skip
+        return (item for item in items if str(item[self.cls.input_key]) not in failed)
+
+    def _sources(self) -> Iterator[Row]:
+        """Files under SRC not yet probed: videos go to the stage, the rest become rows of `errors` here."""
+        probe = self.config.probe
+        for chunk in walk(Path(self.config.src), probe.extensions, 8192):
+            table = pa.Table.from_pylist(chunk)
+
+            def execute() -> pa.Table:
+                con = views.connect(self.run)
+                con.register("_walked", table)
+                return con.sql(
+                    f"SELECT w.* FROM _walked w WHERE NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'videos')} v WHERE v.path = w.path) "
+                    f"AND NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'errors')} e WHERE e.stage = 'probe' AND e.key = w.path)"
+                ).to_arrow_table()
+
+            new = store.guarded(self.run, execute).to_pylist()
+            problems = [{"stage": "probe", "key": r["path"], "error_type": r["kind"], "message": r["message"], "attempts": 1}
+                        for r in new if r["kind"] != "video"]  # fmt: skip
+            store.write_part(self.run, "errors", problems)
+            yield from ({"path": r["path"]} for r in new if r["kind"] == "video")
+
+    def pull(self, n: int) -> list[Row]:
+        """Up to n pending inputs; opens a new stream when the last is used up and asking again may find more."""
+        items: list[Row] = []
+        while len(items) < n:
+            if self.reader is None:
+                if self.final_poll or time.monotonic() < self.next_poll:
+                    break
+                self.reader = self._open()
+            try:
+                items.append(next(self.reader))
+            except StopIteration:
+                self.reader = None
+                if not self.final_poll:
+                    continue
+                break
+        return items
+
+    def _batches(self) -> Iterator[Batch]:
+        yield from self.inflight.values()
+        yield from self.retry
+
+    # -- work
+    def top_up(self) -> None:
+        if self.finished:
+            return
+        if self.reader is None and not self.final_poll and self.upstream_done():
+            self.next_poll = 0.0  # nothing upstream can add inputs any more: ask one last time now
+        while len(self.inflight) < self.capacity():
+            if self.retry:
+                batch = self.retry.popleft()
+            else:
+                items = self.pull(self.cls.batch_size)
+                if not items:
+                    break
+                batch = Batch(items)
+                self.report.inputs += len(items)
+            self.submit(batch)
+
+    def n_actors(self) -> int:
+        import ray
+
+        gpus = getattr(self.config, self.cls.name).gpus if self.cls.resources.uses_model else 0
+        if gpus and ray.is_initialized():
+            return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
+        return 1
+
+    def submit(self, batch: Batch) -> None:
+        start_ray(self.config.workers)
+        import ray
+
+        if self.job is None:
+            self.job = ray.put((self.cls, self.config, self.chain, str(self.run)))
+            self.first_submit = time.perf_counter()
+            self.bar = tqdm(desc=f"{self.cls.name:>9}", unit="in", position=self.position, dynamic_ncols=True, leave=True)
+        if not self.cls.resources.uses_model:
+            task = ray.remote(run_cpu_batch).options(num_cpus=self.cls.resources.cpus, max_retries=0)
+            self.inflight[task.remote(self.job, batch.items)] = batch
+            return
+        if not self.actors:
+            gpus = getattr(self.config, self.cls.name).gpus
+            # On a CPU-only machine the actors take a token CPU share and the OS shares the cores
+            # with the decode tasks; with GPUs each actor holds its GPU share and one CPU.
+            options = {"num_cpus": 1.0 if gpus else 0.01, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
+            self.actors = [ray.remote(ModelWorker).options(**options).remote(self.job) for _ in range(self.n_actors())]
+            self.actor_load = {i: 0 for i in range(len(self.actors))}
+        index = min(self.actor_load, key=self.actor_load.get)
+        prepare = ray.remote(prepare_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
+        ref = self.actors[index].process.remote(prepare.remote(self.job, batch.items), len(batch.items))
+        self.actor_load[index] += 1
+        batch.actor = index
+        self.inflight[ref] = batch
+
+    def on_result(self, ref) -> None:
+        import ray
+
+        batch = self.inflight.pop(ref)
+        if batch.actor is not None:
+            self.actor_load[batch.actor] -= 1
+        try:
+            result: Result = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the worker died, or failed outside the stage's own code
+            self.failed(batch, exc)
+            return
+        self.count(result)
+
+    def count(self, result: Result) -> None:
+        now = time.perf_counter()
+        self.report.rows += result.rows
+        self.report.errors += result.errors
+        self.report.busy_s += result.busy_s
+        self.report.first_result_s = self.report.first_result_s or now - self.started
+        self.report.last_result_s = now - self.started
+        self.bar.update(result.n)
+        self.bar.set_postfix(rows=self.report.rows, failed=self.report.errors, refresh=False)
+
+    def failed(self, batch: Batch, exc: Exception) -> None:
+        """Split a failed batch; retry a lone input until it has been tried `max_attempts` times."""
+        if len(batch.items) > 1:
+            self.retry.extendleft(Batch([item], batch.attempt + 1) for item in batch.items)
+        elif batch.attempt < self.config.max_attempts:
+            self.retry.appendleft(Batch(batch.items, batch.attempt + 1))
+        else:
+            (item,) = batch.items
+            import ray
+
+            why = "failed" if isinstance(exc, ray.exceptions.RayTaskError) else "the worker died"
+            message = f"{why} {batch.attempt} times on this input; last: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            row = {"stage": self.cls.name, "key": str(item[self.cls.input_key]), "error_type": "worker_died",
+                   "message": message, "attempts": batch.attempt}  # fmt: skip
+            store.write_part(self.run, "errors", [row])
+            self.count(Result(1, 0, 1))
+
+    def check_finished(self) -> None:
+        if self.finished or self.inflight or self.retry or self.reader is not None or not self.final_poll:
+            return
+        self.finished = True
+        for actor in self.actors:
+            import ray
+
+            ray.kill(actor)
+        self.report.actors = len(self.actors)
+        if self.first_submit is None:
+            self.report.done_before = self.done_count()
+            print(f"{self.cls.name}: nothing to do ({self.report.done_before} inputs done before)")
+            return
+        self.report.seconds = time.perf_counter() - self.first_submit
+        self.bar.close()
+        for table in {self.cls.writes, *self.cls.fuses}:
+            store.compact(self.run, table)
+
+    def done_count(self) -> int:
+        key = self.cls.input_key
+        if self.cls.reads == "sources":
+            return store.query(self.run, "SELECT count(DISTINCT path) AS n FROM (SELECT path FROM videos)").column("n")[0].as_py()
+        return store.query(self.run, f'SELECT count(DISTINCT "{key}") AS n FROM {self.cls.writes}').column("n")[0].as_py()
+
+
+def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_errors: bool = False) -> list[StageReport]:
+    """Run the stages together; each starts when its first inputs exist and ends when no more can come."""
     started = time.perf_counter()
-    bar = tqdm(total=len(pending), desc=f"{name:>8}", unit=spec(stage_cls.writes).key[0].split("_")[0], dynamic_ncols=True)
-    for result in _dataset(stage_cls, config, run, pending).iter_rows():
-        rows, errors = _from_ipc(result["rows"]), _from_ipc(result["errors"])
-        store.write_part(run, stage_cls.writes, rows)
-        store.write_part(run, "errors", errors)
-        report.rows += rows.num_rows
-        report.errors += errors.num_rows
-        bar.update(result["n"])
-        bar.set_postfix(rows=report.rows, failed=report.errors, refresh=False)
-    bar.close()
-    report.seconds = time.perf_counter() - started
-    return report
+    chain = [cls.name for cls in classes]
+    stages: list[StageRun] = []
+    for position, cls in enumerate(classes):
+        stages.append(StageRun(cls, config, chain, run, list(stages), retry_errors, position, started))
+    while not all(s.finished for s in stages):
+        for stage in reversed(stages):  # later stages first: Ray runs queued tasks in order
+            stage.top_up()
+        owners = {ref: s for s in stages for ref in s.inflight}
+        if owners:
+            import ray
+
+            ready, _ = ray.wait(list(owners), num_returns=1, timeout=0.5)
+            ready, _ = ray.wait(list(owners), num_returns=len(owners), timeout=0) if ready else (ready, None)
+            for ref in ready:
+                owners[ref].on_result(ref)
+        else:
+            waiting = [s.next_poll for s in stages if not s.finished and s.reader is None and not s.final_poll]
+            time.sleep(max(0.0, min(waiting, default=0.0) - time.monotonic()))
+        for stage in stages:
+            stage.check_finished()
+    store.compact(run, "errors")
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    store.write_part(run, "stage_runs", [_stage_row(stamp, s.report) for s in stages if s.report.inputs])
+    return [s.report for s in stages]
+
+
+def _stage_row(stamp: str, r: StageReport) -> Row:
+    return {
+        "run_started": stamp, "stage": r.stage, "inputs": r.inputs, "done_before": r.done_before, "rows": r.rows,
+        "errors": r.errors, "seconds": r.seconds, "first_result_s": r.first_result_s, "last_result_s": r.last_result_s,
+        "actors": r.actors or None, "busy_s": r.busy_s if r.actors else None, "utilisation": r.utilisation,
+    }  # fmt: skip

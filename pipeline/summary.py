@@ -1,75 +1,92 @@
-"""What a run did, in numbers: the end-of-run summary and the exit code."""
+"""What a run did, in numbers: the end-of-run summary and the exit code.
+
+Every number is one aggregate query over the parts, so the summary of ten million windows costs
+seconds and no memory that grows with the run.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.compute as pc
-
 from manifests import store
 from pipeline.runner import StageReport
 
+SKIPPED = ("not_video",)  # error types that are not failures: files that were never videos
 
-def split_errors(run: Path) -> tuple[list[dict], list[dict]]:
-    """(failures, warnings): an error row whose input has output rows is a warning, not a failure.
+
+def readable_duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def error_counts(run: Path) -> dict[str, int]:
+    """failed / warnings / skipped: an error row whose input has output rows is a warning.
 
     That is an input that later succeeded (after --retry-errors), or one a stage recorded a
     problem for and still carried on (a caption whose subject list did not parse).
     """
     from pipeline.registry import STAGES
 
-    errors = store.read_table(run, "errors")
-    done = {name: store.keys(run, cls.writes, cls.input_key) for name, cls in STAGES.items()}
-    failures, warnings = [], []
-    for row in errors.to_pylist():
-        (warnings if row["key"] in done.get(row["stage"], ()) else failures).append(row)
-    return failures, warnings
-
-
-def current_errors(run: Path):
-    """Error rows not superseded by a success of the same input."""
-    return split_errors(run)[0]
+    done = " UNION ALL ".join(
+        f"SELECT '{name}' AS stage, CAST(\"{cls.input_key}\" AS VARCHAR) AS key FROM {store.scan(run, cls.writes)}"
+        for name, cls in STAGES.items()
+        if cls.reads != "sources"
+    )
+    done += f" UNION ALL SELECT 'probe', path FROM {store.scan(run, 'videos')}"
+    skipped = ", ".join(f"'{t}'" for t in SKIPPED)
+    sql = f"""
+        SELECT count(*) FILTER (WHERE error_type IN ({skipped})) AS skipped,
+               count(*) FILTER (WHERE error_type NOT IN ({skipped}) AND d.key IS NULL) AS failed,
+               count(*) FILTER (WHERE error_type NOT IN ({skipped}) AND d.key IS NOT NULL) AS warnings
+        FROM errors e LEFT JOIN (SELECT DISTINCT stage, key FROM ({done})) d USING (stage, key)
+    """
+    return store.query(run, sql).to_pylist()[0]
 
 
 def random_weight_tables(run: Path) -> list[str]:
     """The tables with rows made by random-initialised models (the tiny profile)."""
-    tables = []
+    found = []
     for table in ("aesthetic", "captions", "subjects"):
-        data = store.read_table(run, table)
-        if data.num_rows and pc.any(data.column("random_weights")).as_py():
-            tables.append(table)
-    return tables
+        if store.has_rows(run, table) and store.query(run, f"SELECT bool_or(random_weights) AS r FROM {table}").column("r")[0].as_py():
+            found.append(table)
+    return found
 
 
 def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[str, int]:
     """The summary text and the number of inputs that failed (all stages, this run and before)."""
-    videos = store.read_table(run, "videos")
-    scenes = store.read_table(run, "scenes")
-    clips = store.read_table(run, "clips")
-    failed, warned = split_errors(run)
-    shards = store.read_table(run, "shards")
-    samples = pc.sum(shards.column("n_samples")).as_py() if shards.num_rows else 0
-    worked = [r for r in reports if r.inputs]
-    hours = pc.sum(videos.column("duration_s")).as_py() / 3600 if videos.num_rows else 0.0
+    totals = store.query(
+        run,
+        """SELECT (SELECT count(*) FROM videos) AS videos, (SELECT coalesce(sum(duration_s), 0) FROM videos) AS footage,
+                  (SELECT count(*) FROM scenes) AS windows, (SELECT count(*) FROM clips) AS clips,
+                  (SELECT count(*) FROM aesthetic) AS aesthetic, (SELECT count(*) FROM captions) AS captions,
+                  (SELECT count(*) FROM subjects) AS subjects, (SELECT count(*) FROM shards) AS shards,
+                  (SELECT coalesce(sum(n_samples), 0) FROM shards) AS samples""",
+    ).to_pylist()[0]
+    errors = error_counts(run)
     lines = [f"run: {run}"]
-    lines.append(f"  videos    {videos.num_rows:>8}   ({hours:.2f} h of footage)")
-    lines.append(f"  failed    {len(failed):>8}   (see: python -m manifests show {run} errors)")
-    lines.append(f"  windows   {scenes.num_rows:>8}")
-    if warned:
-        lines.append(f"  warnings  {len(warned):>8}   (handled, e.g. bad model output; same table)")
-    lines.append(f"  clips     {clips.num_rows:>8}")
+    lines.append(f"  videos    {totals['videos']:>8}   ({readable_duration(totals['footage'])} of footage)")
+    if errors["skipped"]:
+        lines.append(f"  skipped   {errors['skipped']:>8}   files: not video files (see: python -m manifests show {run} errors --where \"error_type = 'not_video'\")")
+    lines.append(f"  failed    {errors['failed']:>8}   (see: python -m manifests show {run} errors)")
+    lines.append(f"  windows   {totals['windows']:>8}")
+    if errors["warnings"]:
+        lines.append(f"  warnings  {errors['warnings']:>8}   (handled, e.g. bad model output; same table)")
+    lines.append(f"  clips     {totals['clips']:>8}")
     for table in ("aesthetic", "captions", "subjects"):
-        if store.parts(run, table):
-            lines.append(f"  {table:<9} {store.read_table(run, table).num_rows:>8}")
-    if shards.num_rows:
-        lines.append(f"  shards    {shards.num_rows:>8}   ({samples} samples)")
+        if store.has_rows(run, table):
+            lines.append(f"  {table:<9} {totals[table]:>8}")
+    if totals["shards"]:
+        lines.append(f"  shards    {totals['shards']:>8}   ({totals['samples']} samples)")
     random = random_weight_tables(run)
     if random:
         lines.append(f"  RANDOM WEIGHTS: {', '.join(random)} come from random-initialised models (profile tiny); not real scores")
+    worked = [r for r in reports if r.inputs]
     for r in worked:
         rate = r.inputs / r.seconds if r.seconds else 0.0
-        lines.append(f"  {r.stage:<9} {r.inputs:>8} inputs in {r.seconds:7.1f} s  ({rate:.2f}/s, {r.errors} error rows)")
+        busy = f", model busy {r.utilisation:.0%} of {r.actors} actor(s)" if r.utilisation is not None else ""
+        lines.append(f"  {r.stage:<9} {r.inputs:>8} inputs in {r.seconds:7.1f} s  ({rate:.2f}/s, {r.errors} error rows{busy})")
     if not worked:
         lines.append("  nothing to do: every stage was already complete")
     lines.append(f"  time      {seconds:8.1f} s")
-    return "\n".join(lines), len(failed)
+    return "\n".join(lines), errors["failed"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ class Resources:
 
 
 Row = dict[str, Any]
+Rows = list[Row] | dict[str, list[Row]]  # rows of `writes`, or rows per table for a stage that fuses others
 
 
 class Stage:
@@ -60,21 +62,25 @@ class Stage:
     writes: ClassVar[str]  # the manifest table it fills
     input_key: ClassVar[str]  # input column that identifies an item; output rows carry it too
     filters: ClassVar[tuple[str, ...]] = ()  # filter rules applied to the input, if their scores exist
+    needs: ClassVar[str] = ""  # SQL condition on the input view: what an earlier stage must have made first
+    fuses: ClassVar[tuple[str, ...]] = ()  # later stages whose work this one does in the same pass when both run
+    barrier: ClassVar[bool] = False  # plans over all its inputs at once: starts when the stages before it end
     resources: ClassVar[Resources] = Resources()
     batch_size: ClassVar[int] = 1
     Config: ClassVar[type[StageConfig]] = StageConfig
 
-    def __init__(self, config: StageConfig, run_dir: Path):
+    def __init__(self, config: StageConfig, run_dir: Path, fused: dict[str, StageConfig] | None = None):
         self.config = config
         self.run_dir = Path(run_dir)
+        self.fused = fused or {}  # configs of the `fuses` stages that run in this chain
         self.timings: defaultdict[str, float] = defaultdict(float)
 
     def setup(self) -> None:
         """Load what is expensive (a model) once per worker."""
 
-    def plan(self, items: list[Row]) -> list[Row]:
-        """Input rows -> work items, once, on the driver; one item per row unless a stage groups them."""
-        return items
+    def plan(self, items: Iterable[Row]) -> Iterator[Row]:
+        """Input rows (in key order for a barrier stage) -> work items, on the driver; one per row unless a stage groups them."""
+        yield from items
 
     def prepare(self, item: Row) -> Row:
         """CPU-side work before the model (decode and resize frames), run in separate CPU tasks.
@@ -93,22 +99,34 @@ class Stage:
         finally:
             self.timings[phase] += time.perf_counter() - started
 
-    def process(self, item: Row) -> list[Row]:
+    def process(self, item: Row) -> Rows:
         raise NotImplementedError
 
-    def process_batch(self, items: list[Row]) -> tuple[list[Row], list[Row]]:
+    def process_batch(self, items: list[Row]) -> tuple[Rows, list[Row]]:
         """Output rows and error rows. Batched models override this and keep per-item errors."""
-        rows: list[Row] = []
+        rows: dict[str, list[Row]] = defaultdict(list)
         errors: list[Row] = []
         for item in items:
             try:
-                rows.extend(self.process(item))
+                for table, made in tables(self.writes, self.process(item)).items():
+                    rows[table].extend(made)
             except Exception as exc:  # one bad input must not stop the others
                 errors.append(self.error_row(item, exc))
-        return rows, errors
+        return dict(rows), errors
 
     def error_row(self, item: Row, exc: BaseException) -> Row:
         return error_row(self.name, str(item[self.input_key]), exc)
+
+
+def tables(writes: str, rows: Rows) -> dict[str, list[Row]]:
+    """Rows per table, the fused tables first: a stage's own rows are written last, so a window
+    that later stages can see already has the rows made in the same pass."""
+    if not isinstance(rows, dict):
+        return {writes: list(rows)}
+    return {**{t: r for t, r in rows.items() if t != writes}, writes: rows.get(writes, [])}
+
+
+FINAL_ERRORS = ("bad_input", "bad_model_output")  # anything else is retried
 
 
 def error_row(stage: str, key: str, exc: BaseException) -> Row:
@@ -118,4 +136,4 @@ def error_row(stage: str, key: str, exc: BaseException) -> Row:
         error_type, message = "bad_model_output", str(exc)
     else:
         error_type, message = type(exc).__name__, f"{type(exc).__name__}: {exc}"
-    return {"stage": stage, "key": key, "error_type": error_type, "message": message}
+    return {"stage": stage, "key": key, "error_type": error_type, "message": message, "attempts": 1}

@@ -6,15 +6,12 @@ killed run leaves no half-written file; its id, and so its path, depend only on 
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 
-from manifests.store import TMP_PREFIX
+from manifests.files import atomic_path
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.video import encode_mp4, iter_frames, rotate_upright
-
-
 
 
 class ClipsConfig(StageConfig):
@@ -39,20 +36,15 @@ class Clips(Stage):
         start, end = item["start_frame"], item["end_frame"]
         relative = clip_path(item["video_id"], item["clip_id"])
         final = self.run_dir / relative
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
         frames = iter_frames(
             item["video_path"], start_frame=start, start_pts=item["start_pts"], end_frame=end, fmt="rgb24"
         )
         upright = (rotate_upright(f.image, item["rotation"]) for f in frames)
         fps = Fraction(item["fps"]).limit_denominator(1001)
-        try:
+        with atomic_path(self.run_dir, final) as tmp:
             written = encode_mp4(tmp, upright, fps, crf=self.config.crf, preset=self.config.preset)
             if written != end - start:
                 raise BadInput(f"{item['video_path']}: frames {start}..{end}: only {written} decode (truncated?)")
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         width, height = item["width"], item["height"]
         if item["rotation"] % 180:
             width, height = height, width

@@ -81,7 +81,7 @@ class Encode(Stage):
         relative = Path("encoded") / Path(item["path"]).name
         final = self.run_dir / relative
         tally: Counter = Counter()  # "encoded", and a count per reason a sample was skipped
-        write_tar(final, self.encoded(self.run_dir / item["path"], tally))
+        write_tar(self.run_dir, final, self.encoded(self.run_dir / item["path"], tally))
         encoded = tally.pop("encoded", 0)
         if not encoded:
             final.unlink()

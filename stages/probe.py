@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -11,55 +12,84 @@ import av
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.video import open_video
 
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
+HASH_BLOCK = 1 << 20  # bytes read at each of the sampled places of a large file
 
 
 class ProbeConfig(StageConfig):
     min_frames: int = 2  # fewer frames cannot make a clip
+    extensions: list[str] = list(VIDEO_SUFFIXES)  # files with other extensions are listed as skipped
 
 
-def discover(src: Path) -> tuple[list[Row], list[Row]]:
-    """Video files under src (following links, each real folder once) and the entries that fail."""
+def walk(src: Path, extensions: list[str], chunk: int) -> Iterator[list[Row]]:
+    """Files under src in chunks (following links, each real folder once), each with its `kind`:
+    `video`, `not_video` (skipped by extension) or `unreadable`, and a message for the last two."""
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"SRC does not exist: {src}")
-    if src.is_file():
-        return [{"path": str(src.absolute())}], []
+    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found: list[Row] = []
-    problems: list[Row] = []
+    for row in _entries(src, suffixes):
+        found.append(row)
+        if len(found) == chunk:
+            yield found
+            found = []
+    if found:
+        yield found
+
+
+def _entries(src: Path, suffixes: set[str]) -> Iterator[Row]:
+    if src.is_file():
+        yield {"path": str(src.absolute()), "kind": "video", "message": None}
+        return
     seen_dirs: set[str] = set()
     for folder, dirs, files in os.walk(src, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen_dirs:
-            problems.append({"path": folder, "message": f"symlink loop: {folder} leads back to {real}; skipped"})
+            yield {"path": folder, "kind": "unreadable", "message": f"symlink loop: {folder} leads back to {real}; skipped"}
             dirs[:] = []
             continue
         seen_dirs.add(real)
         dirs.sort()
         for name in sorted(files):
             path = Path(folder) / name
-            if path.suffix.lower() not in VIDEO_SUFFIXES:
+            if path.suffix.lower() not in suffixes:
+                message = f"{path}: not a video file by its extension; skipped (widen with --extensions)"
+                yield {"path": str(path.absolute()), "kind": "not_video", "message": message}
                 continue
             try:
                 path.stat()
             except OSError as exc:
-                problems.append({"path": str(path.absolute()), "message": f"cannot read {path}: {exc.strerror}"})
+                yield {"path": str(path.absolute()), "kind": "unreadable", "message": f"cannot read {path}: {exc.strerror}"}
                 continue
-            found.append({"path": str(path.absolute())})
-    return found, problems
+            yield {"path": str(path.absolute()), "kind": "video", "message": None}
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: Path, size: int) -> str:
+    """Identifies the content without reading all of a large file: its size and 1 MiB at 16 evenly
+    spaced places (the whole file when it is smaller than that). Equal files give equal ids; a
+    re-encode or an edit changes the size or the sampled bytes."""
     h = hashlib.blake2b(digest_size=16)
+    h.update(str(size).encode())
     with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
+        if size <= 16 * HASH_BLOCK:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+        else:
+            for i in range(16):
+                f.seek(i * (size - HASH_BLOCK) // 15)
+                h.update(f.read(HASH_BLOCK))
     return h.hexdigest()
 
 
-def _count_packets(container: av.container.InputContainer, stream: av.VideoStream) -> int:
-    container.seek(0)
-    return sum(1 for p in container.demux(stream) if p.size)
+def _duration(container: av.container.InputContainer, stream: av.VideoStream, rate) -> float:
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    if container.duration:  # microseconds (matroska / webm keep it here)
+        return container.duration / 1e6
+    if stream.frames:
+        return stream.frames / float(rate)
+    raise BadInput(f"{container.name}: duration unknown")
 
 
 class Probe(Stage):
@@ -93,15 +123,17 @@ class Probe(Stage):
         rate = stream.average_rate or stream.guessed_rate
         if not rate:
             raise BadInput(f"{path}: frame rate unknown")
-        n_frames = stream.frames or _count_packets(container, stream)
+        duration = _duration(container, stream, rate)
+        # The container's count, else an estimate from duration and rate: counting packets would
+        # read the whole file. The scene pass counts the frames that really decode.
+        n_frames = stream.frames or round(duration * float(rate))
         if n_frames < self.config.min_frames:
             raise BadInput(f"{path}: video has {n_frames} frame(s); at least {self.config.min_frames} are needed")
-        duration = float(stream.duration * stream.time_base) if stream.duration else n_frames / float(rate)
         self._check_end_decodes(path, container, stream, duration, rate)
         base = stream.base_rate or rate
         return [
             {
-                "video_id": content_hash(path),
+                "video_id": content_hash(path, size),
                 "path": str(path),
                 "bytes": size,
                 "duration_s": duration,

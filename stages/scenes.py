@@ -19,7 +19,8 @@ from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.scene_manager import compute_downscale_factor
 
 from stages.base import BadInput, Row, Stage, StageConfig
-from stages.video import open_video, prefetch
+from stages.motion import MotionConfig, motion_row
+from stages.video import MotionGrid, decode, open_video, prefetch
 
 CLIP_NAMESPACE = uuid.UUID("6f1c5b0e-3d7a-5c8e-9a41-2b7e0c9d4f10")
 
@@ -42,21 +43,29 @@ def clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
     return str(uuid.uuid5(CLIP_NAMESPACE, f"{video_id}:{start_frame}:{end_frame}"))
 
 
-def _detector_frames(stream, container, factor: float, size: tuple[int, int]):
+def _detector_frames(stream, container, factor: float, size: tuple[int, int], grid: MotionGrid | None):
     """(pts from the stream start, time base, bgr24 image) exactly as PySceneDetect prepares them."""
     start = stream.start_time or 0
-    for frame in container.decode(stream):
+    for frame in decode(container, stream):
+        if grid is not None:
+            grid.add(frame)
         image = frame.to_ndarray(format="bgr24")
         if factor > 1.0:
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         yield frame.pts - start, frame.time_base, image
 
 
-def detect_cuts(path: str, detector_name: str, params: dict[str, Any]) -> tuple[list[int], list[int], list[float]]:
-    """Indices of the frames that start a new shot, and the pts and seconds from the stream start of every frame."""
+def detect_cuts(
+    path: str, detector_name: str, params: dict[str, Any], motion: MotionConfig | None = None
+) -> tuple[list[int], list[int], list[float], MotionGrid | None]:
+    """Indices of the frames that start a new shot, the pts and seconds from the stream start of
+    every frame, and (given a motion config) the motion grid frames collected in the same decode."""
     detector = DETECTORS[detector_name](**params)
     container, stream = open_video(path)
     with container:
+        grid = None
+        if motion is not None:
+            grid = MotionGrid(motion.sample_fps, motion.size(stream.width, stream.height), stream.start_time or 0, stream.time_base)
         rate = stream.guessed_rate or stream.average_rate
         start = stream.start_time or 0
         factor = compute_downscale_factor(stream.width)
@@ -64,7 +73,7 @@ def detect_cuts(path: str, detector_name: str, params: dict[str, Any]) -> tuple[
         pts_list: list[int] = []
         cut_s: list[float] = []
         timecode = None
-        for pts, time_base, image in prefetch(_detector_frames(stream, container, factor, size)):
+        for pts, time_base, image in prefetch(_detector_frames(stream, container, factor, size, grid)):
             timecode = FrameTimecode(Timecode(pts=pts, time_base=time_base), fps=rate)
             pts_list.append(pts)
             cut_s += [c.seconds for c in detector.process_frame(timecode, image)]
@@ -74,7 +83,7 @@ def detect_cuts(path: str, detector_name: str, params: dict[str, Any]) -> tuple[
         # starts at the first frame shown at or after that time.
         times = [float(p * stream.time_base) for p in pts_list]
     cuts = sorted({bisect.bisect_left(times, s - 1e-6) for s in cut_s} - {0, len(times)})
-    return cuts, [p + start for p in pts_list], times
+    return cuts, [p + start for p in pts_list], times, grid
 
 
 def windows(start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
@@ -85,16 +94,20 @@ def windows(start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
 
 
 class Scenes(Stage):
+    """With `motion` in the chain, the same decode also scores the motion of every window it cuts."""
+
     name = "scenes"
     reads = "videos"
     writes = "scenes"
     input_key = "video_id"
+    fuses = ("motion",)
     Config = ScenesConfig
 
-    def process(self, item: Row) -> list[Row]:
+    def process(self, item: Row) -> dict[str, list[Row]]:
         cfg = self.config
+        motion = self.fused.get("motion")
         # Times come from pts, not index / fps: the two differ for variable frame rate video.
-        cuts, pts, seconds = detect_cuts(item["path"], cfg.detector, cfg.params)
+        cuts, pts, seconds, grid = detect_cuts(item["path"], cfg.detector, cfg.params, motion)
         n = len(pts)
         if n < 2:
             raise BadInput(f"{item['path']}: only {n} frame(s) decode; a clip needs at least 2")
@@ -122,4 +135,9 @@ class Scenes(Stage):
                         "params": params,
                     }
                 )
-        return rows
+        scored = []
+        for row in rows if grid is not None else ():
+            frames = grid.window(row["start_pts"], row["end_pts"])
+            if len(frames) >= 2:  # shorter windows are left to the motion stage, which decodes them
+                scored.append(motion_row(row["clip_id"], frames, motion))
+        return {"motion": scored, "scenes": rows}

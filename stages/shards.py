@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from manifests.store import TMP_PREFIX
+from manifests.files import atomic_path
 from stages.base import BadInput, Row, Stage, StageConfig
 
 SAMPLE_COLUMNS = (
@@ -30,28 +29,18 @@ SAMPLE_COLUMNS = (
 )  # fmt: skip
 
 
-def write_tar(path: Path, samples: Iterable[dict[str, bytes | str]]) -> None:
-    """A WebDataset shard written under a `.tmp-` name and renamed when complete (same bytes every time)."""
+def write_tar(run: Path, path: Path, samples: Iterable[dict[str, bytes | str]]) -> None:
+    """A WebDataset shard written atomically (same bytes every time)."""
     import webdataset as wds
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    try:
-        with open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as writer:
-            for sample in samples:
-                writer.write(sample)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(run, path) as tmp, open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as writer:
+        for sample in samples:
+            writer.write(sample)
 
 
 class ShardsConfig(StageConfig):
     split: str = "train"
     max_shard_bytes: int = 1_000_000_000
-
-
-def ready(item: Row) -> bool:
-    return bool(item.get("clip_path") and item.get("caption") and item.get("subjects")) and item.get("shard") is None
 
 
 class Shards(Stage):
@@ -60,24 +49,30 @@ class Shards(Stage):
     writes = "shards"
     input_key = "shard"
     filters = ("duration", "resolution", "motion", "aesthetic")
+    needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND n_subjects > 0"
+    barrier = True
     Config = ShardsConfig
 
-    def plan(self, items: list[Row]) -> list[Row]:
-        """Pending samples in clip_id order, cut into shards under the size cap (a bigger sample gets its own)."""
-        groups: list[list[Row]] = []
+    def plan(self, items: Iterable[Row]) -> Iterator[Row]:
+        """Pending samples (in clip_id order) cut into shards under the size cap (a bigger sample gets its own)."""
+        group: list[Row] = []
         size = 0
-        for item in sorted(filter(ready, items), key=lambda i: i["clip_id"]):
+        for item in items:
             sample = {k: item[k] for k in SAMPLE_COLUMNS}
             subjects = json.loads(item["subjects"])
             sample_bytes = item["clip_bytes"] + sum(
                 (self.run_dir / s[p]).stat().st_size for s in subjects for p in ("crop_path", "masked_path")
             )
-            if not groups or size + sample_bytes > self.config.max_shard_bytes:
-                groups.append([])
-                size = 0
-            groups[-1].append(sample)
+            if group and size + sample_bytes > self.config.max_shard_bytes:
+                yield self.shard(group)
+                group, size = [], 0
+            group.append(sample)
             size += sample_bytes
-        return [{"shard": self.shard_name(g), "samples_json": json.dumps(g)} for g in groups]
+        if group:
+            yield self.shard(group)
+
+    def shard(self, samples: list[Row]) -> Row:
+        return {"shard": self.shard_name(samples), "samples_json": json.dumps(samples)}
 
     def shard_name(self, samples: list[Row]) -> str:
         digest = hashlib.sha1("\n".join(s["clip_id"] for s in samples).encode()).hexdigest()[:16]
@@ -87,7 +82,7 @@ class Shards(Stage):
         samples = json.loads(item["samples_json"])
         relative = Path("shards") / f"{item['shard']}.tar"
         final = self.run_dir / relative
-        write_tar(final, (self.sample(sample) for sample in samples))
+        write_tar(self.run_dir, final, (self.sample(sample) for sample in samples))
         return [
             {
                 "shard": item["shard"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +38,17 @@ def open_video(path: str | Path | BinaryIO, threads: bool = True) -> tuple[av.co
     if threads:
         stream.thread_type = "AUTO"
     return container, stream
+
+
+DECODED: Counter = Counter()  # frames decoded per source in this process: what "decode once" is measured by
+
+
+def decode(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    """The one place frames come out of FFmpeg, counted per source."""
+    name = container.name
+    for frame in container.decode(stream):
+        DECODED[name] += 1
+        yield frame
 
 
 def _pts(frame: av.VideoFrame) -> int:
@@ -73,7 +85,7 @@ def iter_frames(
             container.seek(start_pts, stream=stream, backward=True, any_frame=False)
         index = start_frame
         started = start_pts is None or start_frame == 0
-        for frame in container.decode(stream):
+        for frame in decode(container, stream):
             if not started:
                 if _pts(frame) < start_pts:
                     continue
@@ -105,49 +117,60 @@ def clip_frames(run_dir: Path, clip_path: str, n_frames: int, count: int) -> lis
     return frames
 
 
-def sample_frames(
-    path: str | Path,
-    *,
-    start_pts: int,
-    end_pts: int | None,
-    every_s: float,
-    fmt: str = "gray",
-    size: tuple[int, int] | None = None,
-    skip_b_frames: bool = True,
-) -> list[tuple[float, np.ndarray]]:
-    """(seconds from the window start, image) about every `every_s` within [start_pts, end_pts).
+class MotionGrid:
+    """The frames motion is scored on: the first frame of each 1/fps-second bin of the video's timeline.
 
-    For sparse sampling the decoder may skip B-frames, which nothing else references once all of
-    them are skipped: about 4x less decoding on typical H.264. A window too short to keep two
-    frames that way is decoded in full.
+    Defined on the whole video, not on a window, so the scene pass (which sees every frame once)
+    and a decode of one window pick the same frames: a window's samples are the grid frames inside it.
     """
+
+    def __init__(self, fps: float, size: tuple[int, int], start_pts: int, time_base: Fraction):
+        self.fps, self.size, self.start_pts, self.time_base = fps, size, start_pts, time_base
+        self.last_bin: int | None = None
+        self.samples: list[tuple[int, float, np.ndarray]] = []  # (pts, seconds from the video start, gray)
+
+    def seconds(self, pts: int) -> float:
+        return float((pts - self.start_pts) * self.time_base)
+
+    def is_grid(self, pts: int) -> bool:
+        """Whether this frame starts a new bin; call once per frame, in presentation order."""
+        index = int(self.seconds(pts) * self.fps + 1e-6)
+        new = index != self.last_bin
+        self.last_bin = index
+        return new
+
+    def add(self, frame: av.VideoFrame) -> None:
+        pts = _pts(frame)
+        if self.is_grid(pts):
+            self.samples.append((pts, self.seconds(pts), to_array(frame, "gray", self.size)))
+
+    def window(self, start_pts: int, end_pts: int | None) -> list[tuple[float, np.ndarray]]:
+        return [(t, image) for pts, t, image in self.samples if pts >= start_pts and (end_pts is None or pts < end_pts)]
+
+
+def window_samples(path: str | Path, *, start_pts: int, end_pts: int | None, fps: float, size: tuple[int, int]) -> list[tuple[float, np.ndarray]]:
+    """The motion grid frames of one window; a window holding fewer than two: its first and last frames."""
     container, stream = open_video(path)
     try:
-        if skip_b_frames:
-            stream.codec_context.skip_frame = "BIDIR"
-        container.seek(start_pts, stream=stream, backward=True, any_frame=False)
-        picked: list[tuple[float, np.ndarray]] = []
-        next_t = 0.0
-        last = None  # the latest frame in the window not picked
-        for frame in container.decode(stream):
+        grid = MotionGrid(fps, size, stream.start_time or 0, stream.time_base)
+        # Seek before the window, so the frame before it decides whether its first frame starts a bin.
+        container.seek(max(start_pts - 1, stream.start_time or 0), stream=stream, backward=True, any_frame=False)
+        first = last = None
+        for frame in decode(container, stream):
             pts = _pts(frame)
-            if pts < start_pts:
-                continue
             if end_pts is not None and pts >= end_pts:
                 break
-            t = float((pts - start_pts) * stream.time_base)
-            if t >= next_t - 1e-6:
-                picked.append((t, to_array(frame, fmt, size)))
-                next_t = t + every_s
-                last = None
-            else:
-                last = (t, frame)
-        if len(picked) == 1 and last is not None:  # a window shorter than every_s: its last frame
-            picked.append((last[0], to_array(last[1], fmt, size)))
+            if pts < start_pts:
+                grid.is_grid(pts)
+                continue
+            grid.add(frame)
+            first = first or (grid.seconds(pts), frame)
+            last = (grid.seconds(pts), frame)
     finally:
         container.close()
-    if len(picked) < 2 and skip_b_frames:
-        return sample_frames(path, start_pts=start_pts, end_pts=end_pts, every_s=every_s, fmt=fmt, size=size, skip_b_frames=False)
+    picked = grid.window(start_pts, end_pts)
+    if len(picked) < 2 and first is not None and last is not None and last[0] > first[0]:
+        picked = [(t, to_array(f, "gray", size)) for t, f in (first, last)]
     return picked
 
 

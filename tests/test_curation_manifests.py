@@ -10,58 +10,55 @@ import pyarrow as pa
 import pytest
 from conftest import manifests_cli
 
-from manifests import store, views
+from manifests import files, store, views
 from manifests.filters import FilterConfig
 from manifests.schemas import TABLES
 
 
 def _error(key: str, message: str = "boom", stage: str = "probe") -> dict:
-    return {"stage": stage, "key": key, "error_type": "bad_input", "message": message}
+    return {"stage": stage, "key": key, "error_type": "bad_input", "message": message, "attempts": 1}
 
 
 def test_writing_the_same_rows_twice_gives_one_row(tmp_path):
     rows = [_error("/a.mp4"), _error("/b.mp4")]
     first = store.write_part(tmp_path, "errors", rows)
     second = store.write_part(tmp_path, "errors", list(reversed(rows)))
-    assert first == second and first.name.startswith("part-")  # named by the keys it holds
-    assert store.parts(tmp_path, "errors") == [first]
+    assert first != second and store.parts(tmp_path, "errors") == [first, second]  # each writer its own part
     assert store.read_table(tmp_path, "errors").num_rows == 2
-    assert store.read_raw(tmp_path, "errors").num_rows == 2
+    assert store.read_raw(tmp_path, "errors").num_rows == 4
+    assert store.compact(tmp_path, "errors") == 2
+    assert store.read_raw(tmp_path, "errors").num_rows == 2 and len(store.parts(tmp_path, "errors")) == 1
 
 
 def test_last_written_row_of_a_key_wins(tmp_path):
     store.write_part(tmp_path, "errors", [_error("/a.mp4", "first try")])
-    time.sleep(0.05)  # parts are ordered by modification time
     store.write_part(tmp_path, "errors", [_error("/a.mp4", "second try"), _error("/b.mp4")])
     table = store.read_table(tmp_path, "errors")
     assert table.column("key").to_pylist() == ["/a.mp4", "/b.mp4"]  # sorted by key
     assert table.column("message").to_pylist()[0] == "second try"
     assert store.read_raw(tmp_path, "errors").num_rows == 3
-    assert store.keys(tmp_path, "errors", "key") == {"/a.mp4", "/b.mp4"}
-    assert store.error_keys(tmp_path, "probe") == {"/a.mp4", "/b.mp4"} and store.error_keys(tmp_path, "clips") == set()
+    store.compact(tmp_path, "errors")
+    store.write_part(tmp_path, "errors", [_error("/a.mp4", "third try")])  # after compaction, still last wins
+    assert store.read_table(tmp_path, "errors").column("message").to_pylist() == ["third try", "boom"]
 
 
 def test_leftover_temporary_files_are_never_read_and_are_removed(tmp_path):
     store.write_part(tmp_path, "errors", [_error("/a.mp4")])
-    folder = store.table_dir(tmp_path, "errors")
-    half = folder / f"{store.TMP_PREFIX}0123abcd.parquet"
+    half = files.temporary(tmp_path, ".parquet")
     half.write_bytes(b"PAR1 half a part, then the process was killed")
-    clip_dir = tmp_path / "clips" / "v"
-    clip_dir.mkdir(parents=True)
-    half_clip = clip_dir / f"{store.TMP_PREFIX}c.mp4"
-    half_clip.write_bytes(b"\x00" * 10)
-    keep = clip_dir / "c.mp4"
+    keep = tmp_path / "clips" / "v" / "c.mp4"
+    keep.parent.mkdir(parents=True)
     keep.write_bytes(b"\x00" * 10)
     assert store.read_table(tmp_path, "errors").num_rows == 1  # the half part is not read
-    assert sorted(store.remove_temporaries(tmp_path)) == sorted([half, half_clip])
-    assert not half.exists() and not half_clip.exists() and keep.exists()
-    assert store.parts(tmp_path, "errors") and store.read_table(tmp_path, "errors").num_rows == 1
+    assert files.sweep_temporaries(tmp_path) == 1
+    assert not half.exists() and keep.exists()
+    assert store.read_table(tmp_path, "errors").num_rows == 1
 
 
-def test_no_temporary_name_remains_after_writes(tmp_path):
+def test_no_temporary_remains_after_writes(tmp_path):
     for i in range(3):
         store.write_part(tmp_path, "errors", [_error(f"/{i}.mp4")])
-    assert not list(tmp_path.rglob(f"{store.TMP_PREFIX}*"))
+    assert not list((tmp_path / files.TMP).iterdir())
     assert len(store.parts(tmp_path, "errors")) == 3
 
 
@@ -77,7 +74,7 @@ def test_rows_must_fit_the_schema(tmp_path):
         store.write_part(tmp_path, "videos", [{"video_id": "x", "n_frames": "many"}])
     with pytest.raises(KeyError, match="unknown table"):
         store.write_part(tmp_path, "no_such_table", [{"a": 1}])
-    assert not list(tmp_path.rglob("*.parquet"))
+    assert not store.parts(tmp_path, "videos")
 
 
 def test_summary_counts_rows_of_every_table(curated):
@@ -100,7 +97,7 @@ def test_show_prints_a_table(curated):
     where = manifests_cli("show", curated.run, "clips", "--where", "n_frames = 10")  # counter's second shot
     assert where.code == 0 and len(where.out.splitlines()) == 2
     errors = manifests_cli("show", curated.run, "errors")
-    assert errors.code == 0 and errors.out.split() == ["stage", "key", "error_type", "message"]
+    assert errors.code == 0 and errors.out.split() == ["stage", "key", "error_type", "message", "attempts"]
 
 
 def test_sql_sees_every_table_and_candidates(curated):

@@ -1,0 +1,155 @@
+"""The runner at scale: retries, dying workers, damaged parts, two processes on one run, compaction under kill -9."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle
+from conftest import REAL, ROOT, manifests_cli, pipeline_cli, subprocess_env
+
+from manifests import files, store
+from pipeline.config import load_config
+from pipeline.runner import run_chain
+from stages.base import BadInput
+from stages.probe import Probe
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test stages below run in Ray workers
+
+
+class DiesOnPoison(Probe):
+    """A probe whose worker process exits on one input, as a segfault or an OOM kill would."""
+
+    batch_size = 4
+
+    def process(self, item):
+        if "poison" in Path(item["path"]).name:
+            os._exit(1)
+        return [{"video_id": Path(item["path"]).stem, "path": item["path"], "bytes": 1}]
+
+
+class FlakyOnce(Probe):
+    """Fails with an OSError the first time it sees each input (a marker file remembers), BadInput for `bad`."""
+
+    def process(self, item):
+        path = Path(item["path"])
+        if path.name.startswith("bad"):
+            raise BadInput(f"{path}: bad on purpose")
+        marker = path.with_suffix(".tried")
+        if not marker.exists():
+            marker.touch()
+            raise OSError(5, "transient I/O error")
+        return [{"video_id": path.stem, "path": item["path"], "bytes": 1}]
+
+
+def _videos(folder: Path, names: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    return folder
+
+
+def _config(src: Path):
+    config = load_config(None, ["max_attempts=3"])
+    config.src = str(src)
+    return config
+
+
+def test_a_worker_that_dies_on_one_input_does_not_hang_or_sink_the_others(tmp_path):
+    src = _videos(tmp_path / "src", ["a.mp4", "b.mp4", "poison.mp4", "c.mp4", "d.mp4", "e.mp4"])
+    run = tmp_path / "run"
+    started = time.monotonic()
+    (report,) = run_chain([DiesOnPoison], _config(src), run)
+    assert time.monotonic() - started < 120
+    done = store.read_table(run, "videos").column("video_id").to_pylist()
+    assert done == ["a", "b", "c", "d", "e"]
+    (error,) = store.read_table(run, "errors").to_pylist()
+    assert error["key"].endswith("poison.mp4") and error["error_type"] == "worker_died"
+    assert error["attempts"] == 3 and "the worker died 3 times on this input" in error["message"]
+    assert report.rows == 5 and report.errors == 1
+
+
+def test_a_transient_failure_is_retried_and_a_bad_input_is_not(tmp_path):
+    src = _videos(tmp_path / "src", ["a.mp4", "bad.mp4"])
+    run = tmp_path / "run"
+    run_chain([FlakyOnce], _config(src), run)
+    assert store.read_table(run, "videos").column("video_id").to_pylist() == ["a"]
+    (error,) = store.read_table(run, "errors").to_pylist()
+    assert error["key"].endswith("bad.mp4") and error["error_type"] == "bad_input" and error["attempts"] == 1
+
+
+def test_a_truncated_part_is_quarantined_and_its_keys_recomputed(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("bikes.mp4", "carphone_pristine.mp4"):
+        shutil.copy(REAL / name, src / name)
+    run = tmp_path / "run"
+    assert pipeline_cli("curate", src, "--out", run, "--stages", "probe").code == 0
+    (part,) = store.parts(run, "videos")
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    summary = manifests_cli("summary", run)
+    assert summary.code == 0, summary.err
+    assert "quarantined" in summary.out and (run / "quarantine" / "videos" / part.name).is_file()
+    assert "videos             0 rows" in summary.out
+    again = pipeline_cli("curate", src, "--out", run, "--stages", "probe")
+    assert again.code == 0, again.out + again.err
+    assert store.count(run, "videos") == 2
+
+
+def test_a_second_curate_on_a_run_in_use_refuses_at_once(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from manifests.files import RunLock; import time\nwith RunLock({str(run)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline", "curate", str(REAL), "--out", str(run), "--stages", "probe"],
+            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert time.monotonic() - started < 20
+        assert second.returncode == 5 and f"pid {holder.pid}" in second.stderr, second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with files.RunLock(run):  # the holder died: its lock died with it
+        pass
+
+
+def _many_parts(run: Path, n_parts: int, rows: int) -> None:
+    for p in range(n_parts):
+        store.write_part(run, "errors", [
+            {"stage": "probe", "key": f"/v/{p % 7}-{i}.mp4", "error_type": "bad_input", "message": f"part {p} " + "x" * 200, "attempts": 1}
+            for i in range(rows)
+        ])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kill_during_compaction_loses_and_duplicates_nothing(tmp_path):
+    expected_run = tmp_path / "expected"
+    _many_parts(expected_run, 60, 2000)
+    expected = store.read_table(expected_run, "errors")
+    killed = 0
+    for delay in (0.3, 0.8, 1.5, 2.5):
+        run = tmp_path / f"run-{delay}"
+        shutil.copytree(expected_run, run)
+        proc = subprocess.Popen([sys.executable, "-m", "manifests", "compact", str(run)], cwd=ROOT, env=subprocess_env())
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        assert store.read_table(run, "errors") == expected  # before any rerun: every row, once
+        assert manifests_cli("compact", run).code == 0
+        assert len(store.parts(run, "errors")) == 1 and store.read_raw(run, "errors").num_rows == expected.num_rows
+        assert store.read_table(run, "errors") == expected
+    assert killed >= 2, "the kills must land during compaction"
