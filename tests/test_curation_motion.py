@@ -21,7 +21,7 @@ DIAGONAL = (H**2 + W**2) ** 0.5
 def _window(path: Path, folder: Path) -> dict:
     """The candidate row the motion stage would get: the scene window joined with its video."""
     (video,) = Probe(ProbeConfig(), folder).process({"path": str(path)})
-    (row,) = Scenes(ScenesConfig(), folder).process(video)
+    (row,) = Scenes(ScenesConfig(), folder).process(video)["scenes"]
     return {**row, **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]}
 
 
@@ -73,3 +73,27 @@ def test_window_shorter_than_the_sampling_step_still_scores(windows):
     (row,) = Motion(MotionConfig(), windows["folder"]).process(short)
     assert row["n_pairs"] == 1 and row["flow_mean_px"] == pytest.approx(3, rel=0.1)
     assert row["score"] == pytest.approx(100 * 3 / DIAGONAL / 0.25, rel=0.1)
+
+
+def test_one_decode_serves_scenes_and_motion_with_the_scores_of_a_window_decode(tmp_path):
+    """The scene pass decodes every frame of the source once and scores each window's motion on
+    the way; decoding a window alone (the motion stage's fallback) gives the same scores."""
+    from conftest import REAL
+
+    from stages.video import DECODED
+
+    source = REAL / "bikes.mp4"
+    (video,) = Probe(ProbeConfig(), tmp_path).process({"path": str(source)})
+    before = DECODED[str(source)]
+    made = Scenes(ScenesConfig(max_clip_s=2.0), tmp_path, {"motion": MotionConfig()}).process(video)
+    decoded = DECODED[str(source)] - before
+    windows = made["scenes"]
+    assert decoded == sum(w["n_frames"] for w in windows) == windows[-1]["end_frame"]  # every frame once
+    scored = {row["clip_id"]: row for row in made["motion"]}
+    short = [w for w in windows if w["clip_id"] not in scored]  # fewer than two grid frames: left to the motion stage
+    assert len(scored) > 3 and all(w["end_s"] - w["start_s"] < 2 / MotionConfig().sample_fps for w in short)
+    motion = Motion(MotionConfig(), tmp_path)
+    for window in (w for w in windows if w["clip_id"] in scored):
+        item = {**window, **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]}
+        (alone,) = motion.process(item)
+        assert alone == pytest.approx(scored[window["clip_id"]]), window["clip_id"]

@@ -77,7 +77,7 @@ def _scenes_rows(video: Path, config: ScenesConfig, tmp_path) -> list[dict]:
     from stages.probe import Probe, ProbeConfig
 
     (video_row,) = Probe(ProbeConfig(), tmp_path).process({"path": str(video)})
-    return Scenes(config, tmp_path).process(video_row)
+    return Scenes(config, tmp_path).process(video_row)["scenes"]
 
 
 def test_goldeneye_scene_times(tmp_path):
