@@ -21,6 +21,8 @@ setup: .venv/.installed
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# rapidocr-onnxruntime asks for GUI opencv-python, which would clobber the headless cv2; its other needs are in pyproject.toml
+	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
 	$(PY) -m model.torchvision_cpu
 	touch $@
 

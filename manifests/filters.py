@@ -18,6 +18,8 @@ class FilterConfig(BaseModel):
     min_motion: float = 0.5  # motion score: mean flow, % of the frame diagonal per second
     max_motion: float = 60.0  # above this: shaky or a transition the detector missed
     min_aesthetic: float = 4.0  # LAION scale
+    max_text_area: float = 0.1  # share of a frame covered by text: captions, subtitles, slides
+    max_nsfw: float = 0.5  # NudeNet confidence of explicit nudity
 
 
 # rule -> (stage whose output it needs, or None for always; SQL predicate on the candidates view)
@@ -26,6 +28,9 @@ RULES: dict[str, tuple[str | None, str]] = {
     "resolution": (None, "LEAST(width, height) >= {min_short_side}"),
     "motion": ("motion", "motion_score >= {min_motion} AND motion_score <= {max_motion}"),
     "aesthetic": ("aesthetic", "aesthetic_score >= {min_aesthetic}"),
+    # uncorrelated, so the rule holds whatever the candidates view is called in the query
+    "text": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE text_area <= {max_text_area})"),
+    "nsfw": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE nsfw_score <= {max_nsfw})"),
 }
 
 

