@@ -1,0 +1,297 @@
+"""`python -m model.plan CONFIG --gpus N`: per-GPU peak memory of one joint training step, planned on a CPU.
+
+The trained parts (AlignerNet + DiT, or AlignerNet + LoRA adapters) are built from their real
+configs on the meta device and run for two steps (the second holds the optimizer state) under
+FakeTensorMode, so no weight is downloaded and no memory is allocated. A full fine-tune is
+sharded with FSDP2 (`fully_shard` per transformer block, fp32 master weights, bf16 compute) over a
+fake process group of N ranks and measured with FSDPMemTracker, as torchtitan's memory estimation
+does; LoRA runs on one device under MemTracker. The frozen encoders (MLLM, VAE, T5) are counted
+by their bf16 weights: they are not on the GPU when training from cached features.
+
+A part whose ref is a local folder is read from its own `config.json`; a hub id must be one of
+the real configs written below (nothing is fetched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.cinema import CinemaConfig, PartRef
+from model.hub import resolve
+from model.mllm import DEFAULT_MAX_PIXELS
+from model.train_config import TrainConfig, load_train_config
+
+GIB = 2**30
+HEIGHT, WIDTH, FRAMES = 480, 720, 45  # the plan's step: the paper's clip size
+
+# Real configs (the checkpoints' own config.json values), so the plan runs offline.
+COGVIDEOX_5B = dict(
+    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True, freq_shift=0,
+    time_embed_dim=512, text_embed_dim=4096, num_layers=42, dropout=0.0, attention_bias=True, sample_width=90,
+    sample_height=60, sample_frames=49, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=226,
+    activation_fn="gelu-approximate", timestep_activation_fn="silu", norm_elementwise_affine=True, norm_eps=1e-5,
+    spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0, use_rotary_positional_embeddings=True,
+)  # fmt: skip
+COGVIDEOX_2B = {**COGVIDEOX_5B, "num_attention_heads": 30, "num_layers": 30, "use_rotary_positional_embeddings": False}
+COGVIDEOX_VAE = dict(
+    in_channels=3, out_channels=3, block_out_channels=[128, 256, 256, 512], latent_channels=16, layers_per_block=3,
+    norm_num_groups=32, temporal_compression_ratio=4, sample_height=480, sample_width=720,
+)  # fmt: skip
+QWEN2_5_VL_3B = dict(
+    hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+    vocab_size=151936, max_position_embeddings=128000, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+    vision_config=dict(
+        depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_chans=3, out_hidden_size=2048, patch_size=14,
+        spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu",
+    ),
+)  # fmt: skip
+T5_XXL = dict(
+    d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128, feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
+)  # fmt: skip
+REAL = {
+    ("CogVideoX-5b", "transformer"): COGVIDEOX_5B,
+    ("CogVideoX-2b", "transformer"): COGVIDEOX_2B,
+    ("CogVideoX-5b", "vae"): COGVIDEOX_VAE,
+    ("CogVideoX-2b", "vae"): COGVIDEOX_VAE,
+    ("Qwen2.5-VL-3B-Instruct", None): QWEN2_5_VL_3B,
+    ("CogVideoX-5b", "text_encoder"): T5_XXL,
+    ("CogVideoX-2b", "text_encoder"): T5_XXL,
+}
+
+
+def architecture(part: PartRef) -> dict:
+    """A part's config: its local folder's config.json, else the real config of a known hub id."""
+    folder = Path(part.ref) / (part.subfolder or "")
+    if (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text())
+    name = part.ref.split("/")[-1]  # the organisation may move (THUDM -> zai-org); the model is the same
+    if (name, part.subfolder) in REAL:
+        return REAL[(name, part.subfolder)]
+    raise KeyError(f"no config for {part.ref}/{part.subfolder or ''}: not a local folder, not one of {sorted(REAL)}")
+
+
+def _fields(cls, config: dict) -> dict:
+    """The keys of a config.json that the class's __init__ takes."""
+    import inspect
+
+    names = set(inspect.signature(cls.__init__).parameters)
+    return {k: v for k, v in config.items() if k in names}
+
+
+class TrainedParts(nn.Module):
+    """AlignerNet and the DiT: what a joint step trains, and the only module FSDP shards."""
+
+    def __init__(self, aligner: nn.Module, transformer: nn.Module):
+        super().__init__()
+        self.aligner, self.transformer = aligner, transformer
+
+    def forward(self, states, mask, noisy, timestep, references, target) -> torch.Tensor:
+        text = self.aligner(states, mask).to(noisy.dtype)
+        prediction = self.transformer(noisy, text, timestep, references=references).sample
+        return F.mse_loss(prediction.float(), target.float())
+
+
+@dataclass
+class Step:
+    """What one joint step is made of: the parts, the trained set, the inputs' sizes."""
+
+    transformer: dict
+    mllm_width: int
+    aligner: dict  # AlignerShape values
+    lora: object | None  # train_config.LoraConfig
+    checkpointing: bool
+    bf16: bool
+    batch: int
+    frames: int
+    height: int
+    width: int
+    references: int
+    mllm_tokens: int
+
+
+def step_of(config: TrainConfig, references: int, size: tuple[int, int, int] | None = None) -> Step:
+    """The config's joint step with `references` references at (frames, height, width) (default: the paper's)."""
+    model = config.model
+    frames, height, width = size or (FRAMES, HEIGHT, WIDTH)
+    mllm = architecture(model.mllm)
+    per_image = max(4, model.max_pixels // (28 * 28))  # Qwen2.5-VL: one token per 28 x 28 pixels
+    return Step(
+        transformer=architecture(model.transformer), mllm_width=mllm.get("text_config", mllm)["hidden_size"], aligner=model.aligner_shape.model_dump(),
+        lora=config.lora, checkpointing=config.gradient_checkpointing, bf16=config.precision == "bf16",
+        batch=config.data.batch_size, frames=frames, height=height, width=width, references=references,
+        mllm_tokens=references * per_image + 64,  # the instruction template and caption: about 64 tokens
+    )  # fmt: skip
+
+
+def build_parts(step: Step) -> TrainedParts:
+    """The trained parts, fp32 where trained; a LoRA base in bf16 (frozen)."""
+    from model.aligner import AlignerNet
+    from model.dit import CinemaTransformer3DModel
+
+    transformer = CinemaTransformer3DModel(**_fields(CinemaTransformer3DModel, step.transformer))
+    aligner = AlignerNet(
+        input_dim=step.mllm_width, output_dim=transformer.config.text_embed_dim,
+        num_queries=transformer.config.max_text_seq_length, **step.aligner,
+    )  # fmt: skip
+    if step.checkpointing:
+        transformer.enable_gradient_checkpointing()
+    if step.lora is not None:
+        from peft import LoraConfig
+
+        transformer.requires_grad_(False)
+        if step.bf16:
+            transformer.to(torch.bfloat16)
+        lora = step.lora
+        transformer.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules))
+        for name, p in transformer.named_parameters():
+            if "lora" in name:
+                p.data = p.data.float()
+    return TrainedParts(aligner, transformer)
+
+
+def shard(parts: TrainedParts, bf16: bool, mesh) -> None:
+    """FSDP2 over `mesh`: each transformer and aligner block a unit, the rest in the root's."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for block in [*parts.transformer.transformer_blocks, *parts.aligner.layers]:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(parts, mesh=mesh, mp_policy=policy)
+
+
+def step_inputs(step: Step, device: torch.device, generator: torch.Generator | None = None) -> dict:
+    latent_frames = (step.frames - 1) // 4 + 1
+    channels, h, w = step.transformer["in_channels"], step.height // 8, step.width // 8
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, device=device)
+
+    return dict(
+        states=randn(step.batch, step.mllm_tokens, step.mllm_width),
+        mask=torch.ones(step.batch, step.mllm_tokens, dtype=torch.bool, device=device),
+        noisy=randn(step.batch, latent_frames, channels, h, w),
+        timestep=torch.full((step.batch,), 500, device=device),
+        references=[randn(step.references, channels, h, w) for _ in range(step.batch)],
+        target=randn(step.batch, latent_frames, channels, h, w),
+    )
+
+
+def train_steps(parts: nn.Module, inputs: dict, steps: int = 2, autocast: bool = False, after_step=None) -> None:
+    """`steps` optimizer steps: forward, backward, AdamW (its state appears at the first)."""
+    optimizer = torch.optim.AdamW([p for p in parts.parameters() if p.requires_grad], lr=1e-5, foreach=True)
+    context = torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext()
+    for _ in range(steps):
+        with context:
+            loss = parts(**inputs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step()
+
+
+@dataclass
+class Estimate:
+    peak: int  # bytes on one GPU
+    trained_params: int
+    all_params: int
+    breakdown: dict[str, int]  # bytes by kind (parameters, gradients, optimizer state, activations...) at the peak
+
+
+def estimate(step: Step, gpus: int) -> Estimate:
+    """One GPU's peak over two steps, FSDP2 over `gpus` fake ranks (full fine-tune) or one device (LoRA)."""
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    mesh = None
+    if step.lora is None:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        dist.init_process_group("fake", rank=0, world_size=gpus, store=FakeStore())
+        mesh = init_device_mesh("cpu", (gpus,))  # outside fake mode: the mesh reads its ranks
+    try:
+        with FakeTensorMode():
+            with torch.device("meta"):
+                parts = build_parts(step)
+            trained = sum(p.numel() for p in parts.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in parts.parameters())
+            if step.lora is None:
+                shard(parts, step.bf16, mesh)
+            parts.to_empty(device="cpu")
+            inputs = step_inputs(step, torch.device("cpu"))
+            tracker = FSDPMemTracker(parts) if step.lora is None else MemTracker()
+            if step.lora is not None:
+                tracker.track_external(parts)
+            with tracker:
+                train_steps(parts, inputs, autocast=step.lora is not None and step.bf16, after_step=tracker.reset_mod_stats)
+            peak = tracker.get_tracker_snapshot("peak")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    parts_at_peak = Counter()
+    for categories in peak.values():
+        parts_at_peak.update({str(getattr(k, "value", k)): v for k, v in categories.items()})
+    return Estimate(parts_at_peak.pop("Total"), trained, total, dict(parts_at_peak))
+
+
+def frozen_bytes(model: CinemaConfig, t5: PartRef | None) -> dict[str, int]:
+    """bf16 bytes of the frozen encoders' weights (MLLM, VAE, and T5 for the align phase)."""
+    from diffusers import AutoencoderKLCogVideoX
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+
+    sizes = {}
+    with torch.device("meta"):
+        mllm = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**architecture(model.mllm)))
+        sizes["mllm"] = sum(p.numel() for n, p in mllm.named_parameters() if not n.startswith("lm_head"))
+        vae = AutoencoderKLCogVideoX(**_fields(AutoencoderKLCogVideoX, architecture(model.vae)))
+        sizes["vae"] = sum(p.numel() for p in vae.parameters())
+        if t5 is not None:
+            sizes["t5"] = sum(p.numel() for p in T5EncoderModel(T5Config(**architecture(t5))).parameters())
+    return {name: 2 * count for name, count in sizes.items()}
+
+
+def plan_table(config: TrainConfig, gpus: int, references: list[int]) -> str:
+    """The markdown table of per-GPU peaks for 0..4 references, with the frozen encoders' weights below."""
+    kind = f"LoRA rank {config.lora.rank}, 1 GPU" if config.lora else f"full fine-tune, FSDP2 over {gpus} GPUs"
+    rows = ["| references | trained params | per-GPU peak (GiB) | at the peak (GiB) |", "|---|---|---|---|"]
+    for count in references:
+        found = estimate(step_of(config, count), 1 if config.lora else gpus)
+        kinds = ", ".join(f"{kind} {size / GIB:.1f}" for kind, size in found.breakdown.items() if size >= GIB / 20)
+        rows.append(f"| {count} | {found.trained_params / 1e9:.3f} B of {found.all_params / 1e9:.3f} B | {found.peak / GIB:.1f} | {kinds} |")
+    t5_ref = PartRef(ref=config.t5.ref, subfolder="text_encoder")
+    frozen = frozen_bytes(config.model, t5_ref if config.phase == "align" else None)
+    weights = ", ".join(f"{name} {size / GIB:.1f} GiB" for name, size in frozen.items())
+    transformer = config.model.transformer.ref
+    return (
+        f"**{transformer}, {kind}** ({FRAMES} x {HEIGHT} x {WIDTH}, batch {config.data.batch_size} per GPU, "
+        f"gradient checkpointing {'on' if config.gradient_checkpointing else 'off'}, {config.precision}; "
+        f"from cached features). Raw shards add the frozen encoders' bf16 weights: {weights}.\n\n" + "\n".join(rows)
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m model.plan", description=__doc__.splitlines()[0])
+    p.add_argument("config", type=Path, help="YAML training config (configs/train_*.yaml)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs the full fine-tune is sharded over")
+    p.add_argument("--references", type=int, nargs="+", default=list(range(5)), help="reference counts to plan for")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    args = p.parse_args(argv)
+    print(plan_table(load_train_config(args.config, args.set), args.gpus, args.references))
+
+
+if __name__ == "__main__":
+    main()

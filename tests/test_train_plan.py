@@ -1,0 +1,53 @@
+"""model/plan.py: the planned peak memory of a step against the allocator's own count on a CPU run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from model.plan import build_parts, estimate, shard, step_inputs, step_of, train_steps
+from train_fixtures import cinema_models, tiny_train_config  # noqa: F401
+
+
+def live_bytes(module: torch.nn.Module, inputs: dict) -> int:
+    """Bytes of the distinct storages of the module's (local shards of) parameters and buffers and the inputs."""
+    from torch.distributed.tensor import DTensor
+
+    values = [t for v in inputs.values() for t in (v if isinstance(v, list) else [v]) if isinstance(t, torch.Tensor)]
+    tensors = [t.to_local() if isinstance(t, DTensor) else t for t in [*module.parameters(), *module.buffers(), *values]]
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def measured_peak(step) -> int:
+    """Two real steps on the CPU, FSDP2 over a one-process gloo group; peak = bytes live before + the
+    highest running sum of the profiler's per-op allocations net of frees, in time order, during the steps."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        parts = build_parts(step)
+        shard(parts, step.bf16, init_device_mesh("cpu", (1,)))
+        inputs = step_inputs(step, torch.device("cpu"), torch.Generator().manual_seed(0))
+        before = live_bytes(parts, inputs)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+            train_steps(parts, inputs)
+        events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in profile.events() if e.self_cpu_memory_usage)
+        running, highest = 0, 0
+        for _, change in events:
+            running += change
+            highest = max(highest, running)
+        return before + highest
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("references", [0, 2])
+def test_planned_peak_is_within_15_percent_of_the_measured_one(cinema_models, tmp_path, references):
+    torch.set_num_threads(1)
+    config = tiny_train_config(cinema_models, tmp_path, tmp_path / "run", precision="bf16", gradient_checkpointing=True)
+    step = step_of(config, references, size=(17, 64, 96))  # the tiny model, big enough for activations to count
+    planned = estimate(step, gpus=1).peak
+    measured = measured_peak(step)
+    print(f"{references} references: planned {planned / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
+    assert planned == pytest.approx(measured, rel=0.15)
