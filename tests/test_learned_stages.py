@@ -93,7 +93,7 @@ def test_subjects_write_crops_and_count_zero_detections(tiny_models, tmp_path):
         assert masked.shape[2] == 4 and masked.shape[:2] == crop.shape[:2]
         assert (masked[..., 3] > 0).any() and row["frame_index"] in (0, 7) and row["kind"] in ("human", "face")
         assert row["random_weights"] == (row["kind"] != "face")  # faces come from the real dlib models
-    stage.config = config.model_copy(update={"min_score": 1.01})  # no box can pass
+    stage.config = config.model_copy(update={"min_score": 1.01, "face_min_score": 100.0})  # no box, no face can pass
     rows, errors = stage.process_batch([subjects_item(image)])
     assert rows == [] and errors[0]["error_type"] == "bad_model_output"
     assert "0 boxes above score" in errors[0]["message"]
