@@ -219,6 +219,9 @@ class StageRun:
         self.bar: tqdm | None = None
         self.first_submit: float | None = None
         self.cpus: float | None = None
+        self.results = 0  # batches finished: a stage after this one asks again only when it grew
+        self.upstream_seen = -1
+        self.sql: str | None = None
 
     # -- inputs
     def upstream_done(self) -> bool:
@@ -238,9 +241,11 @@ class StageRun:
     def _open(self) -> Iterator[Row]:
         """A fresh stream of pending inputs (work items, after `plan`)."""
         self.final_poll = self.upstream_done()
+        self.upstream_seen = self.upstream_results()
         if self.cls.reads == "sources":
             return self._sources()
-        sql = pending_sql(self.cls, self.config, self.chain, self.run, self.retry_errors)
+        self.sql = self.sql or pending_sql(self.cls, self.config, self.chain, self.run, self.retry_errors)
+        sql = self.sql
         inflight = pa.table({"key": pa.array([str(i[self.cls.input_key]) for b in self._batches() for i in b.items], pa.string())})
 
         def execute() -> pa.RecordBatchReader:
@@ -282,12 +287,21 @@ class StageRun:
             store.write_part(self.run, "errors", problems)
             yield from ({"path": r["path"]} for r in new if r["kind"] == "video")
 
+    def upstream_results(self) -> int:
+        return sum(u.results for u in self.upstream)
+
+    def may_ask(self) -> bool:
+        """Whether a new ask can find inputs the last one did not: the stages before it made more since."""
+        if self.final_poll or time.monotonic() < self.next_poll:
+            return False
+        return self.upstream_done() or self.upstream_results() > self.upstream_seen
+
     def pull(self, n: int) -> list[Row]:
         """Up to n pending inputs; opens a new stream when the last is used up and asking again may find more."""
         items: list[Row] = []
         while len(items) < n:
             if self.reader is None:
-                if self.final_poll or time.monotonic() < self.next_poll:
+                if not self.may_ask():
                     break
                 self.reader = self._open()
             try:
@@ -332,27 +346,39 @@ class StageRun:
         start_ray(self.config.workers)
         import ray
 
-        if self.job is None:
-            self.job = ray.put((self.cls, self.config, self.chain, str(self.run)))
+        if self.first_submit is None:
+            self.job = self.job or ray.put((self.cls, self.config, self.chain, str(self.run)))
             self.first_submit = time.perf_counter()
             self.bar = tqdm(desc=f"{self.cls.name:>9}", unit="in", position=self.position, dynamic_ncols=True, leave=True)
         if not self.cls.resources.uses_model:
             task = ray.remote(run_cpu_batch).options(num_cpus=self.cls.resources.cpus, max_retries=0)
             self.inflight[task.remote(self.job, batch.items)] = batch
             return
-        if not self.actors:
-            gpus = getattr(self.config, self.cls.name).gpus
-            # On a CPU-only machine the actors take a token CPU share and the OS shares the cores
-            # with the decode tasks; with GPUs each actor holds its GPU share and one CPU.
-            options = {"num_cpus": 1.0 if gpus else 0.01, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
-            self.actors = [ray.remote(ModelWorker).options(**options).remote(self.job) for _ in range(self.n_actors())]
-            self.actor_load = {i: 0 for i in range(len(self.actors))}
+        self.warm_up()
         index = min(self.actor_load, key=self.actor_load.get)
         prepare = ray.remote(prepare_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
         ref = self.actors[index].process.remote(prepare.remote(self.job, batch.items), len(batch.items))
         self.actor_load[index] += 1
         batch.actor = index
         self.inflight[ref] = batch
+
+    def warm_up(self) -> None:
+        """Start the model actors, so the model loads while the stages before this one still work.
+
+        On a CPU-only machine the actors reserve no CPU (a fraction would leave less than one
+        whole CPU for the tasks) and the OS shares the cores; with GPUs each actor holds its GPU
+        share and one CPU.
+        """
+        if self.actors or not self.cls.resources.uses_model or self.finished:
+            return
+        import ray
+
+        if self.job is None:
+            self.job = ray.put((self.cls, self.config, self.chain, str(self.run)))
+        gpus = getattr(self.config, self.cls.name).gpus
+        options = {"num_cpus": 1.0 if gpus else 0, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
+        self.actors = [ray.remote(ModelWorker).options(**options).remote(self.job) for _ in range(self.n_actors())]
+        self.actor_load = {i: 0 for i in range(len(self.actors))}
 
     def on_result(self, ref) -> None:
         import ray
@@ -369,6 +395,7 @@ class StageRun:
 
     def count(self, result: Result) -> None:
         now = time.perf_counter()
+        self.results += 1
         self.report.rows += result.rows
         self.report.errors += result.errors
         self.report.busy_s += result.busy_s
@@ -429,6 +456,9 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
     while not all(s.finished for s in stages):
         for stage in reversed(stages):  # later stages first: Ray runs queued tasks in order
             stage.top_up()
+        if any(s.first_submit for s in stages):  # Ray runs: load the models of the stages still to come
+            for stage in stages:
+                stage.warm_up()
         owners = {ref: s for s in stages for ref in s.inflight}
         if owners:
             import ray
@@ -438,8 +468,8 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
             for ref in ready:
                 owners[ref].on_result(ref)
         else:
-            waiting = [s.next_poll for s in stages if not s.finished and s.reader is None and not s.final_poll]
-            time.sleep(max(0.0, min(waiting, default=0.0) - time.monotonic()))
+            waiting = [s.next_poll for s in stages if not s.finished and s.reader is None and s.may_ask()]
+            time.sleep(max(0.0, min(waiting, default=time.monotonic() + 0.05) - time.monotonic()))
         for stage in stages:
             stage.check_finished()
     store.compact(run, "errors")

@@ -23,7 +23,7 @@ class ProbeConfig(StageConfig):
 
 def walk(src: Path, extensions: list[str], chunk: int) -> Iterator[list[Row]]:
     """Files under src in chunks (following links, each real folder once), each with its `kind`:
-    `video`, `not_video` (skipped by extension) or `unreadable`, and a message for the last two."""
+    `video`, `not_video` (skipped by extension) or `bad_input`, and a message for the last two."""
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"SRC does not exist: {src}")
@@ -46,7 +46,7 @@ def _entries(src: Path, suffixes: set[str]) -> Iterator[Row]:
     for folder, dirs, files in os.walk(src, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen_dirs:
-            yield {"path": folder, "kind": "unreadable", "message": f"symlink loop: {folder} leads back to {real}; skipped"}
+            yield {"path": folder, "kind": "bad_input", "message": f"symlink loop: {folder} leads back to {real}; skipped"}
             dirs[:] = []
             continue
         seen_dirs.add(real)
@@ -60,7 +60,7 @@ def _entries(src: Path, suffixes: set[str]) -> Iterator[Row]:
             try:
                 path.stat()
             except OSError as exc:
-                yield {"path": str(path.absolute()), "kind": "unreadable", "message": f"cannot read {path}: {exc.strerror}"}
+                yield {"path": str(path.absolute()), "kind": "bad_input", "message": f"cannot read {path}: {exc.strerror}"}
                 continue
             yield {"path": str(path.absolute()), "kind": "video", "message": None}
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import KEEP_ALL, ROOT, kill_session, pipeline_cli, subprocess_env
 
-from manifests import store
+from manifests import files, store
 from manifests.schemas import TABLES
 
 
@@ -21,7 +21,7 @@ def _rows(run: Path, table: str) -> list[dict]:
 
 
 def _assert_complete_and_clean(run: Path) -> None:
-    assert not [p for p in run.rglob(f"{store.TMP_PREFIX}*")], "temporary files left behind"
+    assert not (run / files.TMP).exists() or not list((run / files.TMP).iterdir()), "temporary files left behind"
     for table, spec in TABLES.items():
         raw = store.read_raw(run, table)
         keys = list(zip(*(raw.column(k).to_pylist() for k in spec.key)))
@@ -40,11 +40,10 @@ def test_kill_and_rerun_gives_the_tables_of_an_uninterrupted_run(curated, tmp_pa
         proc = subprocess.Popen(
             command, cwd=ROOT, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    clip_parts = run / "manifests" / "clips"
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(clip_parts.glob("part-*.parquet"))) >= 2:
+            if len(store.parts(run, "clips")) >= 2:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"

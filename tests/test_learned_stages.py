@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 
 import cv2
@@ -17,6 +18,7 @@ from manifests import store
 from pipeline.config import load_config
 from stages.base import BadModelOutput
 from stages.caption import DEFAULT_SUBJECTS, Caption, parse_subjects
+from stages.scenes import Scenes
 from stages.subjects import Found, Subjects, link_tracks, merge_duplicates
 
 
@@ -147,3 +149,41 @@ def test_tiny_chain_makes_shards_that_join_back(tiny_models, tmp_path):
     assert result.code == 0, result.err
     assert sorted(p.name for p in (run / "shards").iterdir()) == before
     assert store.read_table(run, "shards").num_rows == shards.num_rows
+
+
+class SlowScenes(Scenes):
+    """The scene pass of a long source: the last video's goes on until a caption exists (2 minutes
+    at most). A runner that finished each stage before the next would never write one in time."""
+
+    def process(self, item):
+        if item["path"].endswith("zz-last.mp4"):
+            deadline = time.monotonic() + 120
+            while not store.parts(self.run_dir, "captions") and time.monotonic() < deadline:
+                time.sleep(0.5)
+        return super().process(item)
+
+
+@pytest.mark.slow
+def test_stages_overlap_captions_come_before_the_last_scenes(tiny_models, tmp_path):
+    import ray.cloudpickle
+
+    from pipeline.runner import run_chain
+    from stages.aesthetic import Aesthetic
+    from stages.clips import Clips
+    from stages.motion import Motion
+    from stages.probe import Probe
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "bikes.mp4", src / "a.mp4")
+    shutil.copy(REAL / "carphone_pristine.mp4", src / "zz-last.mp4")
+    classes = [Probe, SlowScenes, Motion, Aesthetic, Clips, Caption]
+    config = load_config(profile="tiny", overrides=[f"tiny_models={tiny_models}", "filter.min_duration_s=0.5"])
+    config.src, config.stages = str(src), [c.name for c in classes]
+    reports = {r.stage: r for r in run_chain(classes, config, tmp_path / "run")}
+    assert reports["caption"].rows > 0
+    assert reports["caption"].first_result_s < reports["scenes"].last_result_s, reports
+    runs = store.read_table(tmp_path / "run", "stage_runs").to_pylist()
+    caption = next(r for r in runs if r["stage"] == "caption")
+    assert caption["actors"] == 1 and 0 < caption["utilisation"] <= 1
