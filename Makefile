@@ -10,7 +10,7 @@ PROFILE ?= full
 TINY_MODELS := tiny-models
 CURATE_ARGS = --profile $(PROFILE) $(if $(STAGES),--stages $(STAGES)) $(if $(WORKERS),--workers $(WORKERS))
 
-.PHONY: setup demo curate weights tiny-models test test-deps test-fast bench eval clean train encode sample cinema-tiny-models
+.PHONY: setup demo curate weights tiny-models test test-deps test-fast bench eval clean train encode sample cinema-tiny-models gpu-check
 
 setup: .venv/.installed
 
@@ -64,6 +64,11 @@ SAMPLE_ARGS ?=
 sample: setup
 	@test -n "$(REFS)" -a -n "$(PROMPT)" -a -n "$(CKPT)" || { echo 'usage: make sample REFS=a.png,b.png PROMPT="..." [CKPT=RUN/checkpoints/step-N] [SAMPLE_ARGS="--frames 45 --steps 50"]'; exit 2; }
 	HF_HUB_OFFLINE=1 $(PY) -m model.sample --checkpoint "$(CKPT)" --refs "$(REFS)" --prompt "$(PROMPT)" $(SAMPLE_ARGS)
+
+# On a CUDA machine: real-size step time, MFU and peak memory of CogVideoX-2B and 5B (random
+# weights) beside model.plan's estimate, in under 10 minutes; fails at once without CUDA.
+gpu-check: setup
+	HF_HUB_OFFLINE=1 $(PY) -m model.gpu_check
 
 cinema-tiny-models: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.tiny $(TINY_MODELS) qwen2_5_vl cogvideox_2b

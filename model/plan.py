@@ -190,7 +190,8 @@ def step_inputs(step: Step, device: torch.device, generator: torch.Generator | N
 def train_steps(parts: nn.Module, inputs: dict, steps: int = 2, autocast: bool = False, after_step=None) -> None:
     """`steps` optimizer steps: forward, backward, AdamW (its state appears at the first)."""
     optimizer = torch.optim.AdamW([p for p in parts.parameters() if p.requires_grad], lr=1e-5, foreach=True)
-    context = torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext()
+    device = next(parts.parameters()).device.type
+    context = torch.autocast(device, torch.bfloat16) if autocast else contextlib.nullcontext()
     for _ in range(steps):
         with context:
             loss = parts(**inputs)

@@ -165,6 +165,9 @@ class Trainer:
             project_dir=str(self.run),
             cpu=not torch.cuda.is_available(),  # without it accelerate ignores torchrun's processes on CPU
         )
+        self.deepspeed = self.accelerator.state.deepspeed_plugin
+        if self.deepspeed is not None:
+            self.configure_deepspeed()
         self.weight_dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         self.phase = PHASES[config.phase](self)
         self.step = 0
@@ -172,6 +175,20 @@ class Trainer:
         self.nonfinite = 0  # optimizer steps skipped for a NaN/inf loss or gradient
         self.ema: EMAModel | None = None
         self.validation_batch: Batch | None = None
+
+    def configure_deepspeed(self) -> None:
+        """Batch size from the training config (our loader is not prepared, so "auto" cannot be filled
+        in); the accelerate file's accumulation must agree with the config's, never override it."""
+        plugin, config = self.deepspeed, self.config
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.data.batch_size
+        accumulation = plugin.deepspeed_config.get("gradient_accumulation_steps", config.gradient_accumulation)
+        if accumulation not in ("auto", config.gradient_accumulation):
+            raise ValueError(
+                f"the DeepSpeed config accumulates {accumulation} steps, the training config {config.gradient_accumulation}: "
+                "set gradient_accumulation_steps: auto in the accelerate file"
+            )
+        plugin.deepspeed_config["gradient_accumulation_steps"] = config.gradient_accumulation
+        plugin.deepspeed_config.pop("train_batch_size", None)  # DeepSpeed derives it from the two above
 
     # --- lifecycle -------------------------------------------------------------------------
     def fit(self) -> None:
@@ -237,7 +254,10 @@ class Trainer:
         found = checkpoint.latest(self.run) if self.config.resume else None
         if found is None:
             return
-        self.accelerator.load_state(str(found / "state"), strict=False)  # trained weights only
+        if self.deepspeed is not None:  # DeepSpeed saves and loads its own whole module state
+            self.accelerator.load_state(str(found / "state"))
+        else:
+            self.accelerator.load_state(str(found / "state"), strict=False)  # trained weights only
         state = checkpoint.read_trainer_state(found)
         self.step = state["step"]
         if self.accelerator.is_main_process:  # the totals are kept once, on the main process
