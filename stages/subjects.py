@@ -208,8 +208,7 @@ class Subjects(Stage):
         listed = json.loads(item["subjects_json"]) + DEFAULT_SUBJECTS
         kinds = {}
         for s in listed:
-            if s["kind"] != "face":  # faces come from the face model
-                kinds.setdefault(s["label"], s["kind"])
+            kinds.setdefault(s["label"], s["kind"])
         return {
             "clip_id": item["clip_id"],
             "frames": np.stack([f.image for f in frames]),
@@ -229,14 +228,17 @@ class Subjects(Stage):
 
     def process_clip(self, item: Row) -> list[Row]:
         cfg = self.config
-        frames, labels = list(item["frames"]), item["labels"]
-        kind_of = dict(zip(labels, item["kinds"]))
-        with self.timed("preprocess"):
-            inputs = self.detector.inputs(frames, labels)
-        with self.timed("forward"):
-            outputs = self.detector.forward(inputs)
-        with self.timed("postprocess"):
-            detections = self.detector.detections(outputs, inputs, frames, labels, cfg.min_score)
+        frames = list(item["frames"])
+        kind_of = {label: kind for label, kind in zip(item["labels"], item["kinds"]) if kind != "face"}  # faces: the face model
+        labels = list(kind_of)
+        detections = [[] for _ in frames]
+        if labels:
+            with self.timed("preprocess"):
+                inputs = self.detector.inputs(frames, labels)
+            with self.timed("forward"):
+                outputs = self.detector.forward(inputs)
+            with self.timed("postprocess"):
+                detections = self.detector.detections(outputs, inputs, frames, labels, cfg.min_score)
         counts = {"boxes": 0, "zero_area": 0, "small": 0}
         per_frame = []
         for position, (image, found) in enumerate(zip(frames, detections)):
