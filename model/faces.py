@@ -60,13 +60,12 @@ def upsampling(short_side: int, detect_short_side: int) -> int:
 class FaceModel:
     """Detect faces in RGB uint8 frames, then embed each one; one instance per worker."""
 
-    def __init__(self, detector, landmarks, embedder, embedder_name: str, detect_short_side: int, min_score: float):
+    def __init__(self, detector, landmarks, embedder, embedder_name: str, detect_short_side: int):
         self.detector = detector
         self.landmarks = landmarks
         self.embedder = embedder  # a dlib face_recognition_model_v1, or model.face.FaceEmbedder
         self.embedder_name = embedder_name
         self.detect_short_side = detect_short_side
-        self.min_score = min_score
 
     @classmethod
     def load(
@@ -74,7 +73,6 @@ class FaceModel:
         embedder: str = DLIB_EMBEDDER,
         embedder_file: str = "backbone.pth",
         detect_short_side: int = 288,
-        min_score: float = 0.0,
     ) -> FaceModel:
         """dlib's detector and landmarks; the embedder is dlib's (`"dlib"`) or an ArcFace hub id / folder."""
         import dlib
@@ -88,16 +86,16 @@ class FaceModel:
             from model.face import FaceEmbedder
 
             net, name = FaceEmbedder.from_pretrained(embedder, embedder_file), f"ArcFace {embedder}"
-        return cls(detector, landmarks, net, name, detect_short_side, min_score)
+        return cls(detector, landmarks, net, name, detect_short_side)
 
     @property
     def name(self) -> str:
         return f"{DETECTOR_NAME} + {self.embedder_name}"
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces in one RGB uint8 frame, best first."""
+        """Faces in one RGB uint8 frame, best first (dlib's own threshold: score above 0)."""
         image = np.ascontiguousarray(image)
-        rects, scores, _ = self.detector.run(image, upsampling(min(image.shape[:2]), self.detect_short_side), self.min_score)
+        rects, scores, _ = self.detector.run(image, upsampling(min(image.shape[:2]), self.detect_short_side), 0.0)
         faces = []
         for rect, score in sorted(zip(rects, scores), key=lambda pair: -pair[1]):
             shape = self.landmarks(image, rect)

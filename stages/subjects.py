@@ -197,7 +197,7 @@ class Subjects(Stage):
         self.detector = Detector.from_pretrained(cfg.detector)
         self.detector.model.to(cfg.device)
         self.segmenter = Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(cfg.device)
-        self.faces = FaceModel.load(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side, cfg.face_min_score)
+        self.faces = FaceModel.load(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side)
 
     def prepare(self, item: Row) -> Row:
         """Decode the key frames of the clip file and read the labels to look for."""
@@ -281,7 +281,7 @@ class Subjects(Stage):
 
     def find_faces(self, image: np.ndarray, position: int) -> list[Found]:
         """Faces in one key frame: a margin box (the crop), the box as its mask, and the identity embedding."""
-        found = self.faces.detect(image)[: self.config.max_faces * 2]
+        found = [f for f in self.faces.detect(image) if f.score >= self.config.face_min_score][: self.config.max_faces * 2]
         if not found:
             return []
         embeddings = self.faces.embed(image, found)
