@@ -36,7 +36,7 @@ weights: setup
 
 demo: PROFILE = tiny
 demo: setup tiny-models
-	HF_HUB_OFFLINE=1 $(PY) -m pipeline curate tests/data/real --out runs/demo $(CURATE_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pipeline curate tests/data/demo --out runs/demo $(CURATE_ARGS)
 	@echo "Look at: runs/demo (clips/, manifests/); try: $(PY) -m manifests summary runs/demo"
 
 curate: setup $(if $(filter tiny,$(PROFILE)),tiny-models)
@@ -97,6 +97,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_learned
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_train
+	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_real
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench
 
 clean:

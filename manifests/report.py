@@ -72,7 +72,8 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
         ),
         "aesthetic": histogram(con, "aesthetic_score", "aesthetic score (LAION scale)", {"min_aesthetic": filters.min_aesthetic}, out / "plots" / "aesthetic.png"),
     }
-    page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config)
+    faces = face_identities(run, con)
+    page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config, faces)
     path = out / "index.html"
     tmp = out / f"{TMP_PREFIX}index.html"
     tmp.write_text(page, encoding="utf-8")
@@ -215,8 +216,59 @@ def duration_text(seconds: float) -> str:
 
 
 def random_tables(run: Path, con) -> list[str]:
-    """Tables with rows made by random-initialised models (profile tiny)."""
-    return [t for t in RANDOM_TABLES if store.parts(run, t) and con.execute(f"SELECT bool_or(random_weights) FROM {t}").fetchone()[0]]
+    """What random-initialised models (profile tiny) made: each table, with the rows' kinds and models where only some are."""
+    found = []
+    for t in RANDOM_TABLES:
+        if not store.parts(run, t):
+            continue
+        kind = "kind" if t == "subjects" else "NULL"
+        rows = con.execute(f"SELECT DISTINCT {kind}, model FROM {t} WHERE random_weights ORDER BY 1, 2").fetchall()
+        real = con.execute(f"SELECT count(*) FROM {t} WHERE NOT random_weights").fetchone()[0]
+        if rows and real:
+            found.append(f"{t} ({'; '.join(f'{k}: {m}' if k else m for k, m in rows)})")
+        elif rows:
+            found.append(t)
+    return found
+
+
+def face_identities(run: Path, con, max_faces: int = 400) -> list[list[dict]]:
+    """Face subjects grouped by identity: greedy, each face joins the first group whose first face is
+    closer than the same-person distance of the face model (model.faces.SAME_PERSON_DISTANCE)."""
+    from model.faces import SAME_PERSON_DISTANCE
+
+    if not store.parts(run, "subjects"):
+        return []
+    rows = con.execute(
+        f"SELECT subject_id, clip_id, crop_path, score, embedding, model, random_weights FROM subjects "
+        f"WHERE kind = 'face' AND embedding IS NOT NULL ORDER BY md5(subject_id) LIMIT {int(max_faces)}"
+    ).fetchall()
+    names = ["subject_id", "clip_id", "crop_path", "score", "embedding", "model", "random_weights"]
+    groups: list[list[dict]] = []
+    for row in map(lambda r: dict(zip(names, r)), rows):
+        vector = np.asarray(row["embedding"], np.float32)
+        for group in groups:
+            if np.linalg.norm(np.asarray(group[0]["embedding"], np.float32) - vector) < SAME_PERSON_DISTANCE:
+                group.append(row)
+                break
+        else:
+            groups.append([row])
+    return sorted(groups, key=len, reverse=True)
+
+
+def identities_section(groups: list[list[dict]]) -> str:
+    if not groups:
+        return ""
+    parts = [f"<h2>Faces by identity</h2><p class='muted'>{sum(map(len, groups))} face crops, {len(groups)} identities.</p><div id='identities'>"]
+    for i, group in enumerate(groups):
+        first = group[0]
+        weights = "random weights" if first["random_weights"] else "real weights"
+        parts.append(f"<h3>Identity {i + 1} <span class='muted'>({len(group)} faces; {text(first['model'], 120)}; {weights})</span></h3><div class='refs'>")
+        parts += [
+            f"<div class='ref'><img src='../{html.escape(r['crop_path'])}' alt='face {r['subject_id'][:8]}'><div>{r['clip_id'][:8]}</div></div>"
+            for r in group
+        ]
+        parts.append("</div>")
+    return "".join(parts) + "</div>"
 
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -253,7 +305,9 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 IMAGE_CHECK = "addEventListener('error',e=>{if(e.target.tagName==='IMG')console.error('image did not load: '+e.target.src)},true);"
 
 
-def render(run: Path, numbers: dict, funnel: list, randomized: list[str], plots: dict, groups: list[Group], config: ReportConfig) -> str:
+def render(
+    run: Path, numbers: dict, funnel: list, randomized: list[str], plots: dict, groups: list[Group], config: ReportConfig, faces: list[list[dict]] = ()
+) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>cinema run report: {text(run.resolve().name)}</title><style>{CSS}</style><script>{IMAGE_CHECK}</script></head><body>",
@@ -262,14 +316,14 @@ def render(run: Path, numbers: dict, funnel: list, randomized: list[str], plots:
     if randomized:
         parts.append(
             f"<div class='banner' id='random-weights'>RANDOM WEIGHTS: {', '.join(randomized)} come from random-initialised "
-            "models (profile tiny). Their scores, captions and crops are meaningless.</div>"
+            "models (profile tiny); those scores, captions and crops are meaningless. Everything else comes from real weights.</div>"
         )
     parts.append("<h2>Totals</h2><table>" + "".join(f"<tr><th>{k}</th><td class='n'>{v}</td></tr>" for k, v in numbers.items()) + "</table>")
     parts.append("<h2>Funnel</h2><table id='funnel'><tr><th>step</th><th>clips left</th><th>removed</th></tr>")
     parts += [f"<tr><td>{text(step)}</td><td class='n'>{left}</td><td class='n'>{cut or ''}</td></tr>" for step, left, cut in funnel]
     parts.append("</table><h2>Scores</h2><div class='plots'>")
     parts += [f"<img src='{p['path']}' alt='histogram of {name} scores'>" for name, p in plots.items()]
-    parts.append("</div><h2>Clips</h2>")
+    parts.append("</div>" + identities_section(faces) + "<h2>Clips</h2>")
     parts.append(
         f"<p class='muted'>At most {config.per_group} clips per group, a fixed sample by md5 of the clip id; the funnel and "
         f"histograms count every clip. All rows: <code>python -m manifests show {text(run)} candidates</code>.</p>"
@@ -308,7 +362,7 @@ def card(row: dict, status: str) -> str:
         lines.append(f"<div class='caption'>{text(row['caption'])}</div>")
     if row["subjects"]:
         refs = "".join(
-            f"<div class='ref'><img src='../{html.escape(s['masked_path'])}' alt='{text(s['label'], 40)}'>"
+            f"<div class='ref' title='{text(s['model'], 120)}'><img src='../{html.escape(s['masked_path'])}' alt='{text(s['label'], 40)}'>"
             f"<div>{text(s['kind'], 10)}: {text(s['label'], 24)}</div></div>"
             for s in json.loads(row["subjects"])
         )
