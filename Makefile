@@ -35,8 +35,10 @@ weights: setup
 	$(PY) -m pipeline weights
 
 demo: PROFILE = tiny
+# goldeneye's two talking faces move little (motion 0.16 and 0.26): let them through to show faces
+demo: DEMO_ARGS = --set filter.min_motion=0.1
 demo: setup tiny-models
-	HF_HUB_OFFLINE=1 $(PY) -m pipeline curate tests/data/demo --out runs/demo $(CURATE_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pipeline curate tests/data/demo --out runs/demo $(CURATE_ARGS) $(DEMO_ARGS)
 	@echo "Look at: runs/demo (clips/, manifests/); try: $(PY) -m manifests summary runs/demo"
 
 curate: setup $(if $(filter tiny,$(PROFILE)),tiny-models)
