@@ -39,9 +39,12 @@ def table_dir(run: Path, table: str) -> Path:
 
 
 def to_arrow(table: str, rows: Sequence[dict] | pa.Table) -> pa.Table:
-    """Rows as a table of the manifest's schema; unknown or mistyped columns fail loudly."""
+    """Rows as a table of the manifest's schema; unknown or mistyped columns fail loudly, missing ones are null."""
     schema = spec(table).schema
     if isinstance(rows, pa.Table):
+        missing = [f for f in schema if f.name not in rows.column_names]
+        for f in missing:
+            rows = rows.append_column(f, pa.nulls(rows.num_rows, f.type))
         return rows.select(schema.names).cast(schema)
     return pa.Table.from_pylist(list(rows), schema=schema)
 

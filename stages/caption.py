@@ -72,7 +72,7 @@ class Caption(Stage):
     reads = "candidates"
     writes = "captions"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic")
+    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
     needs = "clip_path IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True)
     batch_size = 4

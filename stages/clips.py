@@ -29,7 +29,7 @@ class Clips(Stage):
     reads = "candidates"
     writes = "clips"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic")
+    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
     Config = ClipsConfig
 
     def process(self, item: Row) -> list[Row]:

@@ -48,7 +48,7 @@ class Shards(Stage):
     reads = "candidates"
     writes = "shards"
     input_key = "shard"
-    filters = ("duration", "resolution", "motion", "aesthetic")
+    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
     needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND n_subjects > 0"
     barrier = True
     Config = ShardsConfig

@@ -180,5 +180,6 @@ def test_report_cli_and_curate_write_the_report(curated, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("pipeline.__main__.write_report", broken)  # a failing report never fails the run
+    shutil.rmtree(run / "report")  # a rerun with nothing to do writes the report only when there is none
     result = pipeline_cli("curate", curated.src, "--out", run, *KEEP_ALL)
     assert result.code == 0 and "warning: no report written: OSError: disk full" in result.err
