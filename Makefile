@@ -95,11 +95,12 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow"
 
 # Each benchmark writes its section to bench/*.md; the last step joins them into BENCHMARKS.md.
-bench: setup
+bench: setup tiny-models
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_learned
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_train
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_real
+	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_scale
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench
 
 clean:
