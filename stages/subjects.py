@@ -1,4 +1,4 @@
-"""subjects: reference images of the humans, faces and objects of each clip (GroundingDINO + SAM, dlib faces).
+"""subjects: one reference per subject identity of each clip (GroundingDINO + SAM, dlib faces, CLIP).
 
 On a few key frames, GroundingDINO looks for every human and object the caption stage listed plus
 person; SAM turns each box into a mask. Faces come from a real face model in every profile
@@ -6,28 +6,40 @@ person; SAM turns each box into a mask. Faces come from a real face model in eve
 each face is a crop with `face_margin` around the detected box, carries its identity embedding,
 is linked across key frames by that embedding (one subject per identity per clip, its best view
 kept) and to the human region it lies in (`human_id`). Detections below the score or area threshold and
-masks of zero area are dropped (and counted). Duplicates within a frame are merged by mask IoU;
-across frames, detections of the same kind and label are linked into tracks by box IoU after
-scaling, and each track keeps its best view (highest detector score, then area), from whichever
-frame that is. Each reference is a plain box crop and an RGBA crop with a transparent background
-under `RUN/refs/<clip_id>/`. A clip with no reference left is an error row naming the counts.
+masks of zero area are dropped (and counted).
+
+One subject per identity: the captioner's labels and the defaults (person) name one man twice
+("man in a red jacket", "person"), so labels never separate subjects. Within a frame, masks of one
+kind that overlap are one detection; across frames, detections of one kind are linked into
+tracks by box IoU whatever their label, and the track keeps the captioner's most specific label
+(`labels` lists them all). Two human tracks holding faces of one identity are one human. Each
+subject keeps its best view by `quality` (mean of size, sharpness, detector score and, for faces,
+how frontal), is ranked by it within its kind (`rank`, 0 best) and capped (`max_subjects`,
+`max_faces`). Humans and objects carry a CLIP embedding of their masked crop on grey (for
+identities across clips; never the whole frame). Each reference is a plain box crop and an RGBA
+crop with a transparent background under `RUN/refs/<clip_id>/`. A clip with no reference left is
+an error row naming the counts.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import math
+
 import cv2
 import numpy as np
 
-from manifests.store import TMP_PREFIX
+from manifests.files import write_bytes
 from stages.aesthetic import model_name
 from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
 from stages.caption import DEFAULT_SUBJECTS
+
+DEFAULT_LABELS = {s["label"] for s in DEFAULT_SUBJECTS}
+from model.clip import on_grey
 from stages.crops import box_crop, mask_iou, masked_crop, pixel_box, rle_encode
 from model.faces import SAME_PERSON_DISTANCE, distance, margin_box
 from stages.video import clip_frames
@@ -54,9 +66,15 @@ class SubjectsConfig(ModelStageConfig):
     face_margin: float = 0.4  # of the face box size, added on every side of the crop
     face_same_distance: float = SAME_PERSON_DISTANCE  # embeddings closer than this are one identity
     max_faces: int = 4
+    clip: str = "timm/vit_large_patch14_clip_224.openai"  # embeds masked crops of humans and objects (open_clip hub layout)
+    sharp_laplacian: float = 100.0  # variance of the Laplacian (128 px crop) that counts as half sharp
 
     def weights(self) -> dict[str, tuple[str, str | None]]:
-        refs = {"subjects.detector": (self.detector, None), "subjects.segmenter": (self.segmenter, self.segmenter_file)}
+        refs = {
+            "subjects.detector": (self.detector, None),
+            "subjects.segmenter": (self.segmenter, self.segmenter_file),
+            "subjects.clip": (self.clip, None),
+        }
         if self.face_embedder != "dlib":
             refs["subjects.face_embedder"] = (self.face_embedder, self.face_embedder_file)
         return refs
@@ -72,6 +90,8 @@ class Found:
     mask: np.ndarray
     area_fraction: float
     embedding: np.ndarray | None = None  # faces: identity embedding
+    frontal: float | None = None  # faces: 1 facing the camera, 0 in profile
+    quality: float = 0.0  # set by `rate`
 
 
 @dataclass
@@ -79,7 +99,42 @@ class Track:
     views: list[Found] = field(default_factory=list)
 
     def best(self) -> Found:
-        return max(self.views, key=lambda f: (f.score, f.area_fraction))
+        return max(self.views, key=lambda f: (f.quality, f.score, f.area_fraction))
+
+    def labels(self) -> list[str]:
+        """Every label it was seen under, the captioner's own (not the defaults) first, best-scoring first."""
+        ordered = sorted(self.views, key=lambda f: (f.label in DEFAULT_LABELS, -f.score))
+        return list(dict.fromkeys(f.label for f in ordered))
+
+
+def frontal(landmarks: np.ndarray) -> float:
+    """From dlib's 5 points (two corners of each eye, the base of the nose): how far the nose sits
+    from the middle of the eyes, along the eye line, in eye distances; 1 when centred, 0 at half."""
+    right, left, nose = landmarks[0:2].mean(0), landmarks[2:4].mean(0), landmarks[4]
+    axis = left - right
+    length = float(np.linalg.norm(axis))
+    if length == 0:
+        return 0.0
+    offset = abs(float(np.dot(nose - (left + right) / 2, axis / length))) / length
+    return max(0.0, 1.0 - 2.0 * offset)
+
+
+def sharpness(image: np.ndarray, box) -> float:
+    """Variance of the Laplacian of the box crop in grey, resized to 128 px (so it does not grow with size)."""
+    crop = cv2.cvtColor(box_crop(image, box), cv2.COLOR_RGB2GRAY)
+    crop = cv2.resize(crop, (128, 128), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(crop, cv2.CV_64F).var())
+
+
+def rate(f: Found, image: np.ndarray, half_sharp: float) -> float:
+    """Reference quality in [0, 1]: the mean of size (full at half the frame's side), sharpness,
+    detector score (dlib's HOG margin s as s / (1 + s)) and, for faces, how frontal."""
+    size = min(1.0, math.sqrt(f.area_fraction) / 0.5)
+    lap = sharpness(image, f.box)
+    sharp = lap / (lap + half_sharp)
+    score = max(f.score, 0.0) / (1.0 + max(f.score, 0.0)) if f.kind == "face" else f.score
+    terms = [size, sharp, score] + ([f.frontal] if f.frontal is not None else [])
+    return float(np.mean(terms))
 
 
 def box_iou(a, b) -> float:
@@ -100,7 +155,7 @@ def merge_duplicates(found: list[Found], iou: float) -> list[Found]:
 
 
 def link_tracks(per_frame: list[list[Found]], iou: float) -> list[Track]:
-    """Greedy frame-to-frame linking of the same kind and label by box IoU with a track's last view."""
+    """Greedy frame-to-frame linking of the same kind, whatever the label, by box IoU with a track's last view."""
     tracks: list[Track] = []
     for found in per_frame:
         taken: set[int] = set()
@@ -108,7 +163,7 @@ def link_tracks(per_frame: list[list[Found]], iou: float) -> list[Track]:
             candidates = [
                 (box_iou(t.views[-1].box, f.box), i)
                 for i, t in enumerate(tracks)
-                if i not in taken and t.views[-1].kind == f.kind and t.views[-1].label == f.label and t.views[-1].frame < f.frame
+                if i not in taken and t.views[-1].kind == f.kind and t.views[-1].frame < f.frame
             ]
             best = max(candidates, default=(0.0, -1))
             if best[0] > iou:
@@ -135,6 +190,28 @@ def link_faces(per_frame: list[list[Found]], same_distance: float) -> list[Track
                 tracks.append(Track([f]))
                 taken.add(len(tracks) - 1)
     return tracks
+
+
+def merge_humans_by_face(tracks: list[Track], face_tracks: list[Track]) -> list[Track]:
+    """Human tracks that hold one face identity (on any key frame) are one human: their views join."""
+    parent = list(range(len(tracks)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    track_of = {id(view): i for i, t in enumerate(tracks) for view in t.views}
+    humans = [view for t in tracks for view in t.views if view.kind == "human"]
+    for face_track in face_tracks:
+        held = {track_of[id(h)] for h in (holder(view, humans) for view in face_track.views) if h is not None}
+        for i in held:
+            parent[root(i)] = root(min(held))
+    merged: dict[int, Track] = {}
+    for i, t in enumerate(tracks):
+        merged.setdefault(root(i), Track()).views.extend(t.views)
+    return list(merged.values())
 
 
 def holder(face: Found, humans: list[Found]) -> Found | None:
@@ -166,15 +243,13 @@ def visible_in_box(mask: np.ndarray, box) -> bool:
     return bool(mask[y0:y1, x0:x1].any())
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
+def write_png(run: Path, path: Path, image: np.ndarray) -> None:
     """RGB or RGBA array -> PNG, atomically."""
     code = cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR
     ok, data = cv2.imencode(".png", cv2.cvtColor(image, code))
     if not ok:
         raise ValueError(f"cannot encode {path.name}")
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    write_bytes(run, path, data.tobytes())
 
 
 class Subjects(Stage):
@@ -189,6 +264,7 @@ class Subjects(Stage):
     Config = SubjectsConfig
 
     def setup(self) -> None:
+        from model.clip import ImageEmbedder
         from model.faces import FaceModel
         from model.grounding import Detector
         from model.segmenter import Segmenter
@@ -198,6 +274,7 @@ class Subjects(Stage):
         self.detector.model.to(cfg.device)
         self.segmenter = Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(cfg.device)
         self.faces = FaceModel.load(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side)
+        self.clip = ImageEmbedder.load(cfg.clip, model_name(cfg.clip, cfg.random_weights)).to(cfg.device)
 
     def prepare(self, item: Row) -> Row:
         """Decode the key frames of the clip file and read the labels to look for."""
@@ -260,23 +337,37 @@ class Subjects(Stage):
         with self.timed("faces"):
             faces = [self.find_faces(image, position) for position, image in enumerate(frames)]
         with self.timed("postprocess"):
-            tracks = sorted(link_tracks(per_frame, cfg.track_iou), key=lambda t: -t.best().score)
-            best = [t.best() for t in tracks[: cfg.max_subjects]]
-            face_tracks = sorted(link_faces(faces, cfg.face_same_distance), key=lambda t: -t.best().score)
-            best_faces = [t.best() for t in face_tracks[: cfg.max_faces]]
-            if not best and not best_faces:
+            for view in [f for found in per_frame + faces for f in found]:
+                view.quality = rate(view, frames[view.frame], cfg.sharp_laplacian)
+            face_tracks = link_faces(faces, cfg.face_same_distance)
+            tracks = merge_humans_by_face(link_tracks(per_frame, cfg.track_iou), face_tracks)
+            tracks = sorted(tracks, key=lambda t: -t.best().quality)[: cfg.max_subjects]
+            face_tracks = sorted(face_tracks, key=lambda t: -t.best().quality)[: cfg.max_faces]
+            if not tracks and not face_tracks:
                 raise BadModelOutput(
                     f"no subject kept: no face, {counts['boxes']} boxes above score {cfg.min_score} for {labels}, "
                     f"{counts['zero_area']} masks of zero area, {counts['small']} below area {cfg.min_area_fraction}"
                 )
-            rows = {id(f): self.write(item, f, frames[f.frame], item["frame_indices"][f.frame]) for f in best}
-            # a face belongs to the subject whose track has a human view holding it on the face's frame
-            subject_of = {id(view): rows[id(t.best())]["subject_id"] for t in tracks[: cfg.max_subjects] for view in t.views}
-            humans = [view for t in tracks[: cfg.max_subjects] for view in t.views if view.kind == "human"]
+        with self.timed("forward"):
+            cutouts = [masked_crop(frames[t.best().frame], t.best().mask, t.best().box) for t in tracks]
+            for t, embedding in zip(tracks, self.clip.embed([on_grey(c) for c in cutouts])):
+                t.best().embedding = embedding
+        with self.timed("postprocess"):
+            rank: dict[str, int] = {}
+            rows = {}
+            for t in tracks:
+                f = t.best()
+                rows[id(t)] = self.write(item, f, frames[f.frame], item["frame_indices"][f.frame], t.labels(), rank.setdefault(f.kind, 0))
+                rank[f.kind] += 1
+            # a face belongs to the human whose track has a view holding it on the face's frame
+            subject_of = {id(view): rows[id(t)]["subject_id"] for t in tracks for view in t.views}
+            humans = [view for t in tracks for view in t.views if view.kind == "human"]
             face_rows = []
-            for f in best_faces:
-                human = holder(f, humans)
-                face_rows.append(self.write(item, f, frames[f.frame], item["frame_indices"][f.frame], subject_of[id(human)] if human else None))
+            for position, t in enumerate(face_tracks):
+                held = [h for h in (holder(view, humans) for view in t.views) if h is not None]
+                f = t.best()
+                human = subject_of[id(held[0])] if held else None
+                face_rows.append(self.write(item, f, frames[f.frame], item["frame_indices"][f.frame], ["face"], position, human))
             return list(rows.values()) + face_rows
 
     def find_faces(self, image: np.ndarray, position: int) -> list[Found]:
@@ -290,23 +381,27 @@ class Subjects(Stage):
         for face, embedding in zip(found, embeddings):
             box = margin_box(face.box, height, width, self.config.face_margin)
             mask = box_mask(box, height, width)
-            out.append(Found("face", "face", position, face.score, box, mask, float(mask.mean()), embedding))
+            out.append(Found("face", "face", position, face.score, box, mask, float(mask.mean()), embedding, frontal(face.landmarks)))
         return out
 
-    def write(self, item: Row, f: Found, image: np.ndarray, frame_index: int, human_id: str | None = None) -> Row:
+    def write(self, item: Row, f: Found, image: np.ndarray, frame_index: int, labels: list[str], rank: int,
+              human_id: str | None = None) -> Row:  # fmt: skip
         """Both crops as PNG under refs/<clip_id>/ and the subjects row."""
-        subject_id = str(uuid.uuid5(SUBJECT_NAMESPACE, f"{item['clip_id']}/{f.kind}/{f.label}/{frame_index}/{f.box}"))
+        subject_id = str(uuid.uuid5(SUBJECT_NAMESPACE, f"{item['clip_id']}/{f.kind}/{labels[0]}/{frame_index}/{f.box}"))
         folder = Path("refs") / item["clip_id"]
         (self.run_dir / folder).mkdir(parents=True, exist_ok=True)
         crop, masked = folder / f"{subject_id}.crop.png", folder / f"{subject_id}.masked.png"
-        write_png(self.run_dir / crop, box_crop(image, f.box))
-        write_png(self.run_dir / masked, masked_crop(image, f.mask, f.box))
+        write_png(self.run_dir, self.run_dir / crop, box_crop(image, f.box))
+        write_png(self.run_dir, self.run_dir / masked, masked_crop(image, f.mask, f.box))
         cfg = self.config
         return {
             "subject_id": subject_id,
             "clip_id": item["clip_id"],
             "kind": f.kind,
-            "label": f.label,
+            "label": labels[0],
+            "labels": labels,
+            "quality": f.quality,
+            "rank": rank,
             "frame_index": frame_index,
             "box": [float(v) for v in f.box],
             "mask_rle": rle_encode(f.mask),
@@ -322,7 +417,12 @@ class Subjects(Stage):
                     "embedding_model": self.faces.embedder_name,
                     "human_id": human_id,
                 }
-                if f.embedding is not None
-                else {"model": model_name(f"{cfg.detector} + {cfg.segmenter}", cfg.random_weights), "random_weights": cfg.random_weights}
+                if f.kind == "face"
+                else {
+                    "model": model_name(f"{cfg.detector} + {cfg.segmenter}", cfg.random_weights),
+                    "random_weights": cfg.random_weights,
+                    "embedding": f.embedding.tolist() if f.embedding is not None else None,
+                    "embedding_model": self.clip.name,
+                }
             ),
         }
