@@ -31,6 +31,10 @@ RULES: dict[str, tuple[str | None, str]] = {
     # uncorrelated, so the rule holds whatever the candidates view is called in the query
     "text": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE text_area <= {max_text_area})"),
     "nsfw": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE nsfw_score <= {max_nsfw})"),
+    # near-duplicate windows: the dedup stage names the window kept in their place
+    "dedup": ("dedup", "clip_id IN (SELECT clip_id FROM dedup WHERE duplicate_of IS NULL)"),
+    # samples left without any reference under the reference policy (identities stage)
+    "references": ("identities", "clip_id IN (SELECT clip_id FROM sample_refs WHERE n_references > 0)"),
 }
 
 

@@ -82,6 +82,7 @@ TABLES: dict[str, TableSpec] = {
             F("n_frames", pa.int32()),
             F("model", pa.string()),  # ends in "(random weights)" for the tiny profile
             F("random_weights", pa.bool_()),
+            F("embedding", pa.list_(pa.float32())),  # mean of the frames' unit CLIP embeddings, unit length (dedup)
         ),
         _spec(
             "screen",
@@ -139,6 +140,39 @@ TABLES: dict[str, TableSpec] = {
             F("embedding", pa.list_(pa.float32())),  # faces: identity embedding (model.faces; Euclidean distance)
             F("embedding_model", pa.string()),
             F("human_id", pa.string()),  # faces: subject_id of the human region holding this face, if any
+            F("labels", pa.list_(pa.string())),  # every label it was detected under, the kept `label` first
+            F("quality", pa.float64()),  # reference quality in [0, 1]: size, sharpness, detector score, frontal (faces)
+            F("rank", pa.int32()),  # by quality among the clip's subjects of its kind, 0 best
+        ),
+        _spec(
+            "dedup",
+            ("clip_id",),
+            F("clip_id", pa.string()),
+            F("duplicate_of", pa.string()),  # the window kept in its place (null: kept)
+            F("similarity", pa.float64()),  # cosine of the window embeddings with duplicate_of (null: kept)
+            F("group_size", pa.int32()),  # windows in its near-duplicate group, itself included
+            F("model", pa.string()),  # the embedding's model (aesthetic's CLIP)
+        ),
+        _spec(
+            "identities",
+            ("subject_id",),
+            F("subject_id", pa.string()),
+            F("clip_id", pa.string()),
+            F("video_id", pa.string()),
+            F("kind", pa.string()),
+            F("identity_id", pa.string()),  # the same for every subject of one person or object across the run
+            F("via", pa.string()),  # face / human's face / masked-crop CLIP / alone (no embedding to link by)
+            F("identity_size", pa.int32()),  # subjects in the identity
+            F("identity_videos", pa.int32()),  # videos it appears in
+        ),
+        _spec(
+            "sample_refs",
+            ("clip_id",),
+            F("clip_id", pa.string()),
+            F("policy", pa.string()),  # the configured policy: same_clip / other_shot / cross_video / mix
+            F("n_references", pa.int32()),
+            F("references_json", pa.string()),  # per reference: source clip, frame, identity, similarity, policy, copy check
+            F("dropped_json", pa.string()),  # {reason: count} of subjects left without a reference
         ),
         _spec(
             "shards",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import open_clip
 from torch import nn
 
@@ -41,3 +42,59 @@ def load_clip(ref: str) -> tuple[nn.Module, Callable, Callable]:
         f"local-dir:{folder}", force_quick_gelu=registry_quick_gelu(ref)
     )
     return model.eval(), preprocess, open_clip.get_tokenizer(f"local-dir:{folder}")
+
+
+class ImageEmbedder:
+    """L2-normalised CLIP image embeddings of RGB uint8 images of any size (each padded to a square first).
+
+    For reference crops: a subject's masked crop on a flat grey background, so two crops compare by
+    the subject and not by the scene around it (NearID: shared backgrounds fool CLIP).
+    """
+
+    def __init__(self, model: nn.Module, name: str):
+        import torch
+
+        self.model, self.name = model, name
+        preprocess = model.visual.preprocess_cfg
+        self.size = int(np.atleast_1d(preprocess["size"])[0])
+        self.mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
+
+    @classmethod
+    def load(cls, ref: str, name: str) -> ImageEmbedder:
+        model, _, _ = load_clip(ref)
+        return cls(model, name)
+
+    def to(self, device: str) -> ImageEmbedder:
+        self.model.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
+    def square(self, image: np.ndarray) -> np.ndarray:
+        """The image centred on a grey square of its longer side, resized to CLIP's input."""
+        import cv2
+
+        h, w = image.shape[:2]
+        side = max(h, w)
+        canvas = np.full((side, side, 3), 127, np.uint8)
+        canvas[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = image
+        return cv2.resize(canvas, (self.size, self.size), interpolation=cv2.INTER_AREA if side > self.size else cv2.INTER_CUBIC)
+
+    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        """(n, d) float32, unit length."""
+        import torch
+
+        if not images:
+            return np.zeros((0, 0), np.float32)
+        pixels = np.stack([self.square(image) for image in images])
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels).to(self.mean.device).permute(0, 3, 1, 2).float() / 255.0
+            features = self.model.encode_image((x - self.mean) / self.std).float()
+            features = features / features.norm(dim=-1, keepdim=True)
+        return features.cpu().numpy().astype(np.float32)
+
+
+def on_grey(rgba: np.ndarray) -> np.ndarray:
+    """An RGBA cut-out on flat grey: the subject alone, whatever its background was."""
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    return (rgba[..., :3] * alpha + 127 * (1 - alpha)).astype(np.uint8)

@@ -20,7 +20,9 @@ from manifests.filters import FilterConfig
 from stages.aesthetic import AestheticConfig
 from stages.caption import CaptionConfig
 from stages.clips import ClipsConfig
+from stages.dedup import DedupConfig
 from stages.encode import EncodeConfig
+from stages.identities import IdentitiesConfig
 from stages.motion import MotionConfig
 from stages.probe import ProbeConfig
 from stages.scenes import ScenesConfig
@@ -28,7 +30,7 @@ from stages.screen import ScreenConfig
 from stages.shards import ShardsConfig
 from stages.subjects import SubjectsConfig
 
-CHAIN = ["probe", "scenes", "motion", "aesthetic", "screen", "clips", "caption", "subjects", "shards"]
+CHAIN = ["probe", "scenes", "motion", "aesthetic", "screen", "clips", "caption", "subjects", "dedup", "identities", "shards"]
 PACKAGES = [
     "torch", "av", "scenedetect-headless", "opencv-python-headless", "ray", "pyarrow", "duckdb",
     "transformers", "open-clip-torch", "segment-anything", "webdataset",
@@ -55,6 +57,8 @@ class RunConfig(BaseModel):
     screen: ScreenConfig = ScreenConfig()
     caption: CaptionConfig = CaptionConfig()
     subjects: SubjectsConfig = SubjectsConfig()
+    dedup: DedupConfig = DedupConfig()
+    identities: IdentitiesConfig = IdentitiesConfig()
     shards: ShardsConfig = ShardsConfig()
     encode: EncodeConfig = EncodeConfig()
 

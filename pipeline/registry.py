@@ -4,7 +4,9 @@ from stages.aesthetic import Aesthetic
 from stages.base import Stage
 from stages.caption import Caption
 from stages.clips import Clips
+from stages.dedup import Dedup
 from stages.encode import Encode
+from stages.identities import Identities
 from stages.motion import Motion
 from stages.probe import Probe
 from stages.scenes import Scenes
@@ -13,5 +15,5 @@ from stages.shards import Shards
 from stages.subjects import Subjects
 
 STAGES: dict[str, type[Stage]] = {
-    cls.name: cls for cls in [Probe, Scenes, Motion, Aesthetic, Screen, Clips, Caption, Subjects, Shards, Encode]
+    cls.name: cls for cls in [Probe, Scenes, Motion, Aesthetic, Screen, Clips, Caption, Subjects, Dedup, Identities, Shards, Encode]
 }

@@ -1,5 +1,8 @@
 """aesthetic: LAION aesthetic score (CLIP ViT-L/14 embedding + MLP head) of a few frames per window.
 
+The mean of the frames' unit CLIP embeddings (renormalised) is kept per window: the dedup stage
+compares windows by it, so near-duplicates cost no second model pass.
+
 Frames are read straight from the source by frame range (like motion), so windows that fail the
 threshold are never encoded. `prepare` decodes and crops in CPU tasks; the actor only runs CLIP.
 """
@@ -81,12 +84,14 @@ class Aesthetic(Stage):
             with self.timed("forward"):
                 embeddings = self.scorer.embed(np.concatenate([item["frames"] for item in items]))
                 scores = self.scorer.score(embeddings).cpu().numpy()
+                embeddings = embeddings.float().cpu().numpy()
         except Exception as exc:
             return [], [error_row(self.name, item["clip_id"], exc) for item in items]
         with self.timed("postprocess"):
             rows, at = [], 0
             for item in items:
                 mine = scores[at : at + len(item["frames"])].astype(float)
+                mean = embeddings[at : at + len(mine)].mean(0)
                 at += len(mine)
                 rows.append(
                     {
@@ -96,6 +101,7 @@ class Aesthetic(Stage):
                         "n_frames": len(mine),
                         "model": model_name(self.config.clip, self.config.random_weights),
                         "random_weights": self.config.random_weights,
+                        "embedding": (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist(),
                     }
                 )
         return rows, []

@@ -10,7 +10,10 @@ written twice.
 
 Per sample (key = clip_id): `mp4` the clip, `txt` the caption, `ref_<i>.png` the RGBA
 reference with transparent background, `crop_<i>.png` the plain box crop, `json` the ids,
-scores and subject metadata that join back to the manifests.
+scores and subject metadata that join back to the manifests. The references are the ones the
+identities stage picked under the reference policy (`sample_refs`): each records its source
+clip, frame, identity, similarity, policy and anti-copy measure, and may come from another shot
+or another video.
 """
 
 from __future__ import annotations
@@ -18,15 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 
+import pyarrow as pa
+
+from manifests import store
 from manifests.files import atomic_path
 from stages.base import BadInput, Row, Stage, StageConfig
 
 SAMPLE_COLUMNS = (
     "clip_id", "video_id", "start_frame", "end_frame", "fps", "clip_path", "clip_bytes", "caption", "caption_model",
-    "prompt_version", "motion_score", "aesthetic_score", "aesthetic_min", "random_weights", "subjects",
+    "prompt_version", "motion_score", "aesthetic_score", "aesthetic_min", "random_weights",
 )  # fmt: skip
+REFS_CHUNK = 1024  # samples whose references are read in one query
 
 
 def write_tar(run: Path, path: Path, samples: Iterable[dict[str, bytes | str]]) -> None:
@@ -48,8 +56,8 @@ class Shards(Stage):
     reads = "candidates"
     writes = "shards"
     input_key = "shard"
-    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
-    needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND n_subjects > 0"
+    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw", "dedup", "references")
+    needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND clip_id IN (SELECT clip_id FROM sample_refs WHERE n_references > 0)"
     barrier = True
     Config = ShardsConfig
 
@@ -57,10 +65,9 @@ class Shards(Stage):
         """Pending samples (in clip_id order) cut into shards under the size cap (a bigger sample gets its own)."""
         group: list[Row] = []
         size = 0
-        for item in items:
-            sample = {k: item[k] for k in SAMPLE_COLUMNS}
-            subjects = json.loads(item["subjects"])
-            sample_bytes = item["clip_bytes"] + sum(
+        for sample in self.with_references(items):
+            subjects = json.loads(sample["subjects"])
+            sample_bytes = sample["clip_bytes"] + sum(
                 (self.run_dir / s[p]).stat().st_size for s in subjects for p in ("crop_path", "masked_path")
             )
             if group and size + sample_bytes > self.config.max_shard_bytes:
@@ -70,6 +77,28 @@ class Shards(Stage):
             size += sample_bytes
         if group:
             yield self.shard(group)
+
+    def with_references(self, items: Iterable[Row]) -> Iterator[Row]:
+        """Samples with their picked references as `subjects` (JSON), read from `sample_refs` a chunk at a time."""
+        chunk: list[Row] = []
+        for item in chain(items, [None]):
+            if item is not None:
+                chunk.append({k: item[k] for k in SAMPLE_COLUMNS})
+                if len(chunk) < REFS_CHUNK:
+                    continue
+            if not chunk:
+                break
+            ids = pa.table({"clip_id": pa.array([s["clip_id"] for s in chunk], pa.string())})
+
+            def execute() -> pa.Table:
+                con = store.connect(self.run_dir)
+                con.register("_ids", ids)
+                return con.sql("SELECT clip_id, references_json FROM sample_refs JOIN _ids USING (clip_id)").to_arrow_table()
+
+            refs = dict(zip(*store.guarded(self.run_dir, execute).to_pydict().values()))
+            for sample in chunk:
+                yield {**sample, "subjects": refs[sample["clip_id"]]}
+            chunk = []
 
     def shard(self, samples: list[Row]) -> Row:
         return {"shard": self.shard_name(samples), "samples_json": json.dumps(samples)}

@@ -138,7 +138,7 @@ def test_tiny_chain_makes_shards_that_join_back(tiny_models, tmp_path):
         assert sample["txt"].decode() == captions[meta["clip_id"]]
         assert meta["subjects"] and all(s["subject_id"] in subjects for s in meta["subjects"])
         for s in meta["subjects"]:
-            assert sample[s["ref"]] == (run / subjects[s["subject_id"]]["masked_path"]).read_bytes()
+            assert sample[s["ref"]] == (run / subjects[s["source_subject_id"]]["masked_path"]).read_bytes()
 
     # A rerun does nothing; a shard written but never listed (killed in between) is rewritten, not duplicated.
     before = sorted(p.name for p in (run / "shards").iterdir())

@@ -1,0 +1,293 @@
+"""identities: subjects clustered across the run, then each sample's references picked by policy.
+
+Identities. Faces link by their identity embedding (Euclidean below `face_same_distance`), humans
+through the face they hold (`human_id`), objects by the CLIP embedding of their masked crop
+(cosine at least `object_same_similarity`; crops on grey, never whole frames: shared
+backgrounds fool CLIP). Blocking by video: inside a video every pair is compared exactly (that is
+where a subject comes back, and where `other_shot` looks); across videos only one mean vector per
+within-video group is searched, with `stages.neighbours` (exact, or IVF at scale). Links are
+transitive (connected components). A rerun keeps the identity ids rows already have.
+
+References. Per sample (clip), at most `max_references` subjects, one per identity and kind,
+the best of each kind first (by the subjects stage's `quality`). Each takes its reference from:
+  same_clip    its own best view (the paper's: a crop of a frame inside the sample);
+  other_shot   the same identity in another clip of the same video whose frames do not overlap
+               the sample's, another shot first;
+  cross_video  the same identity in another video;
+  mix          one of the three drawn per subject with the `mix` weights (seeded by clip and
+               subject), falling back cross_video -> other_shot -> same_clip where none exists.
+A strict policy (not mix) leaves a subject without a source out, counted in `dropped_json`.
+
+Anti-copy check (other_shot, cross_video): the measure is the PSNR of 64x64 grey thumbnails of
+the reference's source frame against `copy_frames` frames of the sample; above `copy_max_psnr`
+(30 dB) the source is near-identical to a frame of the sample (a repeated or re-uploaded shot, a
+static camera) and the next source is tried. A re-encode of one frame measures above 40 dB;
+two moments of one shot of a moving scene measure under 25 dB (tests/test_references.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from manifests import store
+from model.faces import SAME_PERSON_DISTANCE
+from stages.base import Row, Stage, StageConfig
+from stages.neighbours import components, cosine_radius, pairs_within, radius_pairs
+from stages.video import clip_frames, iter_frames
+
+IDENTITY_NAMESPACE = uuid.UUID("2b0f6f1e-8a7c-4e55-b1f3-6d2c9e4a7b10")
+POLICIES = ("same_clip", "other_shot", "cross_video")
+FALLBACK = {"cross_video": POLICIES[::-1], "other_shot": ("other_shot", "same_clip"), "same_clip": ("same_clip",)}
+KIND_ORDER = ("human", "object", "face")
+THUMB = 64
+
+
+class IdentitiesConfig(StageConfig):
+    policy: Literal["same_clip", "other_shot", "cross_video", "mix"] = "mix"
+    mix: dict[Literal["same_clip", "other_shot", "cross_video"], float] = {"same_clip": 0.2, "other_shot": 0.5, "cross_video": 0.3}
+    max_references: int = 4
+    face_same_distance: float = SAME_PERSON_DISTANCE  # Euclidean, dlib's 128-D embedding
+    object_same_similarity: float = 0.85  # cosine of masked-crop CLIP embeddings
+    copy_max_psnr: float = 30.0  # dB, 64x64 grey thumbnails: above this a source frame is a copy of a sample frame
+    copy_frames: int = 8  # frames of the sample the source frame is compared with
+    tries: int = 3  # sources tried per subject and policy before giving up
+    probes: int = 2  # IVF cells searched per vector across videos
+
+
+def blocked_pairs(vectors: np.ndarray, videos: list[str], radius: float, probes: int, unit: bool) -> np.ndarray:
+    """Pairs closer than `radius`: exact within each video, then one mean vector per within-video group across videos."""
+    by_video: dict[str, list[int]] = defaultdict(list)
+    for i, video in enumerate(videos):
+        by_video[video].append(i)
+    pairs, representatives, members = [], [], []
+    for index in by_video.values():
+        index = np.array(index)
+        local = index[pairs_within(vectors[index], radius)] if len(index) > 1 else np.zeros((0, 2), np.int64)
+        pairs.append(local)
+        group = components(len(vectors), local)[index]
+        for root in np.unique(group):
+            inside = index[group == root]
+            mean = vectors[inside].mean(0)
+            representatives.append(mean / max(float(np.linalg.norm(mean)), 1e-12) if unit else mean)
+            members.append(inside[0])
+    if len(representatives) > 1:
+        across = radius_pairs(np.stack(representatives), radius, probes)
+        pairs.append(np.array(members)[across].reshape(-1, 2))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
+def cluster(subjects: list[Row], cfg: IdentitiesConfig) -> tuple[np.ndarray, list[str]]:
+    """Component label per subject, and how each was linked."""
+    n = len(subjects)
+    pairs = [np.zeros((0, 2), np.int64)]
+    for kind, radius, unit in (("face", cfg.face_same_distance, False), ("object", cosine_radius(cfg.object_same_similarity), True)):
+        index = np.array([i for i, s in enumerate(subjects) if s["kind"] == kind and s["embedding"] is not None], np.int64)
+        if len(index) > 1:
+            vectors = np.array([subjects[i]["embedding"] for i in index], np.float32)
+            found = blocked_pairs(vectors, [subjects[i]["video_id"] for i in index], radius, cfg.probes, unit)
+            pairs.append(index[found])
+    position = {s["subject_id"]: i for i, s in enumerate(subjects)}
+    held = [(i, position[s["human_id"]]) for i, s in enumerate(subjects) if s["kind"] == "face" and s["human_id"] in position]
+    if held:
+        pairs.append(np.array(held, np.int64))
+    humans_with_face = {h for _, h in held}
+    via = [
+        "face" if s["kind"] == "face" and s["embedding"] is not None
+        else "human's face" if i in humans_with_face
+        else "masked-crop CLIP" if s["kind"] == "object" and s["embedding"] is not None
+        else "alone"
+        for i, s in enumerate(subjects)
+    ]  # fmt: skip
+    alone = [i for i, v in enumerate(via) if v == "alone"]
+    label = components(n, np.concatenate(pairs))
+    label[alone] = np.array(alone, np.int64) if alone else label[alone]  # a human without a face links to nothing
+    return label, via
+
+
+def identity_ids(subjects: list[Row], label: np.ndarray) -> dict[int, str]:
+    """An id per component: one its members already have (a rerun), else derived from its smallest subject_id."""
+    known: dict[int, Counter] = defaultdict(Counter)
+    smallest: dict[int, str] = {}
+    for s, group in zip(subjects, label.tolist()):
+        if s["known_identity"]:
+            known[group][s["known_identity"]] += 1
+        smallest[group] = min(smallest.get(group, s["subject_id"]), s["subject_id"])
+    return {g: known[g].most_common(1)[0][0] if known[g] else str(uuid.uuid5(IDENTITY_NAMESPACE, smallest[g])) for g in smallest}
+
+
+def draw(weights: dict[str, float], clip_id: str, subject_id: str) -> str:
+    """A policy drawn with the mix weights, the same for this subject of this clip every time."""
+    u = int.from_bytes(hashlib.sha256(f"{clip_id}/{subject_id}".encode()).digest()[:8], "little") / 2**64
+    total, acc = sum(weights.values()), 0.0
+    for policy in POLICIES:
+        acc += weights.get(policy, 0.0) / total
+        if u < acc:
+            return policy
+    return POLICIES[-1]
+
+
+def cosine(a, b) -> float | None:
+    if a is None or b is None:
+        return None
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+
+
+def choose(own: list[Row], limit: int) -> list[Row]:
+    """One subject per identity and kind, the best of each kind first, then the rest by quality."""
+    best: dict[tuple, Row] = {}
+    for s in sorted(own, key=lambda s: -(s["quality"] or 0.0)):
+        best.setdefault((s["identity_id"], s["kind"]), s)
+    ranked = sorted(best.values(), key=lambda s: -(s["quality"] or 0.0))
+    firsts = [next(s for s in ranked if s["kind"] == kind) for kind in KIND_ORDER if any(s["kind"] == kind for s in ranked)]
+    firsts.sort(key=lambda s: -(s["quality"] or 0.0))
+    return (firsts + [s for s in ranked if s not in firsts])[:limit]
+
+
+def disjoint(a: Row, b: Row) -> bool:
+    return a["end_frame"] <= b["start_frame"] or b["end_frame"] <= a["start_frame"]
+
+
+def sources(policy: str, s: Row, members: list[Row], tries: int) -> list[Row]:
+    """Where subject `s` may take its reference from under one policy, best first."""
+    if policy == "same_clip":
+        return [s]
+    same_kind = [m for m in members if m["kind"] == s["kind"] and m["clip_id"] != s["clip_id"]]
+    if policy == "other_shot":
+        found = [m for m in same_kind if m["video_id"] == s["video_id"] and disjoint(m, s)]
+        found.sort(key=lambda m: (m["shot_index"] == s["shot_index"], -(m["quality"] or 0.0), m["subject_id"]))
+    else:
+        found = sorted((m for m in same_kind if m["video_id"] != s["video_id"]), key=lambda m: (-(m["quality"] or 0.0), m["subject_id"]))
+    return found[:tries]
+
+
+def reference(policy: str, s: Row, source: Row) -> Row:
+    """What a sample records about one reference."""
+    return {
+        "subject_id": s["subject_id"], "kind": s["kind"], "label": s["label"], "identity_id": s["identity_id"],
+        "policy": policy, "source_subject_id": source["subject_id"], "source_clip_id": source["clip_id"],
+        "source_clip_path": source["clip_path"], "source_frame_index": source["frame_index"],
+        "source_video_frame": source["start_frame"] + source["frame_index"], "source_video_id": source["video_id"],
+        "similarity": 1.0 if source is s else cosine(s["embedding"], source["embedding"]),
+        "quality": source["quality"], "score": source["score"], "model": source["model"],
+        "crop_path": source["crop_path"], "masked_path": source["masked_path"],
+    }  # fmt: skip
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+class Identities(Stage):
+    name = "identities"
+    reads = "candidates"
+    writes = "identities"
+    input_key = "clip_id"
+    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw", "dedup")
+    needs = "clip_path IS NOT NULL AND n_subjects > 0"
+    barrier = True
+    batch_size = 16
+    Config = IdentitiesConfig
+
+    def plan(self, items: Iterable[Row]) -> Iterator[Row]:
+        """Cluster the subjects of the pending clips with those of clips done before; one work item per pending clip."""
+        pending = pa.table({"clip_id": pa.array([item["clip_id"] for item in items], pa.string())})
+        if not pending.num_rows:
+            return
+
+        def execute() -> pa.Table:
+            con = store.connect(self.run_dir)
+            con.register("_pending", pending)
+            return con.sql(
+                "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
+                "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
+                "c.path AS clip_path, c.n_frames, i.identity_id AS known_identity, p.clip_id IS NOT NULL AS pending "
+                "FROM subjects s JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id) "
+                "LEFT JOIN _pending p USING (clip_id) LEFT JOIN identities i USING (subject_id) "
+                "WHERE p.clip_id IS NOT NULL OR s.clip_id IN (SELECT clip_id FROM sample_refs) ORDER BY s.clip_id, s.subject_id"
+            ).to_arrow_table()
+
+        subjects = store.guarded(self.run_dir, execute).to_pylist()
+        label, via = cluster(subjects, self.config)
+        ids = identity_ids(subjects, label)
+        size = Counter(label.tolist())
+        videos: dict[int, set] = defaultdict(set)
+        for s, group in zip(subjects, label.tolist()):
+            videos[group].add(s["video_id"])
+        members: dict[str, list[Row]] = defaultdict(list)
+        by_clip: dict[str, list[Row]] = defaultdict(list)
+        for s, group, how in zip(subjects, label.tolist(), via):
+            s.update(identity_id=ids[group], via=how, identity_size=size[group], identity_videos=len(videos[group]))
+            members[s["identity_id"]].append(s)
+            by_clip[s["clip_id"]].append(s)
+        for clip_id, own in by_clip.items():
+            if own[0]["pending"]:
+                yield self.work(clip_id, own, members)
+
+    def work(self, clip_id: str, own: list[Row], members: dict[str, list[Row]]) -> Row:
+        cfg = self.config
+        choices = []
+        for s in choose(own, cfg.max_references):
+            policy = draw(cfg.mix, clip_id, s["subject_id"]) if cfg.policy == "mix" else cfg.policy
+            order = FALLBACK[policy] if cfg.policy == "mix" else (policy,)
+            candidates = [reference(p, s, source) for p in order for source in sources(p, s, members[s["identity_id"]], cfg.tries)]
+            choices.append({"policy": policy, "candidates": candidates})
+        identity_rows = [
+            {k: s[k] for k in ("subject_id", "clip_id", "video_id", "kind", "identity_id", "via", "identity_size", "identity_videos")}
+            for s in own
+        ]
+        first = own[0]
+        return {"clip_id": clip_id, "clip_path": first["clip_path"], "n_frames": first["n_frames"],
+                "choices": json.dumps(choices), "identities": json.dumps(identity_rows)}  # fmt: skip
+
+    def process(self, item: Row) -> dict[str, list[Row]]:
+        """Each subject's first source that passes the anti-copy check; the sample's row and its subjects' identities."""
+        cfg = self.config
+        sample: list[np.ndarray] | None = None
+        picked, dropped = [], Counter()
+        for choice in json.loads(item["choices"]):
+            for candidate in choice["candidates"]:
+                candidate["copy_psnr"] = None  # same_clip: a frame of the sample by design, not checked
+                if candidate["policy"] != "same_clip":
+                    if sample is None:
+                        sample = [thumbnail(f.image) for f in clip_frames(self.run_dir, item["clip_path"], item["n_frames"], cfg.copy_frames)]
+                    source = self.source_frame(candidate)
+                    candidate["copy_psnr"] = max(psnr(source, frame) for frame in sample)
+                    if candidate["copy_psnr"] > cfg.copy_max_psnr:
+                        continue
+                picked.append(candidate)
+                break
+            else:
+                copies = any(c["copy_psnr"] is not None for c in choice["candidates"])
+                dropped["only_near_identical_sources" if copies else f"no_{choice['policy']}_source"] += 1
+        row = {
+            "clip_id": item["clip_id"],
+            "policy": cfg.policy,
+            "n_references": len(picked),
+            "references_json": json.dumps(picked),
+            "dropped_json": json.dumps(dict(dropped)),
+        }
+        return {"sample_refs": [row], "identities": json.loads(item["identities"])}
+
+    def source_frame(self, candidate: Row) -> np.ndarray:
+        """The thumbnail of the whole frame the reference was cut from (decoded from its clip file)."""
+        wanted = candidate["source_frame_index"]
+        for frame in iter_frames(self.run_dir / candidate["source_clip_path"], fmt="rgb24", end_frame=wanted + 1, keep=lambda i: i == wanted):
+            return thumbnail(frame.image)
+        raise ValueError(f"{candidate['source_clip_path']}: frame {wanted} does not decode")
