@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageOps
 from safetensors.torch import load as load_tensors
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from model.cinema import REFERENCE_BACKGROUND
-from model.train_config import DataConfig
+from model.train_config import DataConfig, ReferenceAugment
 from stages.video import iter_frames, open_video
 
 CACHE = "cache.safetensors"  # the member `make encode` adds to a sample
@@ -98,6 +98,26 @@ def on_white(png: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
+def augment(image: Image.Image, config: ReferenceAugment | None, rng: random.Random) -> Image.Image:
+    """Scale, crop, flip and mask one reference (already on white), drawn from the sample's random stream."""
+    if config is None:
+        return image
+    factor = rng.uniform(*config.scale)
+    image = image.resize((max(2, round(image.width * factor)), max(2, round(image.height * factor))), Image.BICUBIC)
+    w, h = image.size
+    left, top = round(rng.uniform(0, config.crop) * w), round(rng.uniform(0, config.crop) * h)
+    right, bottom = w - round(rng.uniform(0, config.crop) * w), h - round(rng.uniform(0, config.crop) * h)
+    image = image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+    if rng.random() < config.flip:
+        image = ImageOps.mirror(image)
+    if rng.random() < config.mask:
+        mw, mh = round(image.width * config.mask_size), round(image.height * config.mask_size)
+        if mw and mh:
+            x, y = rng.randrange(image.width - mw + 1), rng.randrange(image.height - mh + 1)
+            ImageDraw.Draw(image).rectangle((x, y, x + mw - 1, y + mh - 1), fill=(REFERENCE_BACKGROUND,) * 3)
+    return image
+
+
 def frame_picks(total: int, rate: float, frames: int, fps: float) -> list[int]:
     """Indices of `frames` frames 1/fps seconds apart, centred in a clip of `total` frames at `rate` fps.
 
@@ -156,12 +176,20 @@ def decode(raw: dict, config: DataConfig, decode_video: bool, seed: int, epoch: 
             references.append(on_white(raw[subject["ref"]]))
         except OSError as error:
             raise BadSample("broken_reference", str(error)) from error
-    sample = Sample(key, sample_seed(seed, key, epoch), caption, references, bucket=())
+    seed_of_sample = sample_seed(seed, key, epoch)
+    rng = random.Random(seed_of_sample)
+    order = list(range(len(references)))
+    if config.shuffle_references:
+        rng.shuffle(order)
+    references = [augment(references[i], config.reference_augment, rng) for i in order]
+    sample = Sample(key, seed_of_sample, caption, references, bucket=())
     if CACHE in raw:
         sample.cache = load_tensors(raw[CACHE])
         frames = (config.frames - 1) // 4 + 1
         if sample.cache["latents"].shape[0] != frames or len(sample.cache["reference_latents"]) != len(references):
             raise BadSample("cache_mismatch", f"{key} was encoded with another frames or max_references")
+        if order:  # cached reference latents were augmented once, at encode time; their order is drawn again
+            sample.cache["reference_latents"] = sample.cache["reference_latents"][order]
         sample.bucket = tuple(sample.cache["latents"].shape)
     elif decode_video:
         if "mp4" not in raw:

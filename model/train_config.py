@@ -21,6 +21,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ReferenceAugment(Strict):
+    """Per-reference augmentation drawn from each sample's seed, so a reference is never a frame's exact pixels
+    (with references taken from other shots: against learning to paste the reference into the video)."""
+
+    scale: tuple[float, float] = (0.8, 1.2)  # resize factor range
+    crop: float = 0.1  # up to this share of each side is cut away
+    flip: float = 0.5  # probability of a horizontal flip
+    mask: float = 0.25  # probability of blanking one rectangle to the reference background
+    mask_size: float = 0.3  # the rectangle's sides, as shares of the reference's
+
+
 class DataConfig(Strict):
     """What a training sample is: frames, size bucket, references; read from raw or cached shards."""
 
@@ -28,7 +39,9 @@ class DataConfig(Strict):
     frames: int = 45  # 4k+1: 12 latent frames, the paper's length
     fps: float = 8.0  # frames are taken 1/fps apart from the middle of the clip, the rate samples are written at
     buckets: list[tuple[int, int]] = [(480, 720)]  # (height, width); a clip goes to the nearest aspect
-    max_references: int = 4  # a sample keeps its first subjects, up to this many
+    max_references: int = 4  # a sample keeps its first subjects, up to this many (curation ranks them)
+    shuffle_references: bool = True  # order drawn per sample: position F+k must not encode the order of discovery
+    reference_augment: ReferenceAugment | None = ReferenceAugment()  # None: references as curated
     batch_size: int = 1  # per process
     workers: int = 2  # DataLoader worker processes per process (0: in the training process)
 
