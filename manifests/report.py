@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from manifests import store, views
 from manifests.filters import RULES, FilterConfig, predicate
-from manifests.store import TMP_PREFIX
+from manifests.files import write_bytes
 
 # later steps: (table that must exist, condition a kept clip meets, stage whose errors explain a miss, label)
 LATER_STEPS = [
@@ -61,7 +61,9 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
     (out / "plots").mkdir(parents=True, exist_ok=True)
     con = views.connect(run)
     groups = sample_groups(run, con, filters, config.per_group)
-    errors = {(e["stage"], e["key"]): e["message"] for e in store.read_table(run, "errors").to_pylist()}
+    shown = pa.table({"key": pa.array([row["clip_id"] for group in groups for row in group.rows], pa.string())})
+    con.register("_shown", shown)  # only the errors of the clips on the page, however many the run has
+    errors = {(stage, key): message for stage, key, message in con.execute("SELECT stage, key, message FROM errors JOIN _shown USING (key)").fetchall()}
     for group in groups:
         for row in group.rows:
             row["poster"] = poster(run, row, out / "posters", config.poster_width)
@@ -75,9 +77,7 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
     faces = face_identities(run, con)
     page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config, faces)
     path = out / "index.html"
-    tmp = out / f"{TMP_PREFIX}index.html"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes(run, path, page.encode("utf-8"))
     return path
 
 
@@ -152,9 +152,7 @@ def poster(run: Path, row: dict, folder: Path, width: int) -> str | None:
             image = rotate_upright(image, row["rotation"] or 0)
         height = max(1, round(image.shape[0] * width / image.shape[1]))
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR))
-        tmp = folder / f"{TMP_PREFIX}{path.name}"
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, path)
+        write_bytes(run, path, data.tobytes())
     return f"posters/{path.name}"
 
 
@@ -165,7 +163,7 @@ def histogram(con, column: str, label: str, thresholds: dict[str, float], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = np.array([v for (v,) in con.execute(f"SELECT {column} FROM candidates WHERE {column} IS NOT NULL").fetchall()], float)
+    values = con.execute(f"SELECT {column}::DOUBLE AS v FROM candidates WHERE {column} IS NOT NULL").fetchnumpy()["v"]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     off_scale = []
     if len(values):

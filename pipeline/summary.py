@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from manifests import store
+from manifests import store, views
+from manifests.report import duration_text, random_tables
 from pipeline.runner import StageReport
 
 SKIPPED = ("not_video",)  # error types that are not failures: files that were never videos
-
-
-def readable_duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.2f} h"
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s" if seconds >= 60 else f"{seconds:.1f} s"
 
 
 def error_counts(run: Path) -> dict[str, int]:
@@ -44,15 +39,6 @@ def error_counts(run: Path) -> dict[str, int]:
     return store.query(run, sql).to_pylist()[0]
 
 
-def random_weight_tables(run: Path) -> list[str]:
-    """The tables with rows made by random-initialised models (the tiny profile)."""
-    found = []
-    for table in ("aesthetic", "captions", "subjects"):
-        if store.has_rows(run, table) and store.query(run, f"SELECT bool_or(random_weights) AS r FROM {table}").column("r")[0].as_py():
-            found.append(table)
-    return found
-
-
 def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[str, int]:
     """The summary text and the number of inputs that failed (all stages, this run and before)."""
     totals = store.query(
@@ -65,7 +51,7 @@ def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[st
     ).to_pylist()[0]
     errors = error_counts(run)
     lines = [f"run: {run}"]
-    lines.append(f"  videos    {totals['videos']:>8}   ({readable_duration(totals['footage'])} of footage)")
+    lines.append(f"  videos    {totals['videos']:>8}   ({duration_text(totals['footage'])} of footage)")
     if errors["skipped"]:
         lines.append(f"  skipped   {errors['skipped']:>8}   files: not video files (see: python -m manifests show {run} errors --where \"error_type = 'not_video'\")")
     lines.append(f"  failed    {errors['failed']:>8}   (see: python -m manifests show {run} errors)")
@@ -78,9 +64,9 @@ def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[st
             lines.append(f"  {table:<9} {totals[table]:>8}")
     if totals["shards"]:
         lines.append(f"  shards    {totals['shards']:>8}   ({totals['samples']} samples)")
-    random = random_weight_tables(run)
+    random = random_tables(run, views.connect(run))
     if random:
-        lines.append(f"  RANDOM WEIGHTS: {', '.join(random)} come from random-initialised models (profile tiny); not real scores")
+        lines.append(f"  RANDOM WEIGHTS: {', '.join(random)} come from random-initialised models (profile tiny); not real scores; everything else has real weights")
     worked = [r for r in reports if r.inputs]
     for r in worked:
         rate = r.inputs / r.seconds if r.seconds else 0.0

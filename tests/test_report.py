@@ -34,8 +34,8 @@ def add_references(run: Path, clip: dict) -> list[dict]:
         sid = f"{clip['clip_id']}-{kind}"
         folder = run / "refs" / clip["clip_id"]
         folder.mkdir(parents=True, exist_ok=True)
-        write_png(folder / f"{sid}.crop.png", box_crop(image, box))
-        write_png(folder / f"{sid}.masked.png", masked_crop(image, mask, box))
+        write_png(run, folder / f"{sid}.crop.png", box_crop(image, box))
+        write_png(run, folder / f"{sid}.masked.png", masked_crop(image, mask, box))
         rows.append({
             "subject_id": sid, "clip_id": clip["clip_id"], "kind": kind, "label": label, "frame_index": 0, "box": list(box),
             "mask_rle": None, "score": 0.9, "area_fraction": float(mask.mean()), "crop_path": f"refs/{clip['clip_id']}/{sid}.crop.png",
