@@ -92,6 +92,7 @@ class Found:
     embedding: np.ndarray | None = None  # faces: identity embedding
     frontal: float | None = None  # faces: 1 facing the camera, 0 in profile
     quality: float = 0.0  # set by `rate`
+    aliases: list[str] = field(default_factory=list)  # labels of same-frame detections merged into this one
 
 
 @dataclass
@@ -103,8 +104,8 @@ class Track:
 
     def labels(self) -> list[str]:
         """Every label it was seen under, the captioner's own (not the defaults) first, best-scoring first."""
-        ordered = sorted(self.views, key=lambda f: (f.label in DEFAULT_LABELS, -f.score))
-        return list(dict.fromkeys(f.label for f in ordered))
+        named = [(label, f.score) for f in self.views for label in [f.label, *f.aliases]]
+        return list(dict.fromkeys(label for label, _ in sorted(named, key=lambda n: (n[0] in DEFAULT_LABELS, -n[1]))))
 
 
 def frontal(landmarks: np.ndarray) -> float:
@@ -146,11 +147,15 @@ def box_iou(a, b) -> float:
 
 
 def merge_duplicates(found: list[Found], iou: float) -> list[Found]:
-    """Within one frame: of masks of one kind overlapping above `iou`, keep the best-scoring one."""
+    """Within one frame: of masks of one kind overlapping above `iou`, whatever their labels, keep the
+    best-scoring one; it keeps the others' labels as aliases."""
     kept: list[Found] = []
     for f in sorted(found, key=lambda f: -f.score):
-        if all(k.kind != f.kind or mask_iou(k.mask, f.mask) <= iou for k in kept):
+        same = next((k for k in kept if k.kind == f.kind and mask_iou(k.mask, f.mask) > iou), None)
+        if same is None:
             kept.append(f)
+        elif f.label != same.label and f.label not in same.aliases:
+            same.aliases.append(f.label)
     return kept
 
 
