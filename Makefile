@@ -101,6 +101,7 @@ bench: setup tiny-models
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_train
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_real
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_scale
+	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_references
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench
 
 clean:

@@ -72,9 +72,9 @@ def blocked_pairs(vectors: np.ndarray, videos: list[str], radius: float, probes:
     pairs, representatives, members = [], [], []
     for index in by_video.values():
         index = np.array(index)
-        local = index[pairs_within(vectors[index], radius)] if len(index) > 1 else np.zeros((0, 2), np.int64)
-        pairs.append(local)
-        group = components(len(vectors), local)[index]
+        local = pairs_within(vectors[index], radius) if len(index) > 1 else np.zeros((0, 2), np.int64)
+        pairs.append(index[local])
+        group = components(len(index), local)
         for root in np.unique(group):
             inside = index[group == root]
             mean = vectors[inside].mean(0)
