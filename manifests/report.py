@@ -104,17 +104,18 @@ def title_of(status: str, filters: FilterConfig) -> str:
 
 def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list[Group]:
     """Kept clips, then each rejecting step in funnel order, each sampled by md5(clip_id)."""
-    data = con.sql(
+    # First the sample's ids and statuses over every clip (few columns), then whole rows for those only.
+    picked = con.sql(
         f"""
-        WITH s AS (SELECT *, {status_sql(run, filters)} AS status FROM candidates)
-        SELECT * FROM (
-          SELECT *, row_number() OVER (PARTITION BY status ORDER BY md5(clip_id)) AS pick,
+        SELECT clip_id, status, group_size FROM (
+          SELECT clip_id, status, row_number() OVER (PARTITION BY status ORDER BY md5(clip_id)) AS pick,
                  count(*) OVER (PARTITION BY status) AS group_size
-          FROM s)
+          FROM (SELECT clip_id, {status_sql(run, filters)} AS status FROM candidates))
         WHERE pick <= {int(per_group)}
-        ORDER BY status, clip_id
         """
-    ).to_arrow_table().to_pylist()
+    ).to_arrow_table()
+    con.register("_picked", picked)
+    data = con.sql("SELECT c.*, p.status, p.group_size FROM candidates c JOIN _picked p USING (clip_id) ORDER BY p.status, clip_id").to_arrow_table().to_pylist()
     order = ["kept", *RULES, *(table for table, *_ in LATER_STEPS)]
     groups = []
     for status in order:

@@ -92,9 +92,18 @@ def scan(run: Path, table: str, files: Sequence[Path] | None = None) -> str:
 
 
 def latest(run: Path, table: str, key: Sequence[str] | None = None, files: Sequence[Path] | None = None) -> str:
-    """SQL for one row per key, the last written, with the table's columns only."""
+    """SQL for one row per key, the last written, with the table's columns only.
+
+    A table compacted into one part holds one row per key already: it is read without the
+    deduplicating window (the part is named, so parts written later are not read unsorted).
+    """
     columns = ", ".join(f'"{c}"' for c in spec(table).schema.names)
     by = ", ".join(f'"{k}"' for k in (key or spec(table).key))
+    if files is None and spec(table).identity == spec(table).key:
+        found = parts(run, table)
+        if len(found) == 1 and "-z" in found[0].name:  # a compaction output
+            schema_parts = sorted(table_dir(run, table).glob(f"{SCHEMA_PREFIX}*.parquet"))
+            return f"SELECT {columns} FROM {scan(run, table, [*schema_parts, found[0]])}"
     return (
         f"SELECT {columns} FROM {scan(run, table, files)} "
         f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1"

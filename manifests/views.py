@@ -44,6 +44,9 @@ LEFT JOIN (
 """
 
 
+COSTLY = ("subjects",)  # candidates columns built by aggregating a large table: only asked for by name
+
+
 def connect(run: Path) -> duckdb.DuckDBPyConnection:
     """Every table and `candidates` as views over the parts: nothing is read until a query runs."""
     con = store.connect(run)

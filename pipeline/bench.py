@@ -150,7 +150,8 @@ def measure() -> str:
         for s in sorted(scenes, key=lambda s: (s["video_id"], s["start_frame"])):
             first_of_shot.setdefault((videos[s["video_id"]], s["shot_index"]), s["start_frame"])
         cut_lists = {name: sorted(f for (n, _), f in first_of_shot.items() if n == name and f) for name in videos.values()}
-        same_cuts = all(cut_lists[p.name] == c for p, c in zip(files, theirs))
+        differ = [f"{p.name}: CLI {c}, ours {cut_lists[p.name]}" for p, c in zip(files, theirs) if cut_lists[p.name] != c]
+        same_cuts = f"identical on {len(files) - len(differ)} of {len(files)} files" + (f" (differ: {'; '.join(differ)})" if differ else "")
         corpus = real_videos(Path(tmp) / "corpus")
         tiny = ["--profile", "tiny", "--set", "tiny_models=tiny-models", "--set", "filter.min_duration_s=0.5"]
         t_stream = curate(Path(tmp) / "corpus", Path(tmp) / "stream", *tiny)
@@ -178,8 +179,12 @@ def measure() -> str:
         "| end to end, start-up included | seconds | cuts |",
         "|---|---|---|",
         f"| `scenedetect -i FILE -b pyav detect-adaptive list-scenes`, each file in turn | {t_cli:.1f} | |",
-        f"| `pipeline curate --stages probe,scenes` on the folder (best of 2) | {t_ours:.1f} | identical to the CLI's: {same_cuts} |",
+        f"| `pipeline curate --stages probe,scenes` on the folder (best of 2) | {t_ours:.1f} | {same_cuts} |",
         f"| ratio ours / theirs (goal 0.6 or less) | **{t_ours / t_cli:.2f}** | |",
+        "",
+        "Our cuts reproduce PySceneDetect's golden files (its Python API, `tests/test_curation_scenes.py`). The command line "
+        "differs from its own API on two files: it numbers the frames of variable-frame-rate goldeneye at the average rate "
+        "(same cut times as ours), and it applies other defaults on counter.",
         "",
         f"Whole chain, tiny profile, {len(corpus)} real videos (the files above cut in pieces), `filter.min_duration_s=0.5`:",
         "",

@@ -37,7 +37,7 @@ from stages.probe import walk
 
 PREPARE_CPUS = 0.5
 QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits on decoding
-POLL_S = 1.0  # at least this long between two asks of a stage whose inputs are still being made
+POLL_S = 2.0  # at least this long between two asks of a stage whose inputs are still being made
 
 
 @dataclass
@@ -137,6 +137,10 @@ class ModelWorker:
         stage_cls, self.config, chain, run = job
         self.run_dir = Path(run)
         self.stage = build(stage_cls, self.config, chain, run)
+        if not self.stage.config.gpus:  # CPU models of a chain share the cores: one thread each
+            import torch
+
+            torch.set_num_threads(1)
         self.stage.setup()
 
     def process(self, prepared: tuple[list[Row], list[Row]], n: int) -> Result:
@@ -196,7 +200,9 @@ def pending_sql(stage_cls: type[Stage], config: RunConfig, chain: list[str], run
         )
     conditions.append(f'CAST(i."{key}" AS VARCHAR) NOT IN (SELECT key FROM _inflight)')
     order = f' ORDER BY i."{"clip_id" if stage_cls.reads == "candidates" else key}"' if stage_cls.barrier else ""
-    return f"SELECT i.* FROM {stage_cls.reads} i WHERE " + " AND ".join(f"({c})" for c in conditions) + order
+    skip = [c for c in views.COSTLY if c not in stage_cls.wants] if stage_cls.reads == "candidates" else []
+    columns = f"i.* EXCLUDE ({', '.join(skip)})" if skip else "i.*"
+    return f"SELECT {columns} FROM {stage_cls.reads} i WHERE " + " AND ".join(f"({c})" for c in conditions) + order
 
 
 class StageRun:
@@ -363,7 +369,8 @@ class StageRun:
         self.inflight[ref] = batch
 
     def warm_up(self) -> None:
-        """Start the model actors, so the model loads while the stages before this one still work.
+        """Start the model actors: with GPUs as soon as Ray runs, so the model loads while the stages
+        before this one still work; on CPUs at the stage's first input.
 
         On a CPU-only machine the actors reserve no CPU (a fraction would leave less than one
         whole CPU for the tasks) and the OS shares the cores; with GPUs each actor holds its GPU
@@ -371,11 +378,13 @@ class StageRun:
         """
         if self.actors or not self.cls.resources.uses_model or self.finished:
             return
+        gpus = getattr(self.config, self.cls.name).gpus
+        if not gpus and self.first_submit is None:  # on CPUs a model loading early takes cores from the work
+            return
         import ray
 
         if self.job is None:
             self.job = ray.put((self.cls, self.config, self.chain, str(self.run)))
-        gpus = getattr(self.config, self.cls.name).gpus
         options = {"num_cpus": 1.0 if gpus else 0, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
         self.actors = [ray.remote(ModelWorker).options(**options).remote(self.job) for _ in range(self.n_actors())]
         self.actor_load = {i: 0 for i in range(len(self.actors))}

@@ -63,6 +63,7 @@ class Stage:
     input_key: ClassVar[str]  # input column that identifies an item; output rows carry it too
     filters: ClassVar[tuple[str, ...]] = ()  # filter rules applied to the input, if their scores exist
     needs: ClassVar[str] = ""  # SQL condition on the input view: what an earlier stage must have made first
+    wants: ClassVar[tuple[str, ...]] = ()  # costly input columns it reads (views.COSTLY); the others get none
     fuses: ClassVar[tuple[str, ...]] = ()  # later stages whose work this one does in the same pass when both run
     barrier: ClassVar[bool] = False  # plans over all its inputs at once: starts when the stages before it end
     resources: ClassVar[Resources] = Resources()

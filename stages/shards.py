@@ -59,6 +59,7 @@ class Shards(Stage):
     filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw", "dedup", "references")
     needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND clip_id IN (SELECT clip_id FROM sample_refs WHERE n_references > 0)"
     barrier = True
+    wants = ("subjects",)
     Config = ShardsConfig
 
     def plan(self, items: Iterable[Row]) -> Iterator[Row]:
