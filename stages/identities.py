@@ -108,10 +108,7 @@ def cluster(subjects: list[Row], cfg: IdentitiesConfig) -> tuple[np.ndarray, lis
         else "alone"
         for i, s in enumerate(subjects)
     ]  # fmt: skip
-    alone = [i for i, v in enumerate(via) if v == "alone"]
-    label = components(n, np.concatenate(pairs))
-    label[alone] = np.array(alone, np.int64) if alone else label[alone]  # a human without a face links to nothing
-    return label, via
+    return components(n, np.concatenate(pairs)), via  # a human without a face links to nothing: alone
 
 
 def identity_ids(subjects: list[Row], label: np.ndarray) -> dict[int, str]:
