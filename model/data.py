@@ -76,11 +76,56 @@ def latent_seed(seed: int, key: str) -> int:
     return sample_seed(seed, key, -1)
 
 
-def shard_paths(shards: str) -> list[str]:
-    paths = sorted(str(p) for p in Path(shards).glob("*.tar"))
+MANIFESTED = ("shards", "encoded")  # a run folder's shard folders, each listed in the table of its name
+
+
+def shard_paths(shards: str) -> tuple[list[str], frozenset[str]]:
+    """The tars to train on, and the keys in them not to train on.
+
+    A run folder's `shards/` or `encoded/` is read through its manifest, never globbed: a tar a
+    killed run left unlisted is not trained on, nor is a clip that the run's current filters (a
+    stricter threshold set after the shards were written) remove; a shard left with no clip is
+    dropped. A plain folder of tars (no `manifests/` beside it) is taken whole.
+    """
+    folder = Path(shards)
+    run = folder.parent
+    if (run / "manifests").is_dir():
+        if folder.name not in MANIFESTED:
+            raise ValueError(f"{shards} is in the run folder {run}: train on its {' or '.join(MANIFESTED)}/, which its manifests list")
+        paths, removed = manifest_shards(run, folder.name)
+    else:
+        paths, removed = sorted(str(p) for p in folder.glob("*.tar")), frozenset()
     if not paths:
         raise FileNotFoundError(f"no .tar shards in {shards}")
-    return paths
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shards listed in {run}/manifests are missing, e.g. {missing[0]}")
+    return paths, removed
+
+
+def manifest_shards(run: Path, table: str) -> tuple[list[str], frozenset[str]]:
+    """Listed shards of `table` with a clip the run's filters still pass, and the clips they no longer pass."""
+    from manifests import store, views
+    from pipeline.config import load_config
+    from stages.shards import Shards
+
+    filters = load_config(run / "config.yaml").filter if (run / "config.yaml").is_file() else None
+    passing = views.where(run, Shards.filters, filters)
+    listed = {
+        "shards": "SELECT shard, path, clip_ids FROM shards",
+        "encoded": "SELECT e.shard, e.path, s.clip_ids FROM encoded e JOIN shards s USING (shard)",
+    }[table]
+    sql = f"""
+        WITH listed AS ({listed}),
+             removed AS (SELECT clip_id FROM candidates WHERE shard IS NOT NULL AND NOT ({passing})),
+             clips AS (SELECT path, unnest(clip_ids) AS clip_id FROM listed)
+        SELECT path, list(clip_id) FILTER (WHERE clip_id IN (SELECT clip_id FROM removed)) AS removed,
+               count(*) AS n_clips
+        FROM clips GROUP BY path ORDER BY path
+    """
+    rows = [{**row, "removed": row["removed"] or []} for row in views.query(run, sql).to_pylist()]
+    paths = [str(run / row["path"]) for row in rows if len(row["removed"]) < row["n_clips"]]
+    return paths, frozenset(key for row in rows for key in row["removed"])
 
 
 def nearest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
@@ -216,7 +261,7 @@ class ShardStream(IterableDataset):
 
     def __init__(self, config: DataConfig, seed: int, rank: int = 0, world: int = 1, decode_video: bool = True):
         self.config, self.seed, self.rank, self.world, self.decode_video = config, seed, rank, world, decode_video
-        self.shards = shard_paths(config.shards)
+        self.shards, self.removed = shard_paths(config.shards)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -230,7 +275,8 @@ class ShardStream(IterableDataset):
             whole_shards = len(shards) >= slots
             mine = shards[slot::slots] if whole_shards else shards
             used = 0
-            for index, raw in enumerate(self.samples(mine, skipped)):
+            kept = (raw for raw in self.samples(mine, skipped) if raw["__key__"] not in self.removed)
+            for index, raw in enumerate(kept):
                 if not whole_shards and index % slots != slot:
                     continue
                 try:

@@ -34,6 +34,9 @@ def curated_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_encode_caches_features_and_cached_training_matches_raw(cinema_models, curated_run, tmp_path):
     raw_config = tiny_train_config(cinema_models, curated_run / "shards", tmp_path / "raw", max_steps=6, checkpoint_every=6)
+    # The cache holds the MLLM states of one reference order and augmentation (drawn at encode time);
+    # raw shards draw them again each epoch. With both off the two paths must see the same numbers.
+    raw_config.data = raw_config.data.model_copy(update={"shuffle_references": False, "reference_augment": None})
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(raw_config.model_dump(mode="json")))
 
