@@ -37,6 +37,8 @@ from stages.probe import walk
 
 PREPARE_CPUS = 0.5
 QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits on decoding
+COMPACT_PARTS = 256  # a table with more parts than this is compacted while the run goes on
+COMPACT_EVERY_S = 60.0
 POLL_S = 2.0  # at least this long between two asks of a stage whose inputs are still being made
 
 
@@ -180,10 +182,6 @@ class Batch:
     items: list[Row]
     attempt: int = 1  # how often these items have been sent to a worker
     actor: int | None = None  # the model actor it was sent to
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "''")
 
 
 def pending_sql(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path, retry_errors: bool) -> str:
@@ -445,8 +443,13 @@ class StageRun:
             return
         self.report.seconds = time.perf_counter() - self.first_submit
         self.bar.close()
-        for table in {self.cls.writes, *self.cls.fuses}:
-            store.compact(self.run, table)
+
+    def forget_reader(self) -> None:
+        """Drop the open stream (its rows are pending still, and come back on the next ask)."""
+        if self.reader is not None:
+            self.reader = None
+            self.final_poll = False
+            self.next_poll = 0.0
 
     def done_count(self) -> int:
         key = self.cls.input_key
@@ -462,7 +465,11 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
     stages: list[StageRun] = []
     for position, cls in enumerate(classes):
         stages.append(StageRun(cls, config, chain, run, list(stages), retry_errors, position, started))
+    compacted_at = time.monotonic()
     while not all(s.finished for s in stages):
+        if time.monotonic() - compacted_at > COMPACT_EVERY_S:
+            compact_many(run, stages)
+            compacted_at = time.monotonic()
         for stage in reversed(stages):  # later stages first: Ray runs queued tasks in order
             stage.top_up()
         if any(s.first_submit for s in stages):  # Ray runs: load the models of the stages still to come
@@ -480,11 +487,33 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
             waiting = [s.next_poll for s in stages if not s.finished and s.reader is None and s.may_ask()]
             time.sleep(max(0.0, min(waiting, default=time.monotonic() + 0.05) - time.monotonic()))
         for stage in stages:
-            stage.check_finished()
-    store.compact(run, "errors")
+            if not stage.finished:
+                stage.check_finished()
+                if stage.finished and stage.first_submit is not None:  # its table is complete: one part
+                    compact(run, stages, [stage.cls.writes, *stage.cls.fuses])
+    compact(run, stages, ["errors"])
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     store.write_part(run, "stage_runs", [_stage_row(stamp, s.report) for s in stages if s.report.inputs])
     return [s.report for s in stages]
+
+
+def compact(run: Path, stages: list[StageRun], tables: list[str]) -> None:
+    """Compact tables while the run goes on: open streams are dropped first, since a compaction
+    deletes parts a stream may not have read yet. Not while a barrier stage plans: its stream is
+    its plan, and dropping it midway would plan the same inputs twice (it compacts when it ends)."""
+    if any(s.cls.barrier and s.reader is not None for s in stages):
+        return
+    for stage in stages:
+        stage.forget_reader()
+    for table in tables:
+        store.compact(run, table)
+
+
+def compact_many(run: Path, stages: list[StageRun]) -> None:
+    """The tables whose parts piled up (a long stage writes one per batch), so asks stay fast."""
+    crowded = [t for t in {s.cls.writes for s in stages} | {"errors"} if len(store.parts(run, t)) > COMPACT_PARTS]
+    if crowded:
+        compact(run, stages, crowded)
 
 
 def _stage_row(stamp: str, r: StageReport) -> Row:
