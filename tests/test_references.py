@@ -254,3 +254,28 @@ def test_shards_read_back_and_the_tiny_trainer_trains_on_them(shots_run, cinema_
     config = tiny_train_config(cinema_models, run / "shards", tmp_path / "train", max_steps=2, checkpoint_every=2)
     Trainer(config).fit()
     assert (tmp_path / "train" / "checkpoints" / "step-0000002").is_dir()
+
+
+def test_quality_prefers_sharp_frontal_views_and_every_kind_gets_a_place():
+    from stages.identities import choose
+    from stages.subjects import frontal, rate
+
+    faces = FaceModel.load()
+    image = carphone(keep={60}.__contains__)[0]
+    (face,) = faces.detect(image)
+    h, w = image.shape[:2]
+    view = found("face", "face", 0, margin_box(face.box, h, w, 0.4), (h, w), face.score)
+    view.frontal = frontal(face.landmarks)
+    blurred = cv2.GaussianBlur(image, (0, 0), 3)
+    profile = face.landmarks.copy()
+    profile[4] = profile[0:2].mean(0)  # the nose in line with one eye: a face in profile
+    assert view.frontal > 0.7 and frontal(profile) < 0.1
+    assert rate(view, image, 100.0) > rate(view, blurred, 100.0)
+
+    # four views of people and one dog: the dog keeps a place among the first two references
+    own = [{"identity_id": f"p{i}", "kind": "human", "quality": 0.9 - 0.01 * i, "subject_id": f"h{i}"} for i in range(4)]
+    own += [{"identity_id": "p0", "kind": "human", "quality": 0.95, "subject_id": "h-again"},
+            {"identity_id": "dog", "kind": "object", "quality": 0.3, "subject_id": "dog"}]  # fmt: skip
+    chosen = choose(own, 2)
+    assert [s["subject_id"] for s in chosen] == ["h-again", "dog"]
+    assert len({s["identity_id"] for s in choose(own, 6)}) == 5  # one per identity and kind
