@@ -98,9 +98,11 @@ def report(sizes: list[int], exact_n: int) -> str:
     biggest = sizes[-1]
     lines += [
         "",
-        f"Baseline, same run: exact all-pairs search of {exact_n:,} vectors {exact_s:.1f} s, IVF {ivf_s:.1f} s "
-        f"({exact_s / ivf_s:.1f}x), IVF finds {recall:.4f} of the exact pairs. Exact search grows as n^2: at {biggest:,} it would take "
-        f"about {exact_s * (biggest / exact_n) ** 2 / 3600:.1f} h here.",
+        (
+            f"Baseline, same run: exact all-pairs search of {exact_n:,} vectors {exact_s:.1f} s, IVF {ivf_s:.1f} s "
+            f"({exact_s / ivf_s:.1f}x), IVF finds {recall:.4f} of the exact pairs. Exact search grows as n^2: at {biggest:,} "
+            f"it would take about {exact_s * (biggest / exact_n) ** 2 / 3600:.1f} h here."
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -91,7 +91,7 @@ class Shards(Stage):
                 break
             ids = pa.table({"clip_id": pa.array([s["clip_id"] for s in chunk], pa.string())})
 
-            def execute() -> pa.Table:
+            def execute(ids: pa.Table = ids) -> pa.Table:
                 con = store.connect(self.run_dir)
                 con.register("_ids", ids)
                 return con.sql("SELECT clip_id, references_json FROM sample_refs JOIN _ids USING (clip_id)").to_arrow_table()

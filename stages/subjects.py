@@ -24,24 +24,31 @@ an error row naming the counts.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import math
 
 import cv2
 import numpy as np
 
 from manifests.files import write_bytes
 from stages.aesthetic import model_name
-from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
+from stages.base import (
+    BadInput,
+    BadModelOutput,
+    ModelStageConfig,
+    Resources,
+    Row,
+    Stage,
+    error_row,
+)
 from stages.caption import DEFAULT_SUBJECTS
 
 DEFAULT_LABELS = {s["label"] for s in DEFAULT_SUBJECTS}
 from model.clip import on_grey
-from stages.crops import box_crop, mask_iou, masked_crop, pixel_box, rle_encode
 from model.faces import SAME_PERSON_DISTANCE, distance, margin_box
+from stages.crops import box_crop, mask_iou, masked_crop, pixel_box, rle_encode
 from stages.video import clip_frames
 
 SUBJECT_NAMESPACE = uuid.UUID("9c4f3c1e-5a63-4a51-9d55-3f3b2a0c7e21")

@@ -27,7 +27,13 @@ from model.train_config import DataConfig, ReferenceAugment
 from pipeline.config import load_config
 from stages.identities import Identities, psnr, thumbnail
 from stages.neighbours import components, pairs_within, radius_pairs
-from stages.subjects import Found, Track, link_tracks, merge_duplicates, merge_humans_by_face
+from stages.subjects import (
+    Found,
+    Track,
+    link_tracks,
+    merge_duplicates,
+    merge_humans_by_face,
+)
 from stages.video import encode_mp4, iter_frames
 
 FPS = Fraction(30000, 1001)
@@ -141,7 +147,7 @@ def test_copy_measure_separates_a_reencode_from_another_moment(tmp_path):
 
 
 def body(face_box, height: int, width: int) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = face_box
+    x0, y0, x1, _ = face_box
     w = x1 - x0
     return max(0.0, x0 - w), max(0.0, y0 - 0.3 * w), min(float(width), x1 + w), float(height)
 
