@@ -23,10 +23,9 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 from tqdm import tqdm
 
@@ -298,6 +297,8 @@ class StageRun:
         """Whether a new ask can find inputs the last one did not: the stages before it made more since."""
         if self.final_poll or time.monotonic() < self.next_poll:
             return False
+        if self.cls.barrier:  # it plans over all its inputs: only once every stage before it ended
+            return self.upstream_done()
         return self.upstream_done() or self.upstream_results() > self.upstream_seen
 
     def pull(self, n: int) -> list[Row]:
