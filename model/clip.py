@@ -93,8 +93,3 @@ class ImageEmbedder:
             features = features / features.norm(dim=-1, keepdim=True)
         return features.cpu().numpy().astype(np.float32)
 
-
-def on_grey(rgba: np.ndarray) -> np.ndarray:
-    """An RGBA cut-out on flat grey: the subject alone, whatever its background was."""
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    return (rgba[..., :3] * alpha + 127 * (1 - alpha)).astype(np.uint8)

@@ -46,9 +46,8 @@ from stages.base import (
 from stages.caption import DEFAULT_SUBJECTS
 
 DEFAULT_LABELS = {s["label"] for s in DEFAULT_SUBJECTS}
-from model.clip import on_grey
 from model.faces import SAME_PERSON_DISTANCE, distance, margin_box
-from stages.crops import box_crop, mask_iou, masked_crop, pixel_box, rle_encode
+from stages.crops import box_crop, mask_iou, masked_crop, on_grey, pixel_box, rle_encode
 from stages.video import clip_frames
 
 SUBJECT_NAMESPACE = uuid.UUID("9c4f3c1e-5a63-4a51-9d55-3f3b2a0c7e21")
