@@ -69,9 +69,8 @@ def shots_run(tiny_models, tmp_path_factory) -> Path:  # noqa: F811
     result = pipeline_cli("curate", src, "--out", run, "--stages", "probe,scenes,motion,aesthetic,clips", *args)
     assert result.code == 0, result.out + result.err
     fixed_captions(run)
-    for stages in ["subjects", "dedup", "identities", "shards"]:  # TODO(lead): one command once barrier stages wait for the stages before them
-        result = pipeline_cli("curate", src, "--out", run, "--stages", stages, *args)
-        assert result.code == 0, result.out + result.err
+    result = pipeline_cli("curate", src, "--out", run, "--stages", "subjects,dedup,identities,shards", *args)
+    assert result.code == 0, result.out + result.err
     return run
 
 
