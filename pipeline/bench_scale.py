@@ -134,13 +134,14 @@ def measure(n_windows: int, folder: Path) -> dict:
     synthesize(run, src, n_windows)
     made = time.perf_counter() - started
     py = sys.executable
+    # The report first: a finished run has one, so the no-op rerun does not write it.
     steps = {
+        "report": [py, "-m", "manifests", "report", str(run)],
         "pending inputs of `subjects`": [py, "-c", PENDING, str(run)],
         "no-op rerun (`curate`, probe..clips)": [py, "-m", "pipeline", "curate", str(src), "--out", str(run), "--stages", "probe,scenes,motion,clips"],
         "`summary`": [py, "-m", "manifests", "summary", str(run)],
         "`funnel`": [py, "-m", "manifests", "funnel", str(run)],
         "filtered `sql` over `candidates`": [py, "-m", "manifests", "sql", str(run), "SELECT count(*), avg(motion_score) FROM candidates WHERE aesthetic_score > 5 AND caption IS NOT NULL"],
-        "report": [py, "-m", "manifests", "report", str(run)],
     }  # fmt: skip
     result = {"windows": n_windows, "parts": sum(len(store.parts(run, t)) for t in store.TABLES), "made_s": made,
               "bytes": sum(p.stat().st_size for p in (run / "manifests").rglob("*.parquet"))}  # fmt: skip
