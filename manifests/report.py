@@ -75,7 +75,7 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
         "aesthetic": histogram(con, "aesthetic_score", "aesthetic score (LAION scale)", {"min_aesthetic": filters.min_aesthetic}, out / "plots" / "aesthetic.png"),
     }
     faces = face_identities(run, con)
-    page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config, faces)
+    page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config, faces, stage_times(con))
     path = out / "index.html"
     write_bytes(run, path, page.encode("utf-8"))
     return path
@@ -304,8 +304,37 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 IMAGE_CHECK = "addEventListener('error',e=>{if(e.target.tagName==='IMG')console.error('image did not load: '+e.target.src)},true);"
 
 
+def stage_times(con) -> list[dict]:
+    """Each stage's latest run (`stage_runs`): inputs, seconds, first result, and how busy its model actors were."""
+    return con.cursor().sql(
+        "SELECT stage, inputs, seconds, first_result_s, actors, utilisation FROM stage_runs "
+        "QUALIFY row_number() OVER (PARTITION BY stage ORDER BY run_started DESC) = 1 ORDER BY first_result_s NULLS LAST"
+    ).to_arrow_table().to_pylist()
+
+
+def busy_text(stage: dict) -> str:
+    return "" if stage["utilisation"] is None else f"{stage['utilisation']:.0%} of {stage['actors']} actor(s)"
+
+
+def stages_section(stages: list[dict]) -> str:
+    if not stages:
+        return ""
+    rows = "".join(
+        f"<tr><td>{text(s['stage'])}</td><td class='n'>{s['inputs']}</td><td class='n'>{s['seconds']:.1f}</td>"
+        f"<td class='n'>{s['first_result_s'] or 0:.1f}</td><td class='n'>{busy_text(s)}</td></tr>"
+        for s in stages
+    )
+    return (
+        "<h2>Stages</h2><p class='muted'>The latest run of each stage; stages run at once, a window going on as soon as it is "
+        "written. Model busy: the model actors' processing time over their wall time from the first input.</p>"
+        "<table id='stages'><tr><th>stage</th><th>inputs</th><th>seconds</th><th>first result at (s)</th><th>model busy</th></tr>"
+        + rows + "</table>"
+    )
+
+
 def render(
-    run: Path, numbers: dict, funnel: list, randomized: list[str], plots: dict, groups: list[Group], config: ReportConfig, faces: list[list[dict]] = ()
+    run: Path, numbers: dict, funnel: list, randomized: list[str], plots: dict, groups: list[Group], config: ReportConfig,
+    faces: list[list[dict]] = (), stages: list[dict] = (),
 ) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -318,6 +347,7 @@ def render(
             "models (profile tiny); those scores, captions and crops are meaningless. Everything else comes from real weights.</div>"
         )
     parts.append("<h2>Totals</h2><table>" + "".join(f"<tr><th>{k}</th><td class='n'>{v}</td></tr>" for k, v in numbers.items()) + "</table>")
+    parts.append(stages_section(list(stages)))
     parts.append("<h2>Funnel</h2><table id='funnel'><tr><th>step</th><th>clips left</th><th>removed</th></tr>")
     parts += [f"<tr><td>{text(step)}</td><td class='n'>{left}</td><td class='n'>{cut or ''}</td></tr>" for step, left, cut in funnel]
     parts.append("</table><h2>Scores</h2><div class='plots'>")

@@ -167,6 +167,8 @@ def test_report_opens_in_headless_chromium(report_run):
 
 def test_report_cli_and_curate_write_the_report(curated, tmp_path, monkeypatch):
     assert "report" in curated.result.out and (curated.run / "report" / "index.html").is_file()
+    page = (curated.run / "report" / "index.html").read_text()
+    assert "<table id='stages'>" in page and "<td>scenes</td>" in page  # each stage's time and first result
     result = manifests_cli("report", tmp_path / "nothing")
     assert result.code == 2 and "not a run folder" in result.err
 
