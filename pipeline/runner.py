@@ -249,7 +249,7 @@ class StageRun:
             return self._sources()
         self.sql = self.sql or pending_sql(self.cls, self.config, self.chain, self.run, self.retry_errors)
         sql = self.sql
-        inflight = pa.table({"key": pa.array([str(i[self.cls.input_key]) for b in self._batches() for i in b.items], pa.string())})
+        inflight = self._inflight_keys()
 
         def execute() -> pa.RecordBatchReader:
             con = views.connect(self.run)
@@ -274,14 +274,16 @@ class StageRun:
         """Files under SRC not yet probed: videos go to the stage, the rest become rows of `errors` here."""
         probe = self.config.probe
         for chunk in walk(Path(self.config.src), probe.extensions, 8192):
-            table = pa.Table.from_pylist(chunk)
+            table, inflight = pa.Table.from_pylist(chunk), self._inflight_keys()
 
             def execute() -> pa.Table:
                 con = views.connect(self.run)
                 con.register("_walked", table)
+                con.register("_inflight", inflight)
                 return con.sql(
                     f"SELECT w.* FROM _walked w WHERE NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'videos')} v WHERE v.path = w.path) "
-                    f"AND NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'errors')} e WHERE e.stage = 'probe' AND e.key = w.path)"
+                    f"AND NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'errors')} e WHERE e.stage = 'probe' AND e.key = w.path) "
+                    "AND w.path NOT IN (SELECT key FROM _inflight)"
                 ).to_arrow_table()
 
             new = store.guarded(self.run, execute).to_pylist()
@@ -318,9 +320,10 @@ class StageRun:
                 break
         return items
 
-    def _batches(self) -> Iterator[Batch]:
-        yield from self.inflight.values()
-        yield from self.retry
+    def _inflight_keys(self) -> pa.Table:
+        """Inputs sent to workers and not back yet (a bounded number): no ask may return them again."""
+        batches = [*self.inflight.values(), *self.retry]
+        return pa.table({"key": pa.array([str(i[self.cls.input_key]) for b in batches for i in b.items], pa.string())})
 
     # -- work
     def top_up(self) -> None:
