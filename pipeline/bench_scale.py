@@ -150,11 +150,32 @@ def measure(n_windows: int, folder: Path) -> dict:
     return result
 
 
+def short_videos(folder: Path, count: int, frames: int = 24) -> list[Path]:
+    """`count` distinct real files of `frames` frames each, cut from the shipped footage at spread
+    offsets (overlapping, but each starts elsewhere, so each is its own content)."""
+    from fractions import Fraction
+
+    from pipeline.bench import FOLDER_VIDEOS, video_row
+    from stages.video import encode_mp4, iter_frames
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [video_row(ROOT / v) for v in FOLDER_VIDEOS]
+    total = sum(r["n_frames"] for r in rows)
+    made = []
+    for source, row in zip(FOLDER_VIDEOS, rows):
+        share = max(1, round(count * row["n_frames"] / total))
+        starts = sorted({round(i * (row["n_frames"] - frames) / max(1, share - 1)) for i in range(share)})
+        for start in starts:
+            out = folder / f"{Path(source).stem}-{start:05d}.mp4"
+            picked = (f.image for f in iter_frames(ROOT / source, fmt="rgb24", keep=lambda i, s=start: s <= i < s + frames))
+            encode_mp4(out, picked, Fraction(row["fps"]).limit_denominator(1001))
+            made.append(out)
+    return made
+
+
 def real_run(n_files: int, folder: Path) -> dict:
     """The real pipeline (probe..clips) on n short real files cut from the shipped footage."""
-    from pipeline.bench import FOLDER_VIDEOS, real_videos
-
-    corpus = real_videos(folder / "src", pieces=-(-n_files // len(FOLDER_VIDEOS)))
+    corpus = short_videos(folder / "src", n_files)
     run = folder / "run"
     command = [sys.executable, "-m", "pipeline", "curate", str(folder / "src"), "--out", str(run), "--profile", "tiny",
                "--stages", "probe,scenes,motion,clips", "--set", "filter.min_duration_s=0.2"]  # fmt: skip
