@@ -167,7 +167,7 @@ def short_videos(folder: Path, count: int, frames: int = 24) -> list[Path]:
         starts = sorted({round(i * (row["n_frames"] - frames) / max(1, share - 1)) for i in range(share)})
         for start in starts:
             out = folder / f"{Path(source).stem}-{start:05d}.mp4"
-            picked = (f.image for f in iter_frames(ROOT / source, fmt="rgb24", keep=lambda i, s=start: s <= i < s + frames))
+            picked = (f.image for f in iter_frames(ROOT / source, fmt="rgb24", end_frame=start + frames, keep=lambda i, s=start: i >= s))
             encode_mp4(out, picked, Fraction(row["fps"]).limit_denominator(1001))
             made.append(out)
     return made
