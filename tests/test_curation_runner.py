@@ -152,3 +152,22 @@ def test_kill_during_compaction_loses_and_duplicates_nothing(tmp_path):
         assert len(store.parts(run, "errors")) == 1 and store.read_raw(run, "errors").num_rows == expected.num_rows
         assert store.read_table(run, "errors") == expected
     assert killed >= 2, "the kills must land during compaction"
+
+
+def test_files_that_are_not_videos_are_counted_listed_and_can_be_let_in(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "bikes.mp4", src / "bikes.mp4")
+    (src / "notes.txt").write_text("shot list")
+    shutil.copy(REAL / "grace_hopper.jpg", src / "poster.jpg")
+    run = tmp_path / "run"
+    result = pipeline_cli("curate", src, "--out", run, "--stages", "probe")
+    assert result.code == 0, result.out + result.err  # skipped files are not failures
+    (line,) = [line for line in result.out.splitlines() if line.split()[:1] == ["skipped"]]
+    assert line.split()[1] == "2" and "not video files" in line
+    skipped = store.read_table(run, "errors", where="error_type = 'not_video'").column("key").to_pylist()
+    assert sorted(Path(k).name for k in skipped) == ["notes.txt", "poster.jpg"]
+    wider = pipeline_cli("curate", src, "--out", tmp_path / "wider", "--stages", "probe", "--extensions", "mp4,txt")
+    assert wider.code == 3  # the text file is now an input, and not a readable video
+    (error,) = store.read_table(tmp_path / "wider", "errors", where="error_type = 'bad_input'").to_pylist()
+    assert error["key"].endswith("notes.txt") and "not a readable video" in error["message"]
