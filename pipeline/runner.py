@@ -355,7 +355,7 @@ class StageRun:
         import ray
 
         if self.first_submit is None:
-            self.job = self.job or ray.put((self.cls, self.config, self.chain, str(self.run)))
+            self.job = ray.put((self.cls, self.config, self.chain, str(self.run)))
             self.first_submit = time.perf_counter()
             self.bar = tqdm(desc=f"{self.cls.name:>9}", unit="in", position=self.position, dynamic_ncols=True, leave=True)
         if not self.cls.resources.uses_model:
@@ -385,10 +385,9 @@ class StageRun:
             return
         import ray
 
-        if self.job is None:
-            self.job = ray.put((self.cls, self.config, self.chain, str(self.run)))
         options = {"num_cpus": 1.0 if gpus else 0, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
-        self.actors = [ray.remote(ModelWorker).options(**options).remote(self.job) for _ in range(self.n_actors())]
+        job = (self.cls, self.config, self.chain, str(self.run))  # by value: a restarted actor must find it
+        self.actors = [ray.remote(ModelWorker).options(**options).remote(job) for _ in range(self.n_actors())]
         self.actor_load = {i: 0 for i in range(len(self.actors))}
 
     def on_result(self, ref) -> None:
