@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from model.plan import build_parts, estimate, shard, step_inputs, step_of, train_steps
+from model.plan import adamw, attention, build_parts, estimate, shard, step_inputs, step_of, train_steps
 from train_fixtures import cinema_models, tiny_train_config  # noqa: F401
 
 
@@ -30,8 +30,9 @@ def measured_peak(step) -> int:
         shard(parts, step.bf16, init_device_mesh("cpu", (1,)))
         inputs = step_inputs(step, torch.device("cpu"), torch.Generator().manual_seed(0))
         before = live_bytes(parts, inputs)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
-            train_steps(parts, inputs)
+        optimizer = adamw(parts)
+        with attention(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+            train_steps(parts, optimizer, inputs)
         events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in profile.events() if e.self_cpu_memory_usage)
         running, highest = 0, 0
         for _, change in events:
