@@ -39,6 +39,7 @@ def step_stats(run: Path) -> tuple[float, float]:
 
 
 def main() -> None:
+    from model.plan import bench_section
     from model.tiny import ensure
     from model.toy_world import encode_shard, run_toy_world, table, wins
     from model.train import Trainer
@@ -99,7 +100,7 @@ def main() -> None:
     ]
     out = ROOT / "bench" / "train.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines))
+    out.write_text("\n".join(lines) + "\n" + bench_section(ROOT / "configs" / "train_full.yaml"))
     print(out.read_text())
 
 

@@ -9,7 +9,6 @@ when complete, so a killed run never leaves a checkpoint that looks finished; ol
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -59,21 +58,35 @@ def save_parts(folder: Path, model: CinemaModel, parts: list[str]) -> None:
         model.aligner.save_pretrained(folder / "aligner")
         config.aligner = PartRef(ref=HERE, subfolder="aligner")
     if "transformer" in parts:
-        merged(model.transformer).save_pretrained(folder / "transformer")
+        save_transformer(model.transformer, folder / "transformer")
         config.transformer = PartRef(ref=HERE, subfolder="transformer")
     model.scheduler.save_config(folder / "scheduler")
     config.scheduler = PartRef(ref=HERE, subfolder="scheduler")
     (folder / "model.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 
 
-def merged(transformer):
-    """The transformer with its LoRA folded into the base weights (a copy), or itself without LoRA."""
+def save_transformer(transformer, folder: Path) -> None:
+    """A `from_pretrained` folder; LoRA adapters folded into their base weights tensor by tensor on
+    the CPU, in the base's dtype: no copy of the model, no fp32 cast of the frozen base on the GPU."""
     if not getattr(transformer, "_hf_peft_config_loaded", False):
-        return transformer
-    plain = copy.deepcopy(transformer)
-    plain.fuse_lora()
-    plain.unload_lora()
-    return plain
+        transformer.save_pretrained(folder)
+        return
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import save_file
+
+    state = {
+        key.replace(".base_layer.", "."): tensor.detach().cpu().clone()
+        for key, tensor in transformer.state_dict().items()
+        if ".lora_" not in key
+    }
+    for name, module in transformer.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            weight = state[f"{name}.weight"]
+            delta = sum(module.get_delta_weight(adapter).detach().float().cpu() for adapter in module.active_adapters)
+            state[f"{name}.weight"] = (weight.float() + delta).to(weight.dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    transformer.save_config(folder)
+    save_file(state, folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
 
 
 def model_config(folder: Path) -> CinemaConfig:

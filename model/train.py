@@ -207,17 +207,21 @@ class Trainer:
         self.model.to(self.accelerator.device)
 
     def prepare_trainable(self) -> None:
-        """Freeze everything, then unfreeze (in fp32) what the phase trains; LoRA replaces the full DiT."""
+        """Freeze everything, then unfreeze (in fp32) what the phase trains; LoRA replaces the full DiT
+        and leaves its frozen base in the weights' dtype (only the adapters are fp32)."""
         self.model.requires_grad_(False)
         for name in self.phase.trained:
-            part = getattr(self.model, name).to(torch.float32)
+            part = getattr(self.model, name)
             if name == "transformer" and self.config.lora is not None:
                 from peft import LoraConfig
 
                 lora = self.config.lora
                 part.add_adapter(LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules))
+                for p in part.parameters():
+                    if p.requires_grad:
+                        p.data = p.data.float()
             else:
-                part.requires_grad_(True)
+                part.to(torch.float32).requires_grad_(True)
         if self.config.gradient_checkpointing:
             self.model.transformer.enable_gradient_checkpointing()
         self.params = [p for p in self.model.parameters() if p.requires_grad]

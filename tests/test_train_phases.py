@@ -51,6 +51,15 @@ def test_lora_trains_adapters_and_saves_a_merged_transformer(cinema_models, shar
     base = CinemaModel.from_config(config.model).transformer
     differs = [n for (n, a), (_, b) in zip(saved.named_parameters(), base.named_parameters()) if not torch.equal(a, b)]
     assert differs and all(any(t in n for t in lora.target_modules) for n in differs)
+    # The folded weights compute what the trained base + adapters compute.
+    generator = torch.Generator().manual_seed(0)
+    shape = saved.config
+    video = torch.randn(1, 3, shape.in_channels, 4, 6, generator=generator)
+    text = torch.randn(1, shape.max_text_seq_length, shape.text_embed_dim, generator=generator)
+    trainer.model.transformer.eval()
+    with torch.no_grad():
+        expected = trainer.model.transformer(video, text, torch.tensor([500])).sample
+        assert saved(video, text, torch.tensor([500])).sample == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.fixture
