@@ -71,7 +71,7 @@ def download_weights(config: RunConfig) -> None:
     refs = {**model_refs(config, list(STAGES)), **EvalConfig().weights()}
     refs.update({name: (part.ref, None) for name, part in parts.items()})
     folders = {name: [f"{part.subfolder}/*" if part.subfolder else "*"] for name, part in parts.items()}
-    files = {"aesthetic.clip": CLIP_FILES, "eval.clip": CLIP_FILES, "encode.t5": T5_FILES, **folders}
+    files = {"aesthetic.clip": CLIP_FILES, "subjects.clip": CLIP_FILES, "eval.clip": CLIP_FILES, "encode.t5": T5_FILES, **folders}
     for name, (ref, filename) in refs.items():
         if Path(ref).expanduser().exists():
             print(f"{name}: {ref} (local)")

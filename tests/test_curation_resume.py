@@ -62,6 +62,8 @@ def test_kill_and_rerun_gives_the_tables_of_an_uninterrupted_run(curated, tmp_pa
     _assert_complete_and_clean(run)
     _assert_complete_and_clean(curated.run)
     for table, spec in TABLES.items():
+        if table == "stage_runs":  # a log of the commands that ran, not curated data
+            continue
         resumed, uninterrupted = _rows(run, table), _rows(curated.run, table)
         assert [tuple(r[k] for k in spec.key) for r in resumed] == [tuple(r[k] for k in spec.key) for r in uninterrupted], table
         if table == "clips":  # x264 output is not byte-reproducible from run to run; the frames are

@@ -132,26 +132,38 @@ def _many_parts(run: Path, n_parts: int, rows: int) -> None:
         ])  # fmt: skip
 
 
+def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 60) -> bool:
+    """SIGKILL the process as soon as `ready()` holds; whether it was still running then."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL) if alive else None
+    proc.wait()
+    return alive
+
+
 @pytest.mark.slow
 def test_kill_during_compaction_loses_and_duplicates_nothing(tmp_path):
     expected_run = tmp_path / "expected"
     _many_parts(expected_run, 60, 2000)
     expected = store.read_table(expected_run, "errors")
-    killed = 0
-    for delay in (0.3, 0.8, 1.5, 2.5):
-        run = tmp_path / f"run-{delay}"
+    moments = {  # while the merged part is being written; right after it replaced its inputs' place
+        "writing": lambda run: any((run / files.TMP).glob("*.parquet")),
+        "renamed": lambda run: any("-z" in p.name for p in store.parts(run, "errors")),
+    }
+    killed = []
+    for name, ready in moments.items():
+        run = tmp_path / name
         shutil.copytree(expected_run, run)
         proc = subprocess.Popen([sys.executable, "-m", "manifests", "compact", str(run)], cwd=ROOT, env=subprocess_env())
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait()
-        assert store.read_table(run, "errors") == expected  # before any rerun: every row, once
+        if _kill_when(proc, lambda: ready(run)):
+            killed.append(name)
+        assert store.read_table(run, "errors") == expected, name  # before any rerun: every row, once
         assert manifests_cli("compact", run).code == 0
         assert len(store.parts(run, "errors")) == 1 and store.read_raw(run, "errors").num_rows == expected.num_rows
-        assert store.read_table(run, "errors") == expected
-    assert killed >= 2, "the kills must land during compaction"
+        assert store.read_table(run, "errors") == expected, name
+    assert "writing" in killed, "the kill must land while the merged part is written"
 
 
 def test_files_that_are_not_videos_are_counted_listed_and_can_be_let_in(tmp_path):
