@@ -29,7 +29,6 @@ from manifests.files import atomic_path, write_bytes
 from manifests.schemas import TABLES, spec
 
 T = TypeVar("T")
-TMP_PREFIX = ".tmp-"  # TODO(lead): last writers move to manifests.files.atomic_path
 SCHEMA_PREFIX = "part-00000000000000000000-schema-"
 QUARANTINE = "quarantine"
 
