@@ -1,8 +1,8 @@
 """shards: WebDataset tar shards of finished samples (clip, caption, reference images, metadata).
 
 The work item is a planned shard, not a clip: `plan` takes the samples not yet in any listed
-shard, sorts them by clip_id and cuts them into runs under `max_shard_bytes`. A shard is named
-by a digest of its clip ids, written as `.tmp-` then renamed, and listed in the `shards` table
+shard, in clip_id order, and cuts them into runs under `max_shard_bytes` as they stream by. A
+shard is named by a digest of its clip ids, written atomically, and listed in the `shards` table
 with its clip ids. Resume: the candidates view marks each clip's shard, so a rerun plans only
 the clips outside finished shards, and a shard killed before it was listed is planned again
 under the same name (same clips, same digest) and replaces the orphan file; no sample is
