@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.base import BadInput, ModelStageConfig, Resources, Row, Stage, error_row
-from stages.video import iter_frames, rotate_upright, spread
+from stages.base import ModelStageConfig, Resources, Row, Stage, error_row
+from stages.video import window_frames
 
 
 class AestheticConfig(ModelStageConfig):
@@ -61,21 +61,7 @@ class Aesthetic(Stage):
         width, height = item["width"], item["height"]
         scale = size / min(width, height)
         scaled = (max(size, round(width * scale)), max(size, round(height * scale)))
-        picks = spread(item["start_frame"], item["end_frame"], self.config.n_frames)
-        frames = [
-            center_square(rotate_upright(f.image, item["rotation"]))
-            for f in iter_frames(
-                item["video_path"],
-                start_frame=item["start_frame"],
-                start_pts=item["start_pts"],
-                end_frame=item["end_frame"],
-                fmt="rgb24",
-                size=scaled,
-                keep=set(picks).__contains__,
-            )
-        ]
-        if not frames:
-            raise BadInput(f"{item['video_path']}: frames {item['start_frame']}..{item['end_frame']} do not decode")
+        frames = [center_square(f) for f in window_frames(item, self.config.n_frames, scaled)]
         return {"clip_id": item["clip_id"], "frames": np.stack(frames)}
 
     def process_batch(self, items: list[Row]) -> tuple[list[Row], list[Row]]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.base import BadInput, ModelStageConfig, Resources, Row, Stage
-from stages.video import iter_frames, rotate_upright, spread
+from stages.base import ModelStageConfig, Resources, Row, Stage
+from stages.video import window_frames
 
 
 class ScreenConfig(ModelStageConfig):
@@ -46,21 +46,7 @@ class Screen(Stage):
         self.nsfw = NsfwScorer.load()
 
     def prepare(self, item: Row) -> Row:
-        picks = set(spread(item["start_frame"], item["end_frame"], self.config.n_frames))
-        frames = [
-            rotate_upright(f.image, item["rotation"] or 0)
-            for f in iter_frames(
-                item["video_path"],
-                start_frame=item["start_frame"],
-                start_pts=item["start_pts"],
-                end_frame=item["end_frame"],
-                fmt="rgb24",
-                size=scaled_size(item["width"], item["height"], self.config.max_side),
-                keep=picks.__contains__,
-            )
-        ]
-        if not frames:
-            raise BadInput(f"{item['video_path']}: frames {item['start_frame']}..{item['end_frame']} do not decode")
+        frames = window_frames(item, self.config.n_frames, scaled_size(item["width"], item["height"], self.config.max_side))
         return {"clip_id": item["clip_id"], "frames": np.stack(frames)}
 
     def process(self, item: Row) -> list[Row]:

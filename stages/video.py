@@ -105,6 +105,22 @@ def spread(start: int, end: int, n: int) -> list[int]:
     return sorted({start + int((i + 0.5) * (end - start) / count) for i in range(count)})
 
 
+def window_frames(item: dict, count: int, size: tuple[int, int] | None) -> list[np.ndarray]:
+    """`count` upright rgb24 frames spread over a clip window of its source (a `candidates` row),
+    scaled in the decoder to `size` (width, height, as stored); what the window's model stages see."""
+    picks = set(spread(item["start_frame"], item["end_frame"], count))
+    frames = [
+        rotate_upright(f.image, item["rotation"] or 0)
+        for f in iter_frames(
+            item["video_path"], start_frame=item["start_frame"], start_pts=item["start_pts"], end_frame=item["end_frame"],
+            fmt="rgb24", size=size, keep=picks.__contains__,
+        )  # fmt: skip
+    ]
+    if not frames:
+        raise BadInput(f"{item['video_path']}: frames {item['start_frame']}..{item['end_frame']} do not decode")
+    return frames
+
+
 def clip_frames(run_dir: Path, clip_path: str, n_frames: int, count: int) -> list[Frame]:
     """`count` rgb24 frames spread over a clip file of `n_frames` frames, the view of the clip's model stages.
 
