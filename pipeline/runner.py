@@ -138,10 +138,13 @@ class ModelWorker:
         stage_cls, self.config, chain, run = job
         self.run_dir = Path(run)
         self.stage = build(stage_cls, self.config, chain, run)
-        if not self.stage.config.gpus:  # CPU models of a chain share the cores: one thread each
+        if not self.stage.config.gpus:  # the CPU models of a chain share the cores
             import torch
 
-            torch.set_num_threads(1)
+            from pipeline.registry import STAGES
+
+            models = sum(1 for name in chain if STAGES[name].resources.uses_model)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, models)))
         self.stage.setup()
 
     def process(self, prepared: tuple[list[Row], list[Row]], n: int) -> Result:
@@ -158,7 +161,6 @@ class ModelWorker:
 
 def start_ray(workers: int | None) -> None:
     """Embedded local Ray by default; the cluster at RAY_ADDRESS when it is set."""
-    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_logging.yaml")))
     import ray
 
     if ray.is_initialized():
