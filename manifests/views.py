@@ -1,8 +1,9 @@
-"""One DuckDB connection with every table registered as a view, plus the joined views.
+"""The joined view `candidates`, the filter rules as SQL over it, and the funnel.
 
 `candidates` is one row per clip window with everything known about it so far: the video it
-comes from, its scores, its clip file, caption, subjects (as JSON) and shard when they exist. Stages read from it; users
-query it with `python -m manifests sql`.
+comes from, its scores, its clip file, caption, subjects (as JSON) and shard when they exist.
+Stages read from it; users query it with `python -m manifests sql`. Like every table it is a
+view over the Parquet parts: a query reads the columns it names and nothing else.
 """
 
 from __future__ import annotations
