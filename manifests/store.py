@@ -148,9 +148,17 @@ def quarantine(run: Path, part: Path, reason: str) -> Path:
     return target
 
 
-def query(run: Path, sql: str, params: Sequence | None = None) -> pa.Table:
-    """One query over the run's tables (views named like the tables)."""
-    return guarded(run, lambda: connect(run).sql(sql, params=params).to_arrow_table())
+def query(run: Path, sql: str, params: Sequence | None = None, tables: dict[str, pa.Table] | None = None) -> pa.Table:
+    """One query over the run's tables (views named like the tables), beside small in-memory
+    `tables` (keys in flight, a batch of pending ids) that it may join with."""
+
+    def execute() -> pa.Table:
+        con = connect(run)
+        for name, table in (tables or {}).items():
+            con.register(name, table)
+        return con.sql(sql, params=params).to_arrow_table()
+
+    return guarded(run, execute)
 
 
 def read_table(run: Path, table: str, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:

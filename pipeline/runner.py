@@ -276,19 +276,13 @@ class StageRun:
         """Files under SRC not yet probed: videos go to the stage, the rest become rows of `errors` here."""
         probe = self.config.probe
         for chunk in walk(Path(self.config.src), probe.extensions, 8192):
-            table, inflight = pa.Table.from_pylist(chunk), self._inflight_keys()
-
-            def execute() -> pa.Table:
-                con = views.connect(self.run)
-                con.register("_walked", table)
-                con.register("_inflight", inflight)
-                return con.sql(
-                    f"SELECT w.* FROM _walked w WHERE NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'videos')} v WHERE v.path = w.path) "
-                    f"AND NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'errors')} e WHERE e.stage = 'probe' AND e.key = w.path) "
-                    "AND w.path NOT IN (SELECT key FROM _inflight)"
-                ).to_arrow_table()
-
-            new = store.guarded(self.run, execute).to_pylist()
+            new = store.query(
+                self.run,
+                f"SELECT w.* FROM _walked w WHERE NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'videos')} v WHERE v.path = w.path) "
+                f"AND NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'errors')} e WHERE e.stage = 'probe' AND e.key = w.path) "
+                "AND w.path NOT IN (SELECT key FROM _inflight)",
+                tables={"_walked": pa.Table.from_pylist(chunk), "_inflight": self._inflight_keys()},
+            ).to_pylist()
             problems = [{"stage": "probe", "key": r["path"], "error_type": r["kind"], "message": r["message"], "attempts": 1}
                         for r in new if r["kind"] != "video"]  # fmt: skip
             store.write_part(self.run, "errors", problems)

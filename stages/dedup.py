@@ -47,17 +47,14 @@ class Dedup(Stage):
         if not pending.num_rows:
             return
 
-        def execute() -> pa.Table:
-            con = store.connect(self.run_dir)
-            con.register("_pending", pending)
-            return con.sql(
-                "SELECT a.clip_id, w.video_id, a.score, a.embedding, a.model, p.clip_id IS NOT NULL AS pending "
-                "FROM aesthetic a JOIN scenes w USING (clip_id) LEFT JOIN _pending p USING (clip_id) "
-                "WHERE p.clip_id IS NOT NULL OR a.clip_id IN (SELECT clip_id FROM dedup WHERE duplicate_of IS NULL) "
-                "ORDER BY a.clip_id"
-            ).to_arrow_table()
-
-        table = store.guarded(self.run_dir, execute)
+        table = store.query(
+            self.run_dir,
+            "SELECT a.clip_id, w.video_id, a.score, a.embedding, a.model, p.clip_id IS NOT NULL AS pending "
+            "FROM aesthetic a JOIN scenes w USING (clip_id) LEFT JOIN _pending p USING (clip_id) "
+            "WHERE p.clip_id IS NOT NULL OR a.clip_id IN (SELECT clip_id FROM dedup WHERE duplicate_of IS NULL) "
+            "ORDER BY a.clip_id",
+            tables={"_pending": pending},
+        )
         ids = table.column("clip_id").to_pylist()
         vectors = np.array(table.column("embedding").to_pylist(), np.float32)
         scores = np.nan_to_num(np.array(table.column("score").to_pylist(), np.float64), nan=-np.inf)

@@ -208,19 +208,16 @@ class Identities(Stage):
         if not pending.num_rows:
             return
 
-        def execute() -> pa.Table:
-            con = store.connect(self.run_dir)
-            con.register("_pending", pending)
-            return con.sql(
-                "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
-                "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
-                "c.path AS clip_path, c.n_frames, i.identity_id AS known_identity, p.clip_id IS NOT NULL AS pending "
-                "FROM subjects s JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id) "
-                "LEFT JOIN _pending p USING (clip_id) LEFT JOIN identities i USING (subject_id) "
-                "WHERE p.clip_id IS NOT NULL OR s.clip_id IN (SELECT clip_id FROM sample_refs) ORDER BY s.clip_id, s.subject_id"
-            ).to_arrow_table()
-
-        subjects = store.guarded(self.run_dir, execute).to_pylist()
+        subjects = store.query(
+            self.run_dir,
+            "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
+            "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
+            "c.path AS clip_path, c.n_frames, i.identity_id AS known_identity, p.clip_id IS NOT NULL AS pending "
+            "FROM subjects s JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id) "
+            "LEFT JOIN _pending p USING (clip_id) LEFT JOIN identities i USING (subject_id) "
+            "WHERE p.clip_id IS NOT NULL OR s.clip_id IN (SELECT clip_id FROM sample_refs) ORDER BY s.clip_id, s.subject_id",
+            tables={"_pending": pending},
+        ).to_pylist()
         label, via = cluster(subjects, self.config)
         ids = identity_ids(subjects, label)
         size = Counter(label.tolist())
