@@ -14,10 +14,10 @@ takes about 5 s per 1280x544 frame on these CPUs, HOG about 60 ms. The embedding
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.util import find_spec
-from pathlib import Path
 
 import numpy as np
+
+from model.hub import packaged_file
 
 SAME_PERSON_DISTANCE = 0.6  # dlib's threshold for its 128-D embedding (Euclidean)
 DETECTOR_NAME = "dlib HOG frontal face detector (dlib-bin 20.0.1)"
@@ -34,19 +34,9 @@ class Face:
     landmarks: np.ndarray  # (5, 2) x, y: eye corners and the bottom of the nose
 
 
-def packaged_models() -> Path:
-    """The `models/` folder of face-recognition-models, found without importing it (it needs pkg_resources)."""
-    spec = find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("face models: the package face-recognition-models is not installed (make setup)")
-    return Path(next(iter(spec.submodule_search_locations))) / "models"
-
-
-def model_file(folder: Path, name: str) -> str:
-    path = folder / name
-    if not path.is_file():
-        raise FileNotFoundError(f"face model {name} not found in {folder}")
-    return str(path)
+def model_file(name: str) -> str:
+    """One of face-recognition-models' files (the package itself needs pkg_resources to import)."""
+    return str(packaged_file("face_recognition_models", f"models/{name}"))
 
 
 def upsampling(short_side: int, detect_short_side: int) -> int:
@@ -77,11 +67,10 @@ class FaceModel:
         """dlib's detector and landmarks; the embedder is dlib's (`"dlib"`) or an ArcFace hub id / folder."""
         import dlib
 
-        folder = packaged_models()
         detector = dlib.get_frontal_face_detector()
-        landmarks = dlib.shape_predictor(model_file(folder, LANDMARKS_FILE))
+        landmarks = dlib.shape_predictor(model_file(LANDMARKS_FILE))
         if embedder == DLIB_EMBEDDER:
-            net, name = dlib.face_recognition_model_v1(model_file(folder, EMBEDDER_FILE)), DLIB_EMBEDDER_NAME
+            net, name = dlib.face_recognition_model_v1(model_file(EMBEDDER_FILE)), DLIB_EMBEDDER_NAME
         else:
             from model.face import FaceEmbedder
 

@@ -100,3 +100,17 @@ def download_transformers(ref: str) -> Path:
     if not any(folder.glob("*.safetensors")):
         folder = download(ref, PICKLED_WEIGHTS, top_level_only=True)
     return folder
+
+
+def packaged_file(package: str, relative: str) -> Path:
+    """A weights file shipped inside an installed package, found without importing the package
+    (some need pkg_resources, or change process-wide settings when imported)."""
+    from importlib.util import find_spec
+
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {package} is not installed (make setup); it holds {relative}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{relative} not found in the package {package} at {path}")
+    return path

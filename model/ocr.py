@@ -7,24 +7,13 @@ not by what it says. The model file and its pre- and post-processing are the pac
 
 from __future__ import annotations
 
-from importlib.util import find_spec
-from pathlib import Path
-
 import cv2
 import numpy as np
 
+from model.hub import packaged_file
+
 DETECTOR_FILE = "ch_PP-OCRv4_det_infer.onnx"
 MODEL_NAME = "PP-OCRv4 text detection (rapidocr-onnxruntime 1.4.4)"
-
-
-def packaged_detector() -> Path:
-    spec = find_spec("rapidocr_onnxruntime")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("text detector: the package rapidocr-onnxruntime is not installed (make setup)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / DETECTOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"text detector {DETECTOR_FILE} not found at {path}")
-    return path
 
 
 class TextArea:
@@ -39,7 +28,7 @@ class TextArea:
         from rapidocr_onnxruntime.ch_ppocr_det import TextDetector
 
         config = {
-            "model_path": str(packaged_detector()),
+            "model_path": str(packaged_file("rapidocr_onnxruntime", f"models/{DETECTOR_FILE}")),
             "use_cuda": False,
             "intra_op_num_threads": threads,
             "inter_op_num_threads": 1,

