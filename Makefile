@@ -23,12 +23,12 @@ setup: .venv/.installed
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	# rapidocr-onnxruntime asks for GUI opencv-python, which would clobber the headless cv2; its other needs are in pyproject.toml
 	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
-	$(PY) -m model.torchvision_cpu
+	$(PY) -m model.curation.torchvision_cpu
 	touch $@
 
 # Random-initialised tiny models of the real classes, for the offline demo (profile tiny).
 tiny-models: setup
-	HF_HUB_OFFLINE=1 $(PY) -m model.tiny $(TINY_MODELS) clip aesthetic_head qwen2_5_vl grounding_dino sam
+	HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) clip aesthetic_head qwen2_5_vl grounding_dino sam
 
 # The full profile's checkpoints, into the Hugging Face cache (needs internet).
 weights: setup
@@ -65,15 +65,15 @@ CKPT    ?= $(lastword $(sort $(wildcard $(shell $(PY) -c "import yaml;print(yaml
 SAMPLE_ARGS ?=
 sample: setup
 	@test -n "$(REFS)" -a -n "$(PROMPT)" -a -n "$(CKPT)" || { echo 'usage: make sample REFS=a.png,b.png PROMPT="..." [CKPT=RUN/checkpoints/step-N] [SAMPLE_ARGS="--frames 45 --steps 50"]'; exit 2; }
-	HF_HUB_OFFLINE=1 $(PY) -m model.sample --checkpoint "$(CKPT)" --refs "$(REFS)" --prompt "$(PROMPT)" $(SAMPLE_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m model.cinema.sample --checkpoint "$(CKPT)" --refs "$(REFS)" --prompt "$(PROMPT)" $(SAMPLE_ARGS)
 
 # On a CUDA machine: real-size step time, MFU and peak memory of CogVideoX-2B and 5B (random
-# weights) beside model.plan's estimate, in under 10 minutes; fails at once without CUDA.
+# weights) beside model.train.plan's estimate, in under 10 minutes; fails at once without CUDA.
 gpu-check: setup
-	HF_HUB_OFFLINE=1 $(PY) -m model.gpu_check
+	HF_HUB_OFFLINE=1 $(PY) -m model.train.gpu_check
 
 cinema-tiny-models: setup
-	HF_HUB_OFFLINE=1 $(PY) -m model.tiny $(TINY_MODELS) qwen2_5_vl cogvideox_2b
+	HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) qwen2_5_vl cogvideox_2b
 
 # Metrics of generated videos (CLIP-T, CLIP-I, DINO-I, face similarity, temporal consistency, motion):
 # make eval SAMPLES=samples.jsonl [EVAL_OUT=DIR] [PROFILE=tiny]; one JSON line per video:
@@ -81,8 +81,8 @@ cinema-tiny-models: setup
 EVAL_OUT ?=
 eval: setup
 	@test -n "$(SAMPLES)" || { echo 'usage: make eval SAMPLES=samples.jsonl [EVAL_OUT=DIR] [PROFILE=full|tiny]'; exit 2; }
-	$(if $(filter tiny,$(PROFILE)),HF_HUB_OFFLINE=1 $(PY) -m model.tiny $(TINY_MODELS) clip_eval dino grounding_dino arcface >/dev/null)
-	HF_HUB_OFFLINE=1 $(PY) -m model.evaluate "$(SAMPLES)" $(if $(EVAL_OUT),--out "$(EVAL_OUT)") $(if $(filter tiny,$(PROFILE)),--tiny-models $(TINY_MODELS))
+	$(if $(filter tiny,$(PROFILE)),HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) clip_eval dino grounding_dino arcface >/dev/null)
+	HF_HUB_OFFLINE=1 $(PY) -m model.cinema.evaluate "$(SAMPLES)" $(if $(EVAL_OUT),--out "$(EVAL_OUT)") $(if $(filter tiny,$(PROFILE)),--tiny-models $(TINY_MODELS))
 
 # The browser the report tests open pages in (Debian's chromium; needs root, as CI is).
 test-deps:
@@ -96,10 +96,10 @@ test-fast: setup
 
 # Each benchmark writes its section to bench/*.md; the last step joins them into BENCHMARKS.md.
 bench: setup tiny-models
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench
+	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench.model
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_learned
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_train
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench_real
+	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench.train
+	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench.real
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_scale
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_references
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench

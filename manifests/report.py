@@ -25,8 +25,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from manifests import store, views
-from manifests.filters import RULES, FilterConfig, predicate
 from manifests.files import write_bytes
+from manifests.filters import RULES, FilterConfig, predicate
 
 # later steps: (table that must exist, condition a kept clip meets, stage whose errors explain a miss, label)
 LATER_STEPS = [
@@ -232,8 +232,8 @@ def random_tables(run: Path, con) -> list[str]:
 
 def face_identities(run: Path, con, max_faces: int = 400) -> list[list[dict]]:
     """Face subjects grouped by identity: greedy, each face joins the first group whose first face is
-    closer than the same-person distance of the face model (model.faces.SAME_PERSON_DISTANCE)."""
-    from model.faces import SAME_PERSON_DISTANCE
+    closer than the same-person distance of the face model (model.curation.faces.SAME_PERSON_DISTANCE)."""
+    from model.curation.faces import SAME_PERSON_DISTANCE
 
     if not store.parts(run, "subjects"):
         return []

@@ -118,7 +118,7 @@ TABLES: dict[str, TableSpec] = {
             F("subjects_json", pa.string()),  # [{"kind": "human|face|object", "label": ...}]
             F("subjects_source", pa.string()),  # "model", or "default" when its answer did not parse
             F("model", pa.string()),
-            F("prompt_version", pa.string()),  # model/prompts/<version>.txt
+            F("prompt_version", pa.string()),  # model/curation/prompts/<version>.txt
             F("random_weights", pa.bool_()),
         ),
         _spec(
@@ -137,7 +137,7 @@ TABLES: dict[str, TableSpec] = {
             F("masked_path", pa.string()),  # RGBA crop with transparent background
             F("model", pa.string()),
             F("random_weights", pa.bool_()),
-            F("embedding", pa.list_(pa.float32())),  # faces: identity embedding (model.faces; Euclidean distance)
+            F("embedding", pa.list_(pa.float32())),  # faces: identity embedding (model.curation.faces; Euclidean distance)
             F("embedding_model", pa.string()),
             F("human_id", pa.string()),  # faces: subject_id of the human region holding this face, if any
             F("labels", pa.list_(pa.string())),  # every label it was detected under, the kept `label` first

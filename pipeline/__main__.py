@@ -59,10 +59,10 @@ def download_weights(config: RunConfig) -> None:
     """Fill the Hugging Face cache with the files each hub model's loader reads (listed in the README):
     the stages' models, the training config's (`encode` names it), and `make eval`'s. Local folders
     are left alone."""
-    from model.clip import FILES as CLIP_FILES
-    from model.evaluate import EvalConfig
+    from model.cinema.evaluate import EvalConfig
+    from model.curation.clip import FILES as CLIP_FILES
     from model.hub import download, download_transformers
-    from model.text_encoder import FILES as T5_FILES
+    from model.train.text_encoder import FILES as T5_FILES
 
     model = config.encode.training().model
     parts = {"encode.vae": model.vae, "train.transformer": model.transformer, "train.scheduler": model.scheduler}

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from manifests import views
-from model.tiny import ensure
+from model.testing.tiny import ensure
 from pipeline.__main__ import main as pipeline_main
 from pipeline.config import load_config
 from pipeline.registry import STAGES

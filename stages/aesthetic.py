@@ -48,7 +48,7 @@ class Aesthetic(Stage):
     Config = AestheticConfig
 
     def setup(self) -> None:
-        from model.aesthetic import AestheticScorer
+        from model.curation.aesthetic import AestheticScorer
 
         cfg = self.config
         self.scorer = AestheticScorer.from_pretrained(cfg.clip, cfg.head, cfg.head_file).to(cfg.device)

@@ -1,7 +1,7 @@
 """caption: a Qwen2-VL-family model captions each clip and lists its subjects as JSON.
 
 Both questions go to the model in one batched, greedy generation. The prompts live in a
-versioned file (`model/prompts/<version>.txt`), recorded per row. A subject list that does not
+versioned file (`model/curation/prompts/<version>.txt`), recorded per row. A subject list that does not
 parse is recorded as a `bad_model_output` error row AND the clip goes on with the default
 subjects (person, face): the captions row is written too, so the error is a warning (the summary
 counts it apart from failures). An empty caption stops the clip: an error row only.
@@ -20,7 +20,7 @@ from stages.aesthetic import model_name
 from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
 from stages.video import clip_frames
 
-PROMPTS = Path(__file__).resolve().parent.parent / "model" / "prompts"
+PROMPTS = Path(__file__).resolve().parent.parent / "model" / "curation" / "prompts"
 KINDS = ("human", "face", "object")
 DEFAULT_SUBJECTS = [{"kind": "human", "label": "person"}, {"kind": "face", "label": "face"}]
 
@@ -79,7 +79,7 @@ class Caption(Stage):
     Config = CaptionConfig
 
     def setup(self) -> None:
-        from model.captioner import Captioner
+        from model.curation.captioner import Captioner
 
         cfg = self.config
         self.prompts = load_prompts(cfg.prompt_version)

@@ -34,7 +34,7 @@ class EncodeConfig(ModelStageConfig):
         return str(Path(path).resolve())
 
     def training(self):
-        from model.train_config import load_train_config
+        from model.train.config import load_train_config
 
         return load_train_config(Path(self.train_config))
 
@@ -66,9 +66,9 @@ class Encode(Stage):
     def setup(self) -> None:
         import torch
 
-        from model.mllm import MLLMEncoder
-        from model.text_encoder import T5TargetEncoder
-        from model.vae import VideoVAE
+        from model.cinema.mllm import MLLMEncoder
+        from model.cinema.vae import VideoVAE
+        from model.train.text_encoder import T5TargetEncoder
 
         self.training = config = self.config.training()
         model, device = config.model, self.config.device
@@ -103,8 +103,8 @@ class Encode(Stage):
         from safetensors.torch import save
         from webdataset.tariterators import tarfile_samples
 
-        from model.data import CACHE, BadSample, decode, latent_seed
-        from model.features import sample_features
+        from model.train.data import CACHE, BadSample, decode, latent_seed
+        from model.train.features import sample_features
 
         if not shard.is_file():
             raise BadInput(f"{shard} is missing (deleted after the shards stage ran?)")

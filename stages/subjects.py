@@ -2,7 +2,7 @@
 
 On a few key frames, GroundingDINO looks for every human and object the caption stage listed plus
 person; SAM turns each box into a mask. Faces come from a real face model in every profile
-(`model.faces`: dlib's detector and 128-D identity embedding, weights shipped in PyPI packages):
+(`model.curation.faces`: dlib's detector and 128-D identity embedding, weights shipped in PyPI packages):
 each face is a crop with `face_margin` around the detected box, carries its identity embedding,
 is linked across key frames by that embedding (one subject per identity per clip, its best view
 kept) and to the human region it lies in (`human_id`). Detections below the score or area threshold and
@@ -34,19 +34,11 @@ import numpy as np
 
 from manifests.files import write_bytes
 from stages.aesthetic import model_name
-from stages.base import (
-    BadInput,
-    BadModelOutput,
-    ModelStageConfig,
-    Resources,
-    Row,
-    Stage,
-    error_row,
-)
+from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
 from stages.caption import DEFAULT_SUBJECTS
 
 DEFAULT_LABELS = {s["label"] for s in DEFAULT_SUBJECTS}
-from model.faces import SAME_PERSON_DISTANCE, distance, margin_box
+from model.curation.faces import SAME_PERSON_DISTANCE, distance, margin_box
 from stages.crops import box_crop, mask_iou, masked_crop, on_grey, pixel_box, rle_encode
 from stages.video import clip_frames
 
@@ -275,10 +267,10 @@ class Subjects(Stage):
     Config = SubjectsConfig
 
     def setup(self) -> None:
-        from model.clip import ImageEmbedder
-        from model.faces import FaceModel
-        from model.grounding import Detector
-        from model.segmenter import Segmenter
+        from model.curation.clip import ImageEmbedder
+        from model.curation.faces import FaceModel
+        from model.curation.grounding import Detector
+        from model.curation.segmenter import Segmenter
 
         cfg = self.config
         self.detector = Detector.from_pretrained(cfg.detector)

@@ -11,8 +11,8 @@ LEARNED_MODELS = ["clip", "aesthetic_head", "qwen2_5_vl", "grounding_dino", "sam
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    """Folders written by `model.tiny` (the builders `make demo` uses), loaded back by the stages."""
-    from model.tiny import ensure
+    """Folders written by `model.testing.tiny` (the builders `make demo` uses), loaded back by the stages."""
+    from model.testing.tiny import ensure
 
     return ensure(tmp_path_factory.mktemp("tiny-models"), LEARNED_MODELS)
 

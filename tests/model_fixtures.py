@@ -14,8 +14,8 @@ CINEMA_MODELS = ["qwen2_vl", "qwen2_5_vl", "cogvideox_2b", "cogvideox_5b"]
 
 @pytest.fixture(scope="session")
 def cinema_tiny(tmp_path_factory) -> Path:
-    """Folders written by `model.tiny`; one fixed folder, so every module that imports this shares it."""
-    from model.tiny import ensure
+    """Folders written by `model.testing.tiny`; one fixed folder, so every module that imports this shares it."""
+    from model.testing.tiny import ensure
 
     return ensure(tmp_path_factory.getbasetemp() / "cinema-tiny", CINEMA_MODELS)
 

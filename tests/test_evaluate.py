@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import REAL, run_cli
 
-from model.evaluate import (
+from model.cinema.evaluate import (
     METRICS,
     Evaluator,
     Reference,
@@ -42,7 +42,7 @@ def rgb(name: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def evaluator(tmp_path_factory) -> Evaluator:
-    from model.tiny import ensure
+    from model.testing.tiny import ensure
 
     models = ensure(tmp_path_factory.mktemp("eval-models"), EVAL_MODELS)
     return Evaluator(tiny_config(models))

@@ -65,7 +65,7 @@ def test_duplicates_merge_within_a_kind_only():
 
 
 def test_tiny_aesthetic_head_is_the_published_layout(tiny_models):
-    from model.aesthetic import AestheticScorer
+    from model.curation.aesthetic import AestheticScorer
 
     state = torch.load(tiny_models / "aesthetic_head" / "aesthetic-model.pth", weights_only=True)
     assert [k for k in state if k.endswith("weight")] == [f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)]

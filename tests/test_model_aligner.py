@@ -1,4 +1,4 @@
-"""model/aligner.py and model/text_encoder.py: AlignerNet, its loss, and the T5 targets."""
+"""model/cinema/aligner.py and model/train/text_encoder.py: AlignerNet, its loss, and the T5 targets."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from model_fixtures import cinema_tiny, one_thread  # noqa: F401  (fixtures)
 
-from model.aligner import AlignerNet, alignment_loss, masked_cosine
-from model.text_encoder import T5TargetEncoder
+from model.cinema.aligner import AlignerNet, alignment_loss, masked_cosine
+from model.train.text_encoder import T5TargetEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,7 +113,7 @@ def test_t5_targets_match_the_cogvideox_pipeline(cinema_tiny):
 
 @pytest.mark.slow
 def test_pretraining_raises_held_out_cosine_well_above_initialisation(cinema_tiny):
-    from model.bench import pretrain_aligner
+    from model.bench.model import pretrain_aligner
 
     probe = pretrain_aligner(cinema_tiny, steps=200)
     print(f"held-out cosine: {probe.cosine_before:.3f} -> {probe.cosine_after:.3f} in {probe.seconds:.1f} s")

@@ -1,11 +1,11 @@
-"""model/bench.py: the token count formula and the measuring helpers the benchmark rests on."""
+"""model/bench/model.py: the token count formula and the measuring helpers the benchmark rests on."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.bench import cpu_peak_bytes, dit_flops, token_counts
+from model.bench.model import cpu_peak_bytes, dit_flops, token_counts
 
 
 @pytest.mark.parametrize("references", [0, 1, 2, 4])
@@ -20,7 +20,7 @@ def test_token_count_at_45_frames_of_480x720(references):
 
 
 def test_token_count_matches_the_tiny_transformer_sequence():
-    from model.dit import CinemaTransformer3DModel
+    from model.cinema.dit import CinemaTransformer3DModel
 
     torch.manual_seed(0)
     model = CinemaTransformer3DModel(
@@ -50,7 +50,7 @@ def test_cpu_peak_counts_live_tensors():
 
 def test_gpu_rows_run_end_to_end_on_a_tiny_layout(monkeypatch):
     """The GPU section cannot run here; its code path runs on CPU with the CUDA calls stubbed out."""
-    from model import bench
+    from model.bench import model as bench
 
     for name in ["synchronize", "reset_peak_memory_stats", "empty_cache"]:
         monkeypatch.setattr(torch.cuda, name, lambda: None)

@@ -1,4 +1,4 @@
-"""model/cinema.py: the composed model, its loss and schedule, and where gradients go."""
+"""model/cinema/model.py: the composed model, its loss and schedule, and where gradients go."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from model_fixtures import cinema_tiny, images, one_thread  # noqa: F401  (fixtures)
 from PIL import Image
 
-from model.bench import tiny_config
-from model.cinema import CinemaConfig, CinemaModel, PartRef, letterbox
+from model.bench.model import tiny_config
+from model.cinema.model import CinemaConfig, CinemaModel, PartRef, letterbox
 from model.hub import MissingWeights
-from model.tiny import TINY_VIDEO_SHAPE
+from model.testing.tiny import TINY_VIDEO_SHAPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""model/clip.py: OpenAI's CLIP builds with QuickGELU whatever its open_clip_config.json says; no weights fails."""
+"""model/curation/clip.py: OpenAI's CLIP builds with QuickGELU whatever its open_clip_config.json says; no weights fails."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from huggingface_hub import constants
 from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 
-from model.clip import load_clip, registry_quick_gelu
+from model.curation.clip import load_clip, registry_quick_gelu
 from model.hub import MissingWeights
 
 OPENAI_L14 = "timm/vit_large_patch14_clip_224.openai"  # the aesthetic and eval default

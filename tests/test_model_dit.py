@@ -1,4 +1,4 @@
-"""model/dit.py: CogVideoX's transformer with reference frames, against the stock transformer."""
+"""model/cinema/dit.py: CogVideoX's transformer with reference frames, against the stock transformer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
 from model_fixtures import cinema_tiny, one_thread  # noqa: F401  (fixtures)
 
-from model.dit import CinemaTransformer3DModel
+from model.cinema.dit import CinemaTransformer3DModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""model/mllm.py: the Qwen2-VL-family encoder over instruction, reference images and caption."""
+"""model/cinema/mllm.py: the Qwen2-VL-family encoder over instruction, reference images and caption."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from model_fixtures import cinema_tiny, images, one_thread  # noqa: F401  (fixtures)
 
-from model.mllm import TEMPLATES, MLLMEncoder, load_instruction
+from model.cinema.mllm import TEMPLATES, MLLMEncoder, load_instruction
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

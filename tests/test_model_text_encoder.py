@@ -1,4 +1,4 @@
-"""model/text_encoder.py loads CogVideoX's T5 tokenizer as published: sentencepiece files, no tokenizer.json.
+"""model/train/text_encoder.py loads CogVideoX's T5 tokenizer as published: sentencepiece files, no tokenizer.json.
 
 THUDM/zai-org CogVideoX-{2b,5b}/tokenizer/ holds spiece.model, tokenizer_config.json,
 special_tokens_map.json and added_tokens.json only; transformers builds the fast tokenizer from
@@ -16,7 +16,7 @@ import pytest
 import torch
 from model_fixtures import one_thread  # noqa: F401  (fixture)
 
-from model.text_encoder import T5TargetEncoder
+from model.train.text_encoder import T5TargetEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""model/tiny.py: seeded tiny models of the real classes, in the real checkpoints' folder layout."""
+"""model/testing/tiny.py: seeded tiny models of the real classes, in the real checkpoints' folder layout."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from model_fixtures import cinema_tiny  # noqa: F401  (fixture)
 
-from model.tiny import BUILDERS, ensure, main
+from model.testing.tiny import BUILDERS, ensure, main
 
 
 def _file_bytes(folder):

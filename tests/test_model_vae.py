@@ -1,4 +1,4 @@
-"""model/vae.py: the frozen CogVideoX VAE, with the checkpoint's own scaling factor."""
+"""model/cinema/vae.py: the frozen CogVideoX VAE, with the checkpoint's own scaling factor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 from model_fixtures import cinema_tiny, one_thread  # noqa: F401  (fixtures)
 
-from model.tiny import TINY_VIDEO_SHAPE
-from model.vae import VideoVAE
+from model.cinema.vae import VideoVAE
+from model.testing.tiny import TINY_VIDEO_SHAPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

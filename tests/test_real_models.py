@@ -17,8 +17,8 @@ from videos import write_video
 
 from manifests import views
 from manifests.filters import FilterConfig
-from model.faces import SAME_PERSON_DISTANCE, FaceModel, distance
-from model.transnet import HEIGHT, WIDTH, ShotDetector, load_network
+from model.curation.faces import SAME_PERSON_DISTANCE, FaceModel, distance
+from model.curation.transnet import HEIGHT, WIDTH, ShotDetector, load_network
 from pipeline.config import load_config
 from stages.crops import box_crop
 from stages.scenes import detect_cuts

@@ -21,19 +21,13 @@ from PIL import Image
 from train_fixtures import cinema_models, tiny_train_config  # noqa: F401  (fixture)
 
 from manifests import store, views
-from model.data import augment, decode
-from model.faces import FaceModel, margin_box
-from model.train_config import DataConfig, ReferenceAugment
+from model.curation.faces import FaceModel, margin_box
+from model.train.config import DataConfig, ReferenceAugment
+from model.train.data import augment, decode
 from pipeline.config import load_config
 from stages.identities import Identities, psnr, thumbnail
 from stages.neighbours import components, pairs_within, radius_pairs
-from stages.subjects import (
-    Found,
-    Track,
-    link_tracks,
-    merge_duplicates,
-    merge_humans_by_face,
-)
+from stages.subjects import Found, Track, link_tracks, merge_duplicates, merge_humans_by_face
 from stages.video import encode_mp4, iter_frames
 
 FPS = Fraction(30000, 1001)
@@ -242,7 +236,7 @@ def test_reference_order_and_augmentation_are_drawn_per_sample():
 def test_shards_read_back_and_the_tiny_trainer_trains_on_them(shots_run, cinema_models, tmp_path):  # noqa: F811
     import webdataset as wds
 
-    from model.train import Trainer
+    from model.train.trainer import Trainer
 
     run = shots_run
     paths = [str(run / p) for p in store.read_table(run, "shards").column("path").to_pylist()]

@@ -1,4 +1,4 @@
-"""The sampler: `pipe(prompt=..., reference_images=[...]).frames` and `python -m model.sample` write what was asked."""
+"""The sampler: `pipe(prompt=..., reference_images=[...]).frames` and `python -m model.cinema.sample` write what was asked."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from model import checkpoint
-from model.cinema import CinemaModel
-from model.sample import CinemaPipeline, main
-from model.tiny import tiny_cinema_config
-from stages.video import iter_frames, open_video
 from train_fixtures import REAL, cinema_models  # noqa: F401
+
+from model.cinema import checkpoint
+from model.cinema.model import CinemaModel
+from model.cinema.sample import CinemaPipeline, main
+from model.testing.tiny import tiny_cinema_config
+from stages.video import iter_frames, open_video
 
 
 @pytest.fixture(scope="module")

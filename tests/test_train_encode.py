@@ -8,13 +8,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import pipeline_cli
+from train_fixtures import (  # noqa: F401
+    cinema_models,
+    metrics,
+    real_samples,
+    tiny_train_config,
+    write_shard,
+)
+
 from manifests import store
-from model.data import ShardStream
-from model.train import Trainer
+from model.train.data import ShardStream
+from model.train.trainer import Trainer
 from pipeline.config import load_config, write_run_config
-from train_fixtures import cinema_models, metrics, real_samples, tiny_train_config, write_shard  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -3,22 +3,21 @@ AlignerNet supervised over T5's padding, one forward per joint batch."""
 
 from __future__ import annotations
 
-import io
 from fractions import Fraction
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-
-from model.aligner import alignment_loss
-from model.cinema import CinemaModel, Conditions
-from model.data import BadSample, frame_picks, read_video
-from model.tiny import tiny_cinema_config
-from model.train import AlignPhase, JointPhase
-from model.train_config import TrainConfig
-from stages.video import encode_mp4
 from train_fixtures import cinema_models  # noqa: F401
+
+from model.cinema.aligner import alignment_loss
+from model.cinema.model import CinemaModel, Conditions
+from model.testing.tiny import tiny_cinema_config
+from model.train.config import TrainConfig
+from model.train.data import BadSample, frame_picks, read_video
+from model.train.trainer import AlignPhase, JointPhase
+from stages.video import encode_mp4
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def test_aligner_loss_covers_t5_padding_with_the_configured_weight():
 
 
 def test_a_joint_batch_of_two_runs_as_one_forward(model, monkeypatch):
-    from model.dit import CinemaTransformer3DModel
+    from model.cinema.dit import CinemaTransformer3DModel
 
     torch.manual_seed(0)
     refs = torch.randn(1, *model.vae.latent_size(32, 48))

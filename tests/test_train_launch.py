@@ -14,9 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import subprocess_env
-from train_fixtures import cinema_models, metrics, real_samples, tiny_train_config, write_shard  # noqa: F401
+from train_fixtures import (  # noqa: F401
+    cinema_models,
+    metrics,
+    real_samples,
+    tiny_train_config,
+    write_shard,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

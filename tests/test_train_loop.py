@@ -11,13 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_fixtures import (  # noqa: F401
+    cinema_models,
+    metrics,
+    real_samples,
+    tiny_train_config,
+    write_shard,
+)
 
-from model import checkpoint
-from model.aligner import AlignerNet
-from model.cinema import CinemaModel
-from model.data import ShardStream
-from model.train import JointPhase, Trainer, batch_features, joint_batch
-from train_fixtures import cinema_models, metrics, real_samples, tiny_train_config, write_shard  # noqa: F401
+from model.cinema import checkpoint
+from model.cinema.aligner import AlignerNet
+from model.cinema.model import CinemaModel
+from model.train.data import ShardStream
+from model.train.trainer import JointPhase, Trainer, batch_features, joint_batch
 
 
 @pytest.fixture(scope="module")

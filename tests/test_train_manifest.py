@@ -6,13 +6,13 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+from train_fixtures import write_shard
 
 from manifests import store
-from model.data import ShardStream
-from model.toy_world import CAPTION, FRAMES, HEIGHT, SUBJECTS, WIDTH, toy_clip, toy_reference
-from model.train_config import DataConfig
+from model.testing.toy_world import CAPTION, FRAMES, HEIGHT, SUBJECTS, WIDTH, toy_clip, toy_reference
+from model.train.config import DataConfig
+from model.train.data import ShardStream
 from pipeline.config import load_config, write_run_config
-from train_fixtures import write_shard
 
 KEYS = ["clip-a", "clip-b"]  # listed in the shards table
 ORPHAN = "clip-orphan"  # in a tar a killed run wrote but never listed

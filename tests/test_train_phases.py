@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import (  # noqa: F401
+    cinema_models,
+    metrics,
+    real_samples,
+    tiny_train_config,
+    write_shard,
+)
 
-from model import checkpoint
-from model.cinema import CinemaModel
-from model.dit import CinemaTransformer3DModel
-from model.train import Trainer
-from model.train_config import LoraConfig
-from train_fixtures import cinema_models, metrics, real_samples, tiny_train_config, write_shard  # noqa: F401
+from model.cinema import checkpoint
+from model.cinema.dit import CinemaTransformer3DModel
+from model.cinema.model import CinemaModel
+from model.train.config import LoraConfig
+from model.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

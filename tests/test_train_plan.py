@@ -1,13 +1,13 @@
-"""model/plan.py: the planned peak memory of a step against the allocator's own count on a CPU run."""
+"""model/train/plan.py: the planned peak memory of a step against the allocator's own count on a CPU run."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.distributed as dist
-
-from model.plan import adamw, attention, build_parts, estimate, shard, step_inputs, step_of, train_steps
 from train_fixtures import cinema_models, tiny_train_config  # noqa: F401
+
+from model.train.plan import adamw, attention, build_parts, estimate, shard, step_inputs, step_of, train_steps
 
 
 def live_bytes(module: torch.nn.Module, inputs: dict) -> int:
@@ -52,3 +52,15 @@ def test_planned_peak_is_within_15_percent_of_the_measured_one(cinema_models, tm
     measured = measured_peak(step)
     print(f"{references} references: planned {planned / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
     assert planned == pytest.approx(measured, rel=0.15)
+
+
+def test_gpu_check_measures_the_planned_step(cinema_models, tmp_path):
+    """`make gpu-check` runs only with CUDA; its measuring path (FSDP2 over one rank, warm-up, timed steps)
+    runs here on the CPU over gloo, on the step the plan sees, and its FLOP count grows as the tokens do."""
+    from model.train.gpu_check import measure, step_flops
+
+    torch.set_num_threads(1)
+    config = tiny_train_config(cinema_models, tmp_path, tmp_path / "run", precision="bf16", gradient_checkpointing=True)
+    step = step_of(config, 2, size=(9, 32, 48))
+    assert measure(step, torch.device("cpu"), steps=1) > 0
+    assert step_flops(step_of(config, 4, size=(9, 32, 48))) > step_flops(step) > 0

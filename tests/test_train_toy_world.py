@@ -1,4 +1,4 @@
-"""The toy-world proof (model/toy_world.py): trained end to end, the references decide the subject.
+"""The toy-world proof (model/testing/toy_world.py): trained end to end, the references decide the subject.
 
 Three subjects, one identical caption: only the reference tells the model which subject to draw.
 Each sampled video (3 references x 3 seeds) must be closer to the clip of its own reference than
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.toy_world import run_toy_world
+from model.testing.toy_world import run_toy_world
 
 
 @pytest.fixture(scope="module")
 def toy_models(tmp_path_factory):
-    from model.tiny import ensure
+    from model.testing.tiny import ensure
 
     return ensure(tmp_path_factory.mktemp("toy-models"), ["qwen2_5_vl", "cogvideox_toy"])
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.cinema import PartRef
-from model.tiny import tiny_cinema_config
-from model.toy_world import write_shard  # noqa: F401  (the one shard writer of the tests)
-from model.train_config import DataConfig, TrainConfig
+from model.cinema.model import PartRef
+from model.testing.tiny import tiny_cinema_config
+from model.testing.toy_world import write_shard  # noqa: F401  (the one shard writer of the tests)
+from model.train.config import DataConfig, TrainConfig
 from stages.video import iter_frames
 
 CINEMA_MODELS = ["qwen2_5_vl", "cogvideox_2b"]
@@ -22,7 +22,7 @@ FRAMES = 9
 
 @pytest.fixture(scope="session")
 def cinema_models(tmp_path_factory) -> Path:
-    from model.tiny import ensure
+    from model.testing.tiny import ensure
 
     return ensure(tmp_path_factory.mktemp("cinema-models"), CINEMA_MODELS)
 

@@ -1,4 +1,4 @@
-"""`python -m model.bench`: what CINEMA's model costs, written as Markdown to `bench/model.md`.
+"""`python -m model.bench.model`: what CINEMA's model costs, written as Markdown to `bench/model.md`.
 
 At tiny size on this machine's CPU: forward+backward time and peak tensor memory against the
 number of references, reference batching by groups against padding, and AlignerNet pre-training
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.aligner import AlignerNet, alignment_loss, masked_cosine
-from model.cinema import CinemaConfig, CinemaModel
-from model.dit import CinemaTransformer3DModel
-from model.mllm import MLLMEncoder
-from model.text_encoder import T5TargetEncoder
-from model.tiny import TINY_VIDEO_SHAPE, ensure, tiny_cinema_config
+from model.cinema.aligner import AlignerNet, alignment_loss, masked_cosine
+from model.cinema.dit import CinemaTransformer3DModel
+from model.cinema.mllm import MLLMEncoder
+from model.cinema.model import CinemaConfig, CinemaModel
+from model.testing.tiny import TINY_VIDEO_SHAPE, ensure, tiny_cinema_config
+from model.train.text_encoder import T5TargetEncoder
 
 REFERENCE_COUNTS = (0, 1, 2, 4)
 MIXED_COUNTS = [0, 1, 2, 4]  # one batch, four samples with different reference counts
@@ -424,14 +424,14 @@ def report(tiny: Path, repeats: int) -> str:
     else:
         lines.append(
             "No GPU in this session: the CogVideoX-2B and 5B rows (random weights, 45 frames of 480x720, bf16, "
-            "gradient checkpointing: step time, peak memory, MFU) are not measured. `python -m model.bench` "
+            "gradient checkpointing: step time, peak memory, MFU) are not measured. `python -m model.bench.model` "
             "measures them where CUDA is available."
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m model.bench.model", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/model.md"))
     parser.add_argument("--tiny", type=Path, help="tiny model folder (built into a temporary folder if absent)")
     parser.add_argument("--repeats", type=int, default=5)

@@ -1,4 +1,4 @@
-"""`python -m model.bench_real`: per-frame CPU cost of the real packaged models, and TransNetV2 against
+"""`python -m model.bench.real`: per-frame CPU cost of the real packaged models, and TransNetV2 against
 PySceneDetect on real footage. Writes `bench/real_models.md`.
 
 Each model runs on frames of the shipped footage at the size its stage gives it: faces (dlib HOG
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bench import machine
-from model.faces import FaceModel
-from model.nsfw import NsfwScorer
-from model.ocr import TextArea
-from model.transnet import HEIGHT, WIDTH, ShotDetector, load_network
+from model.bench.model import machine
+from model.curation.faces import FaceModel
+from model.curation.nsfw import NsfwScorer
+from model.curation.ocr import TextArea
+from model.curation.transnet import HEIGHT, WIDTH, ShotDetector, load_network
 from stages.scenes import detect_cuts
 from stages.screen import scaled_size
 from stages.video import iter_frames
@@ -88,7 +88,7 @@ def report() -> str:
         [
             "## Real packaged models (faces, text area, NSFW, TransNetV2)",
             "",
-            f"Machine: {machine()}. `python -m model.bench_real`; every 10th frame of each video, after one warm-up call.",
+            f"Machine: {machine()}. `python -m model.bench.real`; every 10th frame of each video, after one warm-up call.",
             "",
             "Per-frame CPU cost:",
             "",

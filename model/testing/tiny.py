@@ -5,7 +5,7 @@ profile, so only the weights differ. Every builder is seeded, needs no network a
 seconds; tokenizers are trained here on a small built-in corpus.
 
 `BUILDERS` maps a name to a function that writes one model folder; other parts of the project
-add their own entries. `python -m model.tiny OUT [NAMES...]` builds them into `OUT/<name>/`.
+add their own entries. `python -m model.testing.tiny OUT [NAMES...]` builds them into `OUT/<name>/`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from model.cinema import CinemaConfig
+    from model.cinema.model import CinemaConfig
 
 SEED = 0
 
@@ -294,7 +294,7 @@ def _build_clip(out: Path, context_length: int, vocab_size: int) -> None:
 
 def build_aesthetic_head(out: Path) -> None:
     """The LAION aesthetic MLP on the tiny CLIP's width, a state dict `.pth` like the published file."""
-    from model.aesthetic import AestheticHead
+    from model.curation.aesthetic import AestheticHead
 
     torch.manual_seed(SEED)
     out.mkdir(parents=True, exist_ok=True)
@@ -353,7 +353,7 @@ def build_grounding_dino(out: Path) -> None:
 
 def build_sam(out: Path) -> None:
     """segment_anything's Sam with a small image encoder, a state-dict `.pth` like the official checkpoints."""
-    from model.segmenter import build_sam as sam_of_type
+    from model.curation.segmenter import build_sam as sam_of_type
 
     torch.manual_seed(SEED)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +376,7 @@ def build_dino(out: Path) -> None:
 
 def build_arcface(out: Path) -> None:
     """insightface's IResNet ArcFace backbone, shallow and narrow, a state-dict `.pth` like `backbone.pth`."""
-    from model.face import IResNet
+    from model.curation.face import IResNet
 
     torch.manual_seed(SEED)
     out.mkdir(parents=True, exist_ok=True)
@@ -388,7 +388,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "qwen2_5_vl": partial(build_qwen_vl, family="qwen2_5_vl"),
     "cogvideox_2b": partial(build_cogvideox, layout="2b"),
     "cogvideox_5b": partial(build_cogvideox, layout="5b"),
-    # For the toy-world proof (model/toy_world.py): wider, and 16 text tokens, not 226; next to
+    # For the toy-world proof (model/testing/toy_world.py): wider, and 16 text tokens, not 226; next to
     # 226 text tokens the 6 of a reference are too few for two narrow layers to learn in a CPU test.
     "cogvideox_toy": partial(build_cogvideox, layout="2b", heads=4, time_embed_dim=64, text_length=16),
     # The aesthetic stage's CLIP only embeds images: a small text tower is enough.
@@ -405,7 +405,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 def tiny_cinema_config(models: Path, cogvideox: str = "cogvideox_2b") -> CinemaConfig:
     """A CinemaConfig on tiny models built into `models` (the MLLM and one CogVideoX folder), at the tiny video size."""
-    from model.cinema import AlignerShape, CinemaConfig, PartRef
+    from model.cinema.model import AlignerShape, CinemaConfig, PartRef
 
     base = str(Path(models) / cogvideox)
     return CinemaConfig(
@@ -442,7 +442,7 @@ def ensure(out: Path, names: Iterable[str] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.tiny", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m model.testing.tiny", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder that receives one subfolder per model")
     parser.add_argument("names", nargs="*", help=f"models to build (default: all of {', '.join(BUILDERS)})")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""`python -m model.plan CONFIG --gpus N`: per-GPU peak memory of one joint training step, planned on a CPU.
+"""`python -m model.train.plan CONFIG --gpus N`: per-GPU peak memory of one joint training step, planned on a CPU.
 
 The trained parts (AlignerNet + DiT, or AlignerNet + LoRA adapters) are built from their real
 configs on the meta device and run for two steps (the second holds the optimizer state) under
@@ -25,10 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.cinema import CinemaConfig, PartRef
-from model.hub import resolve
-from model.mllm import DEFAULT_MAX_PIXELS
-from model.train_config import TrainConfig, load_train_config
+from model.cinema.model import CinemaConfig, PartRef
+from model.train.config import TrainConfig, load_train_config
 
 GIB = 2**30
 HEIGHT, WIDTH, FRAMES = 480, 720, 45  # the plan's step: the paper's clip size
@@ -136,8 +134,8 @@ def step_of(config: TrainConfig, references: int, size: tuple[int, int, int] | N
 
 def build_parts(step: Step) -> TrainedParts:
     """The trained parts, fp32 where trained; a LoRA base in bf16 (frozen)."""
-    from model.aligner import AlignerNet
-    from model.dit import CinemaTransformer3DModel
+    from model.cinema.aligner import AlignerNet
+    from model.cinema.dit import CinemaTransformer3DModel
 
     transformer = CinemaTransformer3DModel(**_fields(CinemaTransformer3DModel, step.transformer))
     aligner = AlignerNet(
@@ -348,7 +346,7 @@ def bench_section(config_file: Path = Path("configs/train_full.yaml"), gpus: int
     import platform
 
     lines = [
-        "### Memory plan at real size (`python -m model.plan configs/train_full.yaml --gpus 8`)",
+        "### Memory plan at real size (`python -m model.train.plan configs/train_full.yaml --gpus 8`)",
         "",
         f"Planned on this CPU ({platform.machine()}, torch {torch.__version__}) under FakeTensorMode: FSDPMemTracker "
         "(full fine-tune) or MemTracker (LoRA) over two optimizer steps, AdamW state included; flash attention as on "
@@ -363,7 +361,7 @@ def bench_section(config_file: Path = Path("configs/train_full.yaml"), gpus: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m model.plan", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m model.train.plan", description=__doc__.splitlines()[0])
     p.add_argument("config", type=Path, help="YAML training config (configs/train_*.yaml)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs the full fine-tune is sharded over")
     p.add_argument("--references", type=int, nargs="+", default=list(range(5)), help="reference counts to plan for")

@@ -13,8 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from model.cinema import CinemaConfig, PartRef
-from pipeline.config import apply_overrides
+from manifests.config_io import apply_overrides
+from model.cinema.model import CinemaConfig, PartRef
 
 
 class Strict(BaseModel):

@@ -1,6 +1,6 @@
 """The LAION improved aesthetic predictor: a small MLP on L2-normalised CLIP ViT-L/14 image embeddings.
 
-CLIP loads through model/clip.py (open_clip hub layout: `open_clip_config.json` and
+CLIP loads through model/curation/clip.py (open_clip hub layout: `open_clip_config.json` and
 weights), the head from its published state dict (`torch.load(weights_only=True)`), so the tiny
 profile's random models go through exactly this code.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.clip import load_clip
+from model.curation.clip import load_clip
 from model.hub import resolve_file
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 PTH_NAME = "cinema-torchvision-cpu.pth"
-PTH_LINE = "import model.torchvision_cpu as _tvcpu; _tvcpu.install()\n"
+PTH_LINE = "import model.curation.torchvision_cpu as _tvcpu; _tvcpu.install()\n"
 
 _library = None  # keeps the op definitions alive for the life of the interpreter
 

@@ -22,7 +22,7 @@ DEFAULT_MAX_PIXELS = 448 * 448  # about 256 MLLM tokens per reference image
 
 
 def load_instruction(version: str) -> str:
-    """The instruction text of one template version (`model/templates/<version>.txt`)."""
+    """The instruction text of one template version (`model/cinema/templates/<version>.txt`)."""
     return (TEMPLATES / f"{version}.txt").read_text().strip()
 
 

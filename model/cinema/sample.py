@@ -2,7 +2,7 @@
 
 The scheduler is the checkpoint's own (CogVideoX DDIM or DPM, v-prediction); classifier-free
 guidance contrasts the full condition with the unconditional one the training dropout taught
-(empty prompt, no references). `python -m model.sample --checkpoint CKPT --refs a.png,b.png
+(empty prompt, no references). `python -m model.cinema.sample --checkpoint CKPT --refs a.png,b.png
 --prompt "..."` writes an mp4, by default into the run folder's `samples/`.
 """
 
@@ -20,10 +20,9 @@ from diffusers import CogVideoXDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from model.checkpoint import model_config
-from model.data import on_white
-from model.cinema import SCHEDULERS, CinemaModel, Conditions, pad_tokens
-from model.mllm import MLLMStates
+from model.cinema.checkpoint import model_config
+from model.cinema.mllm import MLLMStates
+from model.cinema.model import SCHEDULERS, CinemaModel, Conditions, on_white, pad_tokens
 from stages.video import encode_mp4
 
 FPS = 8  # CogVideoX's frame rate
@@ -128,7 +127,7 @@ def export_mp4(frames: list[Image.Image], path: Path, fps: int = FPS) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m model.sample", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m model.cinema.sample", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
     p.add_argument("--refs", required=True, help="comma-separated reference images")
     p.add_argument("--prompt", required=True)

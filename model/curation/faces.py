@@ -72,7 +72,7 @@ class FaceModel:
         if embedder == DLIB_EMBEDDER:
             net, name = dlib.face_recognition_model_v1(model_file(EMBEDDER_FILE)), DLIB_EMBEDDER_NAME
         else:
-            from model.face import FaceEmbedder
+            from model.curation.face import FaceEmbedder
 
             net, name = FaceEmbedder.from_pretrained(embedder, embedder_file), f"ArcFace {embedder}"
         return cls(detector, landmarks, net, name, detect_short_side)

@@ -1,4 +1,4 @@
-"""`python -m model.bench_train`: what a training step costs, and whether training learns; writes `bench/train.md`.
+"""`python -m model.bench.train`: what a training step costs, and whether training learns; writes `bench/train.md`.
 
 At tiny size on this CPU, on shards of the shipped real footage: the trainer's step time and peak
 memory on raw and on cached (`make encode`) shards, and the data loader's batches per second with
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the fixtures that write shards throug
 
 def loader_rate(config, batches: int) -> float:
     """Batches per second the loader delivers once started (the first batch, worker start-up, excluded)."""
-    from model.data import make_loader
+    from model.train.data import make_loader
 
     stream = iter(make_loader(config, seed=0, rank=0, world=1, decode_video=True))
     next(stream)
@@ -39,11 +39,12 @@ def step_stats(run: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    from model.plan import bench_section
-    from model.tiny import ensure
-    from model.toy_world import encode_shard, run_toy_world, table, wins
-    from model.train import Trainer
     from train_fixtures import CINEMA_MODELS, real_samples, tiny_train_config, write_shard
+
+    from model.testing.tiny import ensure
+    from model.testing.toy_world import encode_shard, run_toy_world, table, wins
+    from model.train.plan import bench_section
+    from model.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -66,7 +67,7 @@ def main() -> None:
         "## Training (issue 5)",
         "",
         f"Machine: {platform.machine()}, CPU only, Python {platform.python_version()}; other processes share its 2 cores. "
-        "Tiny models (`model/tiny.py`), 9 frames of 32x48, 2 references, batch 1, fp32, shards of the shipped footage; "
+        "Tiny models (`model/testing/tiny.py`), 9 frames of 32x48, 2 references, batch 1, fp32, shards of the shipped footage; "
         "median over steps 6-30.",
         "",
         "| measurement | raw shards | cached shards (`make encode`) |",
@@ -82,7 +83,7 @@ def main() -> None:
         "so the ratio says little about real size, where the MLLM (3B) and the VAE dominate the frozen work. "
         "Not measured: real size on a GPU (no GPU was lent to this task).",
         "",
-        "### Toy-world proof (`model/toy_world.py`, `tests/test_train_toy_world.py`)",
+        "### Toy-world proof (`model/testing/toy_world.py`, `tests/test_train_toy_world.py`)",
         "",
         f"Three subjects, one caption for all; trained {len(toy.losses) * 50} steps (batch 3, cached shards) in "
         f"{toy.train_seconds:.0f} s, loss {statistics.median(toy.losses[:5]):.3f} -> {statistics.median(toy.losses[-10:]):.3f} "

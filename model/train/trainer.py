@@ -7,7 +7,7 @@ what a batch becomes before the trained parts see it (frozen encoders or the cac
 DiT (whole, or LoRA through peft) on the v-prediction loss, MLLM and VAE frozen.
 
 Runs under `accelerate launch` (DDP, DeepSpeed, FSDP from `configs/accelerate/`) or `torchrun`.
-Each sample's noise comes from its own seed (`model/data.py`), so resuming and splitting the global
+Each sample's noise comes from its own seed (`model/train/data.py`), so resuming and splitting the global
 batch over processes reproduce the losses. Everything the run makes is under `config.run`.
 """
 
@@ -30,16 +30,16 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm import tqdm
 
-from model import checkpoint
-from model.aligner import alignment_loss
-from model.cinema import CinemaModel, Conditions
-from model.data import Batch, latent_seed, make_loader
-from model.features import sample_features
-from model.mllm import MLLMStates
-from model.sample import CinemaPipeline, export_mp4
-from model.text_encoder import T5TargetEncoder
-from model.train_config import TrainConfig, load_train_config
-from pipeline.config import provenance
+from manifests.config_io import provenance
+from model.cinema import checkpoint
+from model.cinema.aligner import alignment_loss
+from model.cinema.mllm import MLLMStates
+from model.cinema.model import CinemaModel, Conditions
+from model.cinema.sample import CinemaPipeline, export_mp4
+from model.train.config import TrainConfig, load_train_config
+from model.train.data import Batch, latent_seed, make_loader
+from model.train.features import sample_features
+from model.train.text_encoder import T5TargetEncoder
 
 
 def padded(states: list[torch.Tensor], masks: list[torch.Tensor]) -> MLLMStates:
@@ -416,6 +416,3 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     Trainer(load_train_config(args.config, args.set)).fit()
 
-
-if __name__ == "__main__":
-    main()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from model.cinema import encode_conditions
-from model.mllm import MLLMEncoder
-from model.text_encoder import T5TargetEncoder
-from model.vae import VideoVAE
+from model.cinema.mllm import MLLMEncoder
+from model.cinema.model import encode_conditions
+from model.cinema.vae import VideoVAE
+from model.train.text_encoder import T5TargetEncoder
 
 
 @torch.no_grad()

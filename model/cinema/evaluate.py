@@ -71,7 +71,7 @@ class EvalConfig(BaseModel):
 
 
 def tiny_config(models: Path) -> EvalConfig:
-    """Tiny random-initialised models built by `python -m model.tiny DIR clip_eval dino grounding_dino arcface`."""
+    """Tiny random-initialised models built by `python -m model.testing.tiny DIR clip_eval dino grounding_dino arcface`."""
     refs = {key: str(Path(models) / name) for key, name in TINY_MODELS.items()}
     return EvalConfig(**refs, face_file="arcface.pth", min_score=0.0, random_weights=True)
 
@@ -155,9 +155,9 @@ class Evaluator:
     def __init__(self, config: EvalConfig):
         from transformers import AutoImageProcessor, AutoModel
 
-        from model.clip import load_clip
-        from model.face import FaceEmbedder
-        from model.grounding import Detector
+        from model.curation.clip import load_clip
+        from model.curation.face import FaceEmbedder
+        from model.curation.grounding import Detector
 
         self.config = config
         found = require({name: ref for name, (ref, _) in config.weights().items()})
@@ -201,7 +201,7 @@ class Evaluator:
         return crops, hits / len(frames)
 
     def evaluate(self, sample: Sample) -> dict:
-        from model.data import on_white
+        from model.cinema.model import on_white
 
         decoded = list(iter_frames(sample.video, fmt="rgb24"))
         if len(decoded) < 2:
@@ -280,7 +280,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m model.cinema.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("samples", type=Path, help="JSONL: {video, prompt, references: [{image, kind, label}]} per line")
     p.add_argument("--out", type=Path, help="folder for metrics.parquet and metrics.md (default: SAMPLES' folder/eval)")
     p.add_argument("--config", type=Path, help="YAML of EvalConfig values (model refs)")

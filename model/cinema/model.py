@@ -7,6 +7,7 @@ scheduler config (v-prediction, zero terminal SNR for CogVideoX), never class de
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 
 import torch
@@ -17,11 +18,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from model.aligner import AlignerNet
-from model.dit import CinemaTransformer3DModel
+from model.cinema.aligner import AlignerNet
+from model.cinema.dit import CinemaTransformer3DModel
+from model.cinema.mllm import DEFAULT_MAX_PIXELS, DEFAULT_TEMPLATE, MLLMEncoder, MLLMStates
+from model.cinema.vae import VideoVAE
 from model.hub import require, resolve
-from model.mllm import DEFAULT_MAX_PIXELS, DEFAULT_TEMPLATE, MLLMEncoder, MLLMStates
-from model.vae import VideoVAE
 
 SCHEDULERS = {cls.__name__: cls for cls in (CogVideoXDDIMScheduler, CogVideoXDPMScheduler)}
 REFERENCE_BACKGROUND = 255  # subject cut-outs sit on white; letterbox bars match it
@@ -250,3 +251,13 @@ def _randint(high: int, batch: int, generator: torch.Generator | list[torch.Gene
     if isinstance(generator, list):
         return torch.cat([torch.randint(high, (1,), generator=g, device=_device(g)).cpu() for g in generator])
     return torch.randint(high, (batch,), generator=generator, device=_device(generator))
+
+
+def on_white(png: bytes) -> Image.Image:
+    """A subject cut-out (RGBA, transparent background) on the white the model expects."""
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    if image.mode in ("RGBA", "LA", "P"):
+        background = Image.new("RGBA", image.size, (REFERENCE_BACKGROUND,) * 4)
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")

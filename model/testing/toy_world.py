@@ -11,7 +11,7 @@ Distances are measured where the DiT works, on latents (the sampler's `output_ty
 against the clips' VAE latents), and on decoded frames against the clips as the same VAE
 reproduces them. The tiny VAE has random weights, so its decoder maps distinct latents to
 similar-looking frames: the pixel margins are thin, the latent ones are not.
-`python -m model.toy_world` prints the tables; `make bench` keeps them in BENCHMARKS.md.
+`python -m model.testing.toy_world` prints the tables; `make bench` keeps them in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import torch
 import yaml
 from PIL import Image
 
-from model import checkpoint
-from model.cinema import PartRef
-from model.data import latent_seed, on_white
-from model.tiny import tiny_cinema_config
-from model.train_config import DataConfig, TrainConfig, ValidationConfig
+from model.cinema import checkpoint
+from model.cinema.model import PartRef, on_white
+from model.testing.tiny import tiny_cinema_config
+from model.train.config import DataConfig, TrainConfig, ValidationConfig
+from model.train.data import latent_seed
 from stages.shards import Shards, ShardsConfig
 from stages.video import encode_mp4
 
@@ -146,8 +146,8 @@ def png_image(rgba: np.ndarray) -> Image.Image:
 
 def run_toy_world(models: Path, workdir: Path, steps: int = 1500, seeds: tuple[int, ...] = (0, 1, 2)) -> ToyResult:
     """Train on the toy world under `workdir`, then sample each reference with each seed and measure."""
-    from model.sample import CinemaPipeline
-    from model.train import Trainer
+    from model.cinema.sample import CinemaPipeline
+    from model.train.trainer import Trainer
 
     names = list(SUBJECTS)
     samples = [{"key": f"toy-{i}", "frames": toy_clip(n), "refs": [toy_reference(n)], "caption": CAPTION} for i, n in enumerate(names)]
@@ -203,7 +203,7 @@ def wins(result: ToyResult, space: str) -> int:
 
 
 def main() -> None:
-    from model.tiny import ensure
+    from model.testing.tiny import ensure
 
     with tempfile.TemporaryDirectory() as tmp:
         models = ensure(Path(tmp) / "models", ["qwen2_5_vl", "cogvideox_toy"])

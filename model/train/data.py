@@ -30,8 +30,8 @@ from safetensors.torch import load as load_tensors
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
-from model.cinema import REFERENCE_BACKGROUND
-from model.train_config import DataConfig, ReferenceAugment
+from model.cinema.model import REFERENCE_BACKGROUND, on_white
+from model.train.config import DataConfig, ReferenceAugment
 from stages.video import iter_frames, open_video
 
 CACHE = "cache.safetensors"  # the member `make encode` adds to a sample
@@ -105,7 +105,7 @@ def shard_paths(shards: str) -> tuple[list[str], frozenset[str]]:
 
 def manifest_shards(run: Path, table: str) -> tuple[list[str], frozenset[str]]:
     """Listed shards of `table` with a clip the run's filters still pass, and the clips they no longer pass."""
-    from manifests import store, views
+    from manifests import views
     from pipeline.config import load_config
     from stages.shards import Shards
 
@@ -131,16 +131,6 @@ def manifest_shards(run: Path, table: str) -> tuple[list[str], frozenset[str]]:
 def nearest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
     aspect = math.log(width / height)
     return min(buckets, key=lambda b: abs(math.log(b[1] / b[0]) - aspect))
-
-
-def on_white(png: bytes) -> Image.Image:
-    """A subject cut-out (RGBA, transparent background) on the white the model expects."""
-    image = Image.open(io.BytesIO(png))
-    image.load()
-    if image.mode in ("RGBA", "LA", "P"):
-        background = Image.new("RGBA", image.size, (REFERENCE_BACKGROUND,) * 4)
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("RGB")
 
 
 def augment(image: Image.Image, config: ReferenceAugment | None, rng: random.Random) -> Image.Image:

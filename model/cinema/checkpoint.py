@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from model.cinema import CinemaConfig, CinemaModel, PartRef
+from model.cinema.model import CinemaConfig, CinemaModel, PartRef
 
 HERE = "."  # a part ref meaning "this checkpoint folder"
 

@@ -1,0 +1,3 @@
+from model.train.trainer import main
+
+main()

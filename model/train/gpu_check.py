@@ -1,0 +1,122 @@
+"""`make gpu-check`: real-size joint steps of CogVideoX-2B and 5B on one CUDA GPU, against the plan.
+
+Random weights (nothing downloads): AlignerNet + DiT built from the real configs and wrapped as
+the plan wraps them (FSDP2, here over one rank: fp32 master weights and AdamW, bf16 compute),
+gradient checkpointing, one 45 x 480 x 720 clip with 4 references.
+Per model it measures step time, MFU (model FLOPs of forward + backward over the GPU's bf16 peak)
+and peak memory, and prints them beside `model.train.plan`'s estimate for the same step on one GPU.
+The plans run in CPU processes while the GPU measures. Fails at once without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+
+from model.train.config import load_train_config
+from model.train.plan import GIB, Step, adamw, attention, build_parts, estimate, shard, step_inputs, step_of, train_steps
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, no sparsity
+TRANSFORMERS = ("zai-org/CogVideoX-2b", "zai-org/CogVideoX-5b")
+
+
+def step_flops(step: Step) -> float:
+    """Forward + backward (3x forward) + checkpoint recompute (1x forward) matmul FLOPs of the DiT."""
+    config = step.transformer
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    latent_frames = (step.frames - 1) // 4 + 1
+    tokens_per_frame = (step.height // 8 // config["patch_size"]) * (step.width // 8 // config["patch_size"])
+    tokens = (latent_frames + step.references) * tokens_per_frame + config["max_text_seq_length"]
+    per_layer = 2 * tokens * (4 * width * width + 2 * 4 * width * width) + 4 * tokens * tokens * width
+    passes = 4 if step.checkpointing else 3
+    return passes * config["num_layers"] * per_layer * step.batch
+
+
+def peak_tflops() -> float:
+    name = torch.cuda.get_device_name()
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    raise SystemExit(f"no bf16 peak known for {name}; add it to PEAK_BF16_TFLOPS")
+
+
+def config_step(config_path: str, transformer: str, references: int) -> Step:
+    config = load_train_config(config_path, [f"model.transformer.ref={transformer}", "data.batch_size=1"])
+    return step_of(config, references)
+
+
+def planned_peak(config_path: str, transformer: str, references: int) -> int:
+    return estimate(config_step(config_path, transformer, references), gpus=1).peak
+
+
+def measure(step: Step, device: torch.device, steps: int) -> float:
+    """Seconds per optimizer step after two warm-up steps (the optimizer state appears in the first)."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with torch.device(device):
+            parts = build_parts(step)
+        shard(parts, step.bf16, init_device_mesh(device.type, (1,)))
+        inputs = step_inputs(step, device)
+        optimizer = adamw(parts)
+        with attention():
+            train_steps(parts, optimizer, inputs, steps=2)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            train_steps(parts, optimizer, inputs, steps=steps)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return (time.perf_counter() - started) / steps
+    finally:
+        dist.destroy_process_group()
+
+
+def row(transformer: str, step: Step, seconds: float | None, peak: int, planned: int, capacity: int) -> str:
+    if seconds is None:
+        return f"| {transformer} | {step.references} | out of memory | | > {capacity / GIB:.0f} | {planned / GIB:.1f} | |"
+    mfu = step_flops(step) / seconds / (peak_tflops() * 1e12)
+    return (
+        f"| {transformer} | {step.references} | {seconds:.2f} | {100 * mfu:.0f}% | {peak / GIB:.1f} | {planned / GIB:.1f} | "
+        f"{100 * (planned - peak) / peak:+.0f}% |"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m model.train.gpu_check", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/train_full.yaml")
+    p.add_argument("--references", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu-check needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
+    device = torch.device("cuda")
+    capacity = torch.cuda.get_device_properties(0).total_memory
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}\n", flush=True)
+    with ProcessPoolExecutor(len(TRANSFORMERS), mp_context=multiprocessing.get_context("spawn")) as pool:
+        plans = {t: pool.submit(planned_peak, args.config, t, args.references) for t in TRANSFORMERS}
+        measured = {}
+        for transformer in TRANSFORMERS:
+            step = config_step(args.config, transformer, args.references)
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                seconds = measure(step, device, args.steps)
+            except torch.OutOfMemoryError:
+                seconds = None
+            measured[transformer] = step, seconds, torch.cuda.max_memory_allocated()
+            print(f"{transformer}: {seconds} s per step, peak {measured[transformer][2] / GIB:.1f} GiB", flush=True)
+            torch.cuda.empty_cache()
+        print("\n| model | references | step (s) | MFU | peak (GiB) | planned (GiB) | plan vs measured |")
+        print("|---|---|---|---|---|---|---|")
+        for transformer, (step, seconds, peak) in measured.items():
+            print(row(transformer, step, seconds, peak, plans[transformer].result(), capacity), flush=True)
+
+
+if __name__ == "__main__":
+    main()
