@@ -206,10 +206,11 @@ def train_steps(
 
 
 def attention():
-    """Flash attention, as the GPU runs it: never the (heads x tokens x tokens) scores of the math kernel."""
+    """Fused attention, as the GPU runs it: never the (heads x tokens x tokens) scores of the math kernel.
+    Flash where it can; the memory-efficient kernel for AlignerNet's masked cross-attention on CUDA."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
 
 
 class _NoHook:
