@@ -169,8 +169,17 @@ def frame_picks(total: int, rate: float, frames: int, fps: float) -> list[int]:
     return picks
 
 
-def read_video(data: bytes, frames: int, fps: float, buckets: list[tuple[int, int]]) -> torch.Tensor:
-    """`frames` frames at `fps` from the middle of the clip, resized to cover the nearest bucket and centre-cropped."""
+@dataclass
+class VideoLayout:
+    """Where a clip's frames come from, read from its container's header: no frame decoded."""
+
+    picks: list[int]  # the frames kept
+    size: tuple[int, int]  # (width, height) they are resized to, covering the bucket
+    bucket: tuple[int, int]  # (height, width) they are cropped to
+
+
+def video_layout(data: bytes, frames: int, fps: float, buckets: list[tuple[int, int]]) -> VideoLayout:
+    """The layout of `frames` frames at `fps` from the middle of the clip, covering the nearest bucket."""
     try:
         container, stream = open_video(io.BytesIO(data), threads=False)
         total, height, width = stream.frames, stream.height, stream.width
@@ -183,20 +192,49 @@ def read_video(data: bytes, frames: int, fps: float, buckets: list[tuple[int, in
     bucket_h, bucket_w = nearest_bucket(height, width, buckets)
     scale = max(bucket_h / height, bucket_w / width)
     size = (max(bucket_w, round(width * scale)), max(bucket_h, round(height * scale)))
-    wanted = set(frame_picks(total, rate, frames, fps))
+    return VideoLayout(frame_picks(total, rate, frames, fps), size, (bucket_h, bucket_w))
+
+
+def read_video(data: bytes, frames: int, fps: float, buckets: list[tuple[int, int]], layout: VideoLayout | None = None) -> torch.Tensor:
+    """`frames` frames at `fps` from the middle of the clip, resized to cover the nearest bucket and centre-cropped."""
+    layout = layout or video_layout(data, frames, fps, buckets)
+    wanted = set(layout.picks)
     try:
-        images = [f.image for f in iter_frames(io.BytesIO(data), fmt="rgb24", size=size, keep=wanted.__contains__)]
+        images = [f.image for f in iter_frames(io.BytesIO(data), fmt="rgb24", size=layout.size, keep=wanted.__contains__)]
     except Exception as error:
         raise BadSample("broken_mp4", str(error)) from error
     if len(images) != frames:
         raise BadSample("too_few_frames", f"decoded {len(images)} of {frames}")
-    top, left = (size[1] - bucket_h) // 2, (size[0] - bucket_w) // 2
+    (bucket_h, bucket_w), (width, height) = layout.bucket, layout.size
+    top, left = (height - bucket_h) // 2, (width - bucket_w) // 2
     video = torch.from_numpy(np.stack(images)[:, top : top + bucket_h, left : left + bucket_w])
     return video.permute(3, 0, 1, 2).float() / 127.5 - 1
 
 
-def decode(raw: dict, config: DataConfig, decode_video: bool, seed: int, epoch: int) -> Sample:
-    """One shard sample -> a Sample, or BadSample naming why not."""
+@dataclass
+class Outline:
+    """A shard sample as its metadata and headers describe it, no payload decoded: enough to tell which
+    batch it joins (its bucket) or why it is bad, so a resumed stream can pass over it cheaply."""
+
+    key: str
+    caption: str
+    references: list[bytes]  # the encoded images, in the metadata's order
+    bucket: tuple[int, ...]  # the decoded video's or the cached latents' shape; () without either
+    layout: VideoLayout | None = None  # a raw clip's, when its video is decoded
+
+
+def cached_shapes(data: bytes) -> dict[str, list[int]]:
+    """The tensor shapes of a safetensors file, from its JSON header only."""
+    try:
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + length])
+        return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+    except (ValueError, KeyError, TypeError) as error:
+        raise BadSample("cache_mismatch", f"unreadable cache header: {error}") from error
+
+
+def outline(raw: dict, config: DataConfig, decode_video: bool) -> Outline:
+    """What `decode` checks before it decodes a payload, with the same verdicts."""
     key = raw["__key__"]
     try:
         meta = json.loads(raw["json"])
@@ -207,30 +245,44 @@ def decode(raw: dict, config: DataConfig, decode_video: bool, seed: int, epoch: 
     for subject in meta.get("subjects", [])[: config.max_references]:
         if subject["ref"] not in raw:
             raise BadSample("missing_reference", f"{key} lists {subject['ref']}, the shard lacks it")
+        references.append(raw[subject["ref"]])
+    found = Outline(key, caption, references, bucket=())
+    if CACHE in raw:
+        shapes = cached_shapes(raw[CACHE])
+        latents, reference_latents = shapes.get("latents", [0]), shapes.get("reference_latents", [0])
+        if latents[0] != (config.frames - 1) // 4 + 1 or reference_latents[0] != len(references):
+            raise BadSample("cache_mismatch", f"{key} was encoded with another frames or max_references")
+        found.bucket = tuple(latents)
+    elif decode_video:
+        if "mp4" not in raw:
+            raise BadSample("broken_mp4", f"{key} has no mp4")
+        found.layout = video_layout(raw["mp4"], config.frames, config.fps, config.buckets)
+        found.bucket = (3, config.frames, *found.layout.bucket)
+    return found
+
+
+def decode(raw: dict, config: DataConfig, decode_video: bool, seed: int, epoch: int) -> Sample:
+    """One shard sample -> a Sample, or BadSample naming why not."""
+    found = outline(raw, config, decode_video)
+    references = []
+    for image in found.references:
         try:
-            references.append(on_white(raw[subject["ref"]]))
+            references.append(on_white(image))
         except OSError as error:
             raise BadSample("broken_reference", str(error)) from error
-    seed_of_sample = sample_seed(seed, key, epoch)
+    seed_of_sample = sample_seed(seed, found.key, epoch)
     rng = random.Random(seed_of_sample)
     order = list(range(len(references)))
     if config.shuffle_references:
         rng.shuffle(order)
     references = [augment(references[i], config.reference_augment, rng) for i in order]
-    sample = Sample(key, seed_of_sample, caption, references, bucket=())
+    sample = Sample(found.key, seed_of_sample, found.caption, references, bucket=found.bucket)
     if CACHE in raw:
         sample.cache = load_tensors(raw[CACHE])
-        frames = (config.frames - 1) // 4 + 1
-        if sample.cache["latents"].shape[0] != frames or len(sample.cache["reference_latents"]) != len(references):
-            raise BadSample("cache_mismatch", f"{key} was encoded with another frames or max_references")
         if order:  # cached reference latents were augmented once, at encode time; their order is drawn again
             sample.cache["reference_latents"] = sample.cache["reference_latents"][order]
-        sample.bucket = tuple(sample.cache["latents"].shape)
-    elif decode_video:
-        if "mp4" not in raw:
-            raise BadSample("broken_mp4", f"{key} has no mp4")
-        sample.video = read_video(raw["mp4"], config.frames, config.fps, config.buckets)
-        sample.bucket = tuple(sample.video.shape)
+    elif found.layout is not None:
+        sample.video = read_video(raw["mp4"], config.frames, config.fps, config.buckets, found.layout)
     return sample
 
 
@@ -247,17 +299,27 @@ def collate(samples: list[Sample], skipped: Counter) -> Batch:
 
 
 class ShardStream(IterableDataset):
-    """The endless, deterministic stream of batches of one process (all its loader workers together)."""
+    """The endless, deterministic stream of batches of one process (all its loader workers together).
+
+    Set `resume_after` (before iterating) to the batches this process took before a resume: they are
+    passed over by their outlines, no video or reference decoded, and the stream goes on exactly as
+    the uninterrupted one (every sample's random stream is its own). Exact unless a worker's share has
+    no usable sample (a worker that stops changes the loader's round robin) or a sample passed over
+    has sound metadata and headers but a payload that fails to decode (the uninterrupted run skipped
+    it; the resumed one counts it in its batch).
+    """
 
     def __init__(self, config: DataConfig, seed: int, rank: int = 0, world: int = 1, decode_video: bool = True):
         self.config, self.seed, self.rank, self.world, self.decode_video = config, seed, rank, world, decode_video
         self.shards, self.removed = shard_paths(config.shards)
+        self.resume_after = 0
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         slots, slot = self.world * workers, worker * self.world + self.rank
-        pending: dict[tuple, list[Sample]] = {}
+        passing = len(range(worker, self.resume_after, workers))  # the loader takes batches from its workers in turn
+        pending: dict[tuple, list] = {}  # bucket -> Samples, or (raw, epoch) of samples outlined while passing
         skipped: Counter = Counter()
         for epoch in range(2**62):
             shards = list(self.shards)
@@ -270,19 +332,36 @@ class ShardStream(IterableDataset):
                 if not whole_shards and index % slots != slot:
                     continue
                 try:
-                    sample = decode(raw, self.config, self.decode_video, self.seed, epoch)
+                    item = outline(raw, self.config, self.decode_video) if passing else decode(raw, self.config, self.decode_video, self.seed, epoch)
                 except BadSample as bad:
                     skipped[bad.reason] += 1
                     continue
                 used += 1
-                group = pending.setdefault(sample.bucket, [])
-                group.append(sample)
-                if len(group) == self.config.batch_size:
-                    yield collate(pending.pop(sample.bucket), skipped)
+                group = pending.setdefault(item.bucket, [])
+                group.append((raw, epoch) if passing else item)
+                if len(group) < self.config.batch_size:
+                    continue
+                del pending[item.bucket]
+                if not passing:
+                    yield collate(group, skipped)
                     skipped = Counter()
+                    continue
+                passing -= 1  # a batch taken before the resume: its skips are in the restored totals
+                skipped = Counter()
+                if not passing:  # the samples waiting in a bucket are used after the resume: decode them now
+                    pending = {bucket: self.decoded(group, skipped) for bucket, group in pending.items()}
             if not used:  # nothing usable in this share: say what was skipped and stop
                 yield collate([], skipped)
                 return
+
+    def decoded(self, outlined: list[tuple[dict, int]], skipped: Counter) -> list[Sample]:
+        samples = []
+        for raw, epoch in outlined:
+            try:
+                samples.append(decode(raw, self.config, self.decode_video, self.seed, epoch))
+            except BadSample as bad:
+                skipped[bad.reason] += 1
+        return samples
 
     @staticmethod
     def samples(shards: list[str], skipped: Counter) -> Iterator[dict]:

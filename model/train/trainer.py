@@ -278,11 +278,8 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------
     def batches(self):
         """Real batches, forever; skip counts ride along and are added up. Starts where the run stopped."""
-        to_skip = self.step * self.config.gradient_accumulation
+        self.loader.dataset.resume_after = self.step * self.config.gradient_accumulation  # passed over undecoded
         for batch in self.loader:
-            if to_skip:  # seen before the resume: its skips are in the restored totals
-                to_skip -= bool(batch.keys)
-                continue
             self.skipped += batch.skipped
             if batch.keys:  # an empty batch only reports a share with nothing usable
                 yield batch
