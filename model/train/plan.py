@@ -163,7 +163,8 @@ def shard(parts: TrainedParts, bf16: bool, mesh) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    for block in [*parts.transformer.transformer_blocks, *parts.aligner.layers]:
+    transformer = getattr(parts, "transformer", None)  # absent when the aligner trains alone (align phase)
+    for block in [*(transformer.transformer_blocks if transformer is not None else []), *parts.aligner.layers]:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(parts, mesh=mesh, mp_policy=policy)
 
