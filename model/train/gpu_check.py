@@ -5,7 +5,10 @@ the plan wraps them (FSDP2, here over one rank: fp32 master weights and AdamW, b
 gradient checkpointing, one 45 x 480 x 720 clip with 4 references.
 Per model it measures step time, MFU (model FLOPs of forward + backward over the GPU's bf16 peak)
 and peak memory, and prints them beside `model.train.plan`'s estimate for the same step on one GPU.
-The plans run in CPU processes while the GPU measures. Fails at once without CUDA.
+The plans run in CPU processes while the GPU measures, with the torch of the machine: plan with
+the project's pinned torch (`python -m model.train.plan`), since other versions' memory trackers
+count differently. Writes `bench/gpu.md`, which `make bench` joins into BENCHMARKS.md.
+Fails at once without CUDA.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -112,10 +116,21 @@ def main(argv: list[str] | None = None) -> None:
             measured[transformer] = step, seconds, torch.cuda.max_memory_allocated()
             print(f"{transformer}: {seconds} s per step, peak {measured[transformer][2] / GIB:.1f} GiB", flush=True)
             torch.cuda.empty_cache()
-        print("\n| model | references | step (s) | MFU | peak (GiB) | planned (GiB) | plan vs measured |")
-        print("|---|---|---|---|---|---|---|")
-        for transformer, (step, seconds, peak) in measured.items():
-            print(row(transformer, step, seconds, peak, plans[transformer].result(), capacity), flush=True)
+        lines = [
+            "### Real-size training steps on a GPU (`make gpu-check`)",
+            "",
+            f"{torch.cuda.get_device_name()}, torch {torch.__version__}; random weights, FSDP2 over one rank (fp32 master "
+            f"weights and AdamW, bf16 compute), gradient checkpointing, 45 x 480 x 720 with {args.references} references, "
+            f"mean of {args.steps} steps after 2 warm-up steps; MFU against {peak_tflops():.0f} TFLOP/s dense bf16.",
+            "",
+            "| model | references | step (s) | MFU | peak (GiB) | planned (GiB) | plan vs measured |",
+            "|---|---|---|---|---|---|---|",
+            *(row(t, step, s, peak, plans[t].result(), capacity) for t, (step, s, peak) in measured.items()),
+        ]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text, flush=True)
+    Path("bench").mkdir(exist_ok=True)
+    Path("bench/gpu.md").write_text(text)
 
 
 if __name__ == "__main__":

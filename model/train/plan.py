@@ -163,9 +163,12 @@ def shard(parts: TrainedParts, bf16: bool, mesh) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    # Only the root casts its inputs: a block's cast is skipped when checkpointing recomputes it in
+    # backward, so the 5B's fp32 rotary embedding would come back fp32 where the forward saw bf16.
+    blocks = replace(policy, cast_forward_inputs=False)
     transformer = getattr(parts, "transformer", None)  # absent when the aligner trains alone (align phase)
     for block in [*(transformer.transformer_blocks if transformer is not None else []), *parts.aligner.layers]:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=blocks)
     fully_shard(parts, mesh=mesh, mp_policy=policy)
 
 
@@ -219,18 +222,63 @@ class _NoHook:
         pass
 
 
-def frozen_aware(tracker: type) -> type:
-    """MemTracker hooks every parameter's gradient, and a frozen one (LoRA's base) cannot take a hook:
-    mark frozen parameters as hooked already (its private table, torch 2.13)."""
+def planning(tracker: type) -> type:
+    """The tracker, as the plan needs it (its private tables, torch 2.13).
 
-    class FrozenAware(tracker):
+    It keeps the global peak only: the stock tracker also updates the peak of every module active at
+    every op, looping over every module it has seen (LoRA: MemTracker sees each of the 5B's
+    thousands of modules and their adapters, which made a 5 x 64 x 96 plan run past 15 minutes).
+    And a frozen parameter (LoRA's base), which cannot take the gradient hook MemTracker installs on
+    every parameter, is marked as hooked already.
+    """
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY
+
+    class Planning(tracker):
+        def _update_peak_stats(self, peak_state) -> None:
+            for device, snapshot in self._curr_mem_snap.items():
+                if self._peak_mem.get(device, 0) < snapshot[_TOTAL_KEY]:
+                    self._peak_mem[device] = snapshot[_TOTAL_KEY]
+                    self._peak_mem_snap[device] = dict(snapshot)
+
         def _track_module_params_and_buffers(self, module: nn.Module, install_grad_hooks: bool = True):
             for p in module.parameters():
                 if not p.requires_grad:
                     self._param_to_grad_hook_handles.setdefault(p, (_NoHook(), _NoHook()))
             return super()._track_module_params_and_buffers(module, install_grad_hooks)
 
-    return FrozenAware
+    return Planning
+
+
+class _OwnFakeMode:
+    """Sharding propagation's context (in place of `ShardingPropagator._fake_mode_lock`, a no-op).
+
+    DTensor works out an op's output shape the first time it meets the op on those shapes (then
+    caches it) by running it on fake tensors of the global shapes, under the active fake mode. Under
+    the plan's, the tracker counts them as memory (FSDP2 over 8, the optimizer's first step: 53 GiB
+    that no GPU allocates). With the plan's mode unset here, DTensor makes a fake mode of its own,
+    whose ops the tracker skips.
+    """
+
+    def __enter__(self) -> None:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        self.unset = unset_fake_temporarily()
+        self.unset.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self.unset.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def own_fake_mode_in_sharding_propagation():
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+    stock = ShardingPropagator._fake_mode_lock
+    ShardingPropagator._fake_mode_lock = _OwnFakeMode()
+    try:
+        yield
+    finally:
+        ShardingPropagator._fake_mode_lock = stock
 
 
 @dataclass
@@ -241,25 +289,8 @@ class Estimate:
     breakdown: dict[str, int]  # bytes by kind (parameters, gradients, optimizer state, activations...) at the peak
 
 
-_WARMED: set[str] = set()  # the step kinds this process has planned once
-
-
 def estimate(step: Step, gpus: int) -> Estimate:
-    """One GPU's peak over two steps, FSDP2 over `gpus` fake ranks (full fine-tune) or one device (LoRA).
-
-    The first plan of a kind in a process is thrown away: it reports a spurious optimizer state
-    that does not depend on the inputs' size (5B, FSDP2 over 8: 70.8 GiB, 27 x the sharded
-    weights, at 45 x 480 x 720 and at 5 x 64 x 96 alike), and every later one does not (17.9 GiB
-    then). Cause not found; the throwaway plan runs at a small size.
-    """
-    kind = json.dumps([step.transformer, str(step.lora), step.bf16, step.checkpointing, gpus], sort_keys=True)
-    if kind not in _WARMED:
-        _WARMED.add(kind)
-        _estimate(replace(step, frames=5, height=64, width=96, references=0), gpus)
-    return _estimate(step, gpus)
-
-
-def _estimate(step: Step, gpus: int) -> Estimate:
+    """One GPU's peak over two steps, FSDP2 over `gpus` fake ranks (full fine-tune) or one device (LoRA)."""
     import torch.distributed as dist
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
@@ -277,16 +308,19 @@ def _estimate(step: Step, gpus: int) -> Estimate:
         dist.init_process_group("fake", rank=0, world_size=gpus, store=FakeStore())
         mesh = init_device_mesh("cpu", (gpus,))  # outside fake mode: the mesh reads its ranks
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True), attention():  # the meta parts become fake at to_empty
+        with FakeTensorMode(allow_non_fake_inputs=True), attention(), own_fake_mode_in_sharding_propagation():
             if step.lora is None:
                 shard(parts, step.bf16, mesh)
-            parts.to_empty(device="cpu")
+            parts.to_empty(device="cpu")  # the meta parts become fake
             inputs = step_inputs(step, torch.device("cpu"))
             optimizer = adamw(parts)
-            tracker = FSDPMemTracker(parts, optimizer) if step.lora is None else frozen_aware(MemTracker)()
-            if step.lora is not None:
+            if step.lora is None:
+                tracker = planning(FSDPMemTracker)(parts, optimizer)
+            else:
+                tracker = planning(MemTracker)()
                 tracker.track_external(parts, optimizer)
             with tracker:
+                # FSDPMemTracker takes one step at a time: its per-module stats are cleared after each
                 train_steps(parts, optimizer, inputs, autocast=step.lora is not None and step.bf16, after_step=tracker.reset_mod_stats)
             peak = tracker.get_tracker_snapshot("peak")
     finally:
