@@ -21,7 +21,8 @@ from train_fixtures import (  # noqa: F401
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(config, processes: int) -> list[float]:
+def train(config, processes: int, **env: str) -> list[float]:
+    """The losses of a torchrun of the trainer on `processes` processes, with `env` added to its environment."""
     path = Path(config.run).with_suffix(".yaml")
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     with socket.socket() as probe:  # a free port: torchrun's `--master_port 0` waits forever here
@@ -29,7 +30,7 @@ def train(config, processes: int) -> list[float]:
         port = probe.getsockname()[1]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
     result = subprocess.run(
-        [*torchrun, "-m", "model.train", "--config", str(path)], cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1"),
+        [*torchrun, "-m", "model.train", "--config", str(path)], cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1", **env),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,7 +1,9 @@
 """Checkpoint folders: `accelerator.save_state` to resume, and the trained parts to sample from.
 
 `RUN/checkpoints/step-0000100/` holds `state/` (optimizer, scheduler, EMA, RNG: what resume
-needs), `trainer_state.json` (step, counters), and the trained parts in `from_pretrained`
+needs; a sharded run keeps its trained weights, optimizer and EMA in `state/sharded/`, each rank
+its own shards, through torch.distributed.checkpoint), `trainer_state.json` (step, counters), and
+the trained parts, whole whatever the sharding, in `from_pretrained`
 folders (`aligner/`, `transformer/` with any LoRA merged, `scheduler/`) with `model.yaml`, the
 CinemaConfig that names the frozen parts. A folder is written under a `.tmp-` name and renamed
 when complete, so a killed run never leaves a checkpoint that looks finished; old ones rotate out.
@@ -13,7 +15,9 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import save_file
 
 from model.cinema.model import CinemaConfig, CinemaModel, PartRef
 
@@ -51,42 +55,53 @@ def read_trainer_state(folder: Path) -> dict:
     return json.loads((folder / "trainer_state.json").read_text())
 
 
-def save_parts(folder: Path, model: CinemaModel, parts: list[str]) -> None:
-    """The trained parts as `from_pretrained` folders, and the config that joins them to the frozen ones."""
+def save_parts(folder: Path, model: CinemaModel, parts: list[str], state: dict[str, torch.Tensor] | None = None) -> None:
+    """The trained parts as `from_pretrained` folders, and the config that joins them to the frozen ones.
+
+    `state` holds their whole weights under "aligner." / "transformer." (a sharded run gathers them,
+    with the EMA's in place of the trained ones); without it they are read from the modules."""
     config = model.config.model_copy(deep=True)
-    if "aligner" in parts:
-        model.aligner.save_pretrained(folder / "aligner")
-        config.aligner = PartRef(ref=HERE, subfolder="aligner")
-    if "transformer" in parts:
-        save_transformer(model.transformer, folder / "transformer")
-        config.transformer = PartRef(ref=HERE, subfolder="transformer")
+    for name in parts:
+        module = getattr(model, name)
+        if state is None:
+            weights = {key: tensor.detach().cpu() for key, tensor in module.state_dict().items()}
+        else:
+            weights = {key[len(name) + 1 :]: tensor for key, tensor in state.items() if key.startswith(f"{name}.")}
+        if getattr(module, "_hf_peft_config_loaded", False):
+            weights = merge_lora(module, weights)
+        save_part(module, weights, folder / name)
+        setattr(config, name, PartRef(ref=HERE, subfolder=name))
     model.scheduler.save_config(folder / "scheduler")
     config.scheduler = PartRef(ref=HERE, subfolder="scheduler")
     (folder / "model.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 
 
-def save_transformer(transformer, folder: Path) -> None:
-    """A `from_pretrained` folder; LoRA adapters folded into their base weights tensor by tensor on
-    the CPU, in the base's dtype: no copy of the model, no fp32 cast of the frozen base on the GPU."""
-    if not getattr(transformer, "_hf_peft_config_loaded", False):
-        transformer.save_pretrained(folder)
-        return
-    from peft.tuners.lora import LoraLayer
-    from safetensors.torch import save_file
-
-    state = {
-        key.replace(".base_layer.", "."): tensor.detach().cpu().clone()
-        for key, tensor in transformer.state_dict().items()
-        if ".lora_" not in key
-    }
-    for name, module in transformer.named_modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            weight = state[f"{name}.weight"]
-            delta = sum(module.get_delta_weight(adapter).detach().float().cpu() for adapter in module.active_adapters)
-            state[f"{name}.weight"] = (weight.float() + delta).to(weight.dtype)
+def save_part(module, weights: dict[str, torch.Tensor], folder: Path) -> None:
+    """A diffusers `from_pretrained` folder: the module's config and these weights."""
     folder.mkdir(parents=True, exist_ok=True)
-    transformer.save_config(folder)
-    save_file(state, folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    module.save_config(folder)
+    tensors = {key: tensor.contiguous() for key, tensor in weights.items()}
+    save_file(tensors, folder / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+
+
+def merge_lora(transformer, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Plain weights: each LoRA layer's adapters folded into its base weight on the CPU, in the base's
+    dtype (B @ A x scaling, as peft merges a Linear); no copy of the model, no fp32 base on the GPU."""
+    from peft.tuners.lora import Linear, LoraLayer
+
+    merged = {key.replace(".base_layer.", "."): tensor for key, tensor in weights.items() if ".lora_" not in key}
+    for name, module in transformer.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if not isinstance(module, Linear) or module.merged or any(module.use_dora.get(a) for a in module.active_adapters):
+            raise ValueError(f"{name}: only unmerged plain LoRA on Linear layers is folded, found {type(module).__name__}")
+        weight = merged[f"{name}.weight"]
+        delta = sum(
+            (weights[f"{name}.lora_B.{a}.weight"].float() @ weights[f"{name}.lora_A.{a}.weight"].float()) * module.scaling[a]
+            for a in module.active_adapters
+        )
+        merged[f"{name}.weight"] = (weight.float() + (delta.T if module.fan_in_fan_out else delta)).to(weight.dtype)
+    return merged
 
 
 def model_config(folder: Path) -> CinemaConfig:

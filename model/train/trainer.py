@@ -7,6 +7,12 @@ what a batch becomes before the trained parts see it (frozen encoders or the cac
 DiT (whole, or LoRA through peft) on the v-prediction loss, MLLM and VAE frozen.
 
 Runs under `accelerate launch` (DDP, DeepSpeed, FSDP from `configs/accelerate/`) or `torchrun`.
+Whatever the backend, only the trained parts are wrapped (`Objective`); the frozen MLLM and VAE stay
+outside in the weights' dtype. Under FSDP (`ACCELERATE_USE_FSDP=true`, which `accelerate launch
+--config_file configs/accelerate/fsdp.yaml` sets, on GPUs and on CPUs alike) the trainer shards them
+itself with FSDP2 as the memory plan does (`model.train.plan.shard`), and accelerate keeps only the
+process group, accumulation count, logging and RNG; resume state and EMA stay sharded
+(torch.distributed.checkpoint), the saved parts are gathered whole.
 Each sample's noise comes from its own seed (`model/train/data.py`), so resuming and splitting the global
 batch over processes reproduce the losses. Everything the run makes is under `config.run`.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import time
 from collections import Counter
@@ -26,8 +33,11 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers.training_utils import EMAModel
 from torch import nn
+from torch.distributed import checkpoint as dcp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from manifests.config_io import provenance
@@ -38,7 +48,9 @@ from model.cinema.model import CinemaModel, Conditions
 from model.cinema.sample import CinemaPipeline, export_mp4
 from model.train.config import TrainConfig, load_train_config
 from model.train.data import Batch, latent_seed, make_loader
+from model.train.ema import EMA
 from model.train.features import sample_features
+from model.train.plan import shard
 from model.train.text_encoder import T5TargetEncoder
 
 
@@ -143,15 +155,33 @@ PHASES: dict[str, type[Phase]] = {phase.name: phase for phase in (AlignPhase, Jo
 
 
 class Objective(nn.Module):
-    """What accelerate wraps (DDP, FSDP, DeepSpeed): its forward is the phase's loss."""
+    """What DDP, DeepSpeed or FSDP wrap: the phase's trained parts (`aligner`, and `transformer` in the
+    joint phase) and its loss. The CinemaModel they belong to is held, not registered, so its frozen
+    MLLM and VAE are never wrapped, broadcast or sharded."""
 
     def __init__(self, model: CinemaModel, phase: Phase):
         super().__init__()
-        self.model = model
+        for name in phase.trained:
+            self.add_module(name, getattr(model, name))
         self.phase = phase
+        object.__setattr__(self, "cinema", model)  # not a submodule
 
     def forward(self, inputs: dict) -> torch.Tensor:
-        return self.phase.loss(self.model, inputs)
+        return self.phase.loss(self.cinema, inputs)
+
+
+SHARDED = "sharded"  # under a checkpoint's state/: the DCP folder of a sharded run
+RESUME_STATE = StateDictOptions(ignore_frozen_params=True, strict=False)  # trained weights; DCP checks they are all there
+
+
+def fsdp_requested(processes: int) -> bool:
+    """The accelerate config asks for FSDP (accelerate launch sets the variable from its file), and
+    there is more than one process to shard over."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or processes < 2:
+        return False
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ValueError("the trainer shards with FSDP2: set fsdp_version: 2 in the accelerate config (FSDP_VERSION=2)")
+    return True
 
 
 class Trainer:
@@ -168,12 +198,13 @@ class Trainer:
         self.deepspeed = self.accelerator.state.deepspeed_plugin
         if self.deepspeed is not None:
             self.configure_deepspeed()
+        self.sharded = fsdp_requested(self.accelerator.num_processes)
         self.weight_dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         self.phase = PHASES[config.phase](self)
         self.step = 0
         self.skipped: Counter = Counter()  # bad samples, by reason (this process's share)
         self.nonfinite = 0  # optimizer steps skipped for a NaN/inf loss or gradient
-        self.ema: EMAModel | None = None
+        self.ema: EMA | None = None
         self.validation_batch: Batch | None = None
 
     def configure_deepspeed(self) -> None:
@@ -224,10 +255,16 @@ class Trainer:
                 part.to(torch.float32).requires_grad_(True)
         if self.config.gradient_checkpointing:
             self.model.transformer.enable_gradient_checkpointing()
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.objective = Objective(self.model, self.phase)
+        if self.sharded:  # before the optimizer and EMA: they hold the sharded parameters
+            mesh = init_device_mesh(self.accelerator.device.type, (self.accelerator.num_processes,))
+            shard(self.objective, self.config.precision == "bf16", mesh)
+        self.trained = {name: p for name, p in self.objective.named_parameters() if p.requires_grad}
+        self.params = list(self.trained.values())
         if self.config.ema_decay is not None:
-            self.ema = EMAModel(self.params, decay=self.config.ema_decay)
-            self.accelerator.register_for_checkpointing(self.ema)
+            self.ema = EMA(self.trained, decay=self.config.ema_decay)
+            if not self.sharded:  # a sharded EMA is saved with the sharded state (`save_sharded`)
+                self.accelerator.register_for_checkpointing(self.ema)
 
     def prepare_optimizer(self) -> None:
         config = self.config
@@ -237,8 +274,11 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         self.accelerator.register_for_checkpointing(self.lr_scheduler)
         self.model.train()
-        self.objective, self.optimizer = self.accelerator.prepare(Objective(self.model, self.phase), optimizer)
-        self.accelerator.register_save_state_pre_hook(self.keep_trained_weights)
+        if self.sharded:  # accelerate would wrap it again (DDP on CPU); FSDP2 already syncs the gradients
+            self.optimizer = optimizer
+        else:
+            self.objective, self.optimizer = self.accelerator.prepare(self.objective, optimizer)
+            self.accelerator.register_save_state_pre_hook(self.keep_trained_weights)
 
     @staticmethod
     def keep_trained_weights(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
@@ -260,6 +300,9 @@ class Trainer:
             return
         if self.deepspeed is not None:  # DeepSpeed saves and loads its own whole module state
             self.accelerator.load_state(str(found / "state"))
+        elif self.sharded:  # scheduler and RNG from accelerate, the rest from each rank's shards
+            self.accelerator.load_state(str(found / "state"))
+            self.load_sharded(found / "state" / SHARDED)
         else:
             self.accelerator.load_state(str(found / "state"), strict=False)  # trained weights only
         state = checkpoint.read_trainer_state(found)
@@ -267,6 +310,26 @@ class Trainer:
         if self.accelerator.is_main_process:  # the totals are kept once, on the main process
             self.skipped, self.nonfinite = Counter(state["skipped"]), state["nonfinite"]
         self.accelerator.print(f"resumed from {found} at step {self.step}")
+
+    def sharded_state(self) -> dict:
+        """Trained weights, optimizer and EMA as this rank's shards (DTensors), keyed by parameter name."""
+        model, optimizer = get_state_dict(self.objective, self.optimizer, options=RESUME_STATE)
+        state = {"model": model, "optimizer": optimizer}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def save_sharded(self, folder: Path) -> None:
+        dcp.save(self.sharded_state(), checkpoint_id=str(folder))
+
+    def load_sharded(self, folder: Path) -> None:
+        state = self.sharded_state()
+        dcp.load(state, checkpoint_id=str(folder))  # in place; fails naming any key the folder lacks
+        set_state_dict(
+            self.objective, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=RESUME_STATE
+        )
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
     def write_config(self) -> None:
         if self.accelerator.is_main_process:
@@ -296,10 +359,12 @@ class Trainer:
                 batch = next(batches)
                 self.validation_batch = self.validation_batch or batch
                 samples += len(batch.keys)
-                with acc.accumulate(self.objective):
+                # FSDP2 reduce-scatters every micro-batch: sharded gradients add up, never a whole copy
+                with acc.accumulate(*([] if self.sharded else [self.objective])):
                     with torch.no_grad():
                         inputs = self.phase.inputs(batch)
-                    loss = self.objective(inputs)
+                    with acc.autocast():
+                        loss = self.objective(inputs)
                     acc.backward(loss)
                     losses.append(loss.detach())
                     if acc.sync_gradients:
@@ -321,12 +386,14 @@ class Trainer:
         """Clip, then step unless the gradient is NaN/inf (then skip the step and count it)."""
         max_norm = self.config.max_grad_norm or math.inf
         grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
         if math.isfinite(grad_norm):
             self.optimizer.step()
             self.lr_scheduler.step()
             if self.ema is not None:
-                self.ema.step(self.params)
+                self.ema.step(self.trained)
         else:
             self.nonfinite += 1
         self.optimizer.zero_grad(set_to_none=True)
@@ -359,12 +426,17 @@ class Trainer:
                 stream.write(json.dumps({"step": self.step, **values}) + "\n")
 
     def validate(self) -> None:
-        """A video from the first training sample's references and caption, into RUN/validation/."""
+        """A video from the first training sample's references and caption, into RUN/validation/.
+
+        Every process samples (from its own first sample) and the main process writes its video:
+        a sharded DiT needs every rank for each forward, and no rank idles at a barrier meanwhile."""
         acc = self.accelerator
-        if acc.is_main_process:
-            batch, config = self.validation_batch, self.config
-            height, width = self.video_size(batch)
-            self.model.eval()
+        batch, config = self.validation_batch, self.config
+        height, width = self.video_size(batch)
+        self.model.eval()
+        if self.sharded:  # the root's own parameters (embeddings, norms, projections); the blocks gather theirs
+            self.objective.unshard()
+        with acc.autocast():
             frames = CinemaPipeline(self.model)(
                 prompt=batch.captions[0],
                 reference_images=batch.references[0],
@@ -375,9 +447,11 @@ class Trainer:
                 guidance_scale=config.validation.guidance_scale,
                 generator=torch.Generator().manual_seed(config.seed),
             ).frames[0]
-            self.model.train()
+        if self.sharded:
+            self.objective.reshard()
+        self.model.train()
+        if acc.is_main_process:
             export_mp4(frames, self.run / "validation" / f"step-{self.step:07d}.mp4")
-        acc.wait_for_everyone()
 
     def video_size(self, batch: Batch) -> tuple[int, int]:
         """(height, width) of the batch's videos: decoded, or cached as latents."""
@@ -388,19 +462,31 @@ class Trainer:
             return tuple(spatial * side for side in batch.caches[0]["latents"].shape[-2:])
         return tuple(self.config.data.buckets[0])
 
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The trained parts' whole weights, the EMA's in place of the trained ones, on the main
+        process's CPU (empty elsewhere); sharded ones are gathered tensor by tensor, by every rank."""
+        acc = self.accelerator
+        if self.sharded:
+            state = get_model_state_dict(self.objective, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        elif acc.is_main_process:
+            state = {key: tensor.detach().cpu() for key, tensor in acc.unwrap_model(self.objective).state_dict().items()}
+        else:
+            state = {}
+        if self.ema is not None:
+            state.update(self.ema.full_state(keep=acc.is_main_process))
+        return state
+
     def save(self) -> None:
         acc = self.accelerator
         tmp, final = checkpoint.staging(self.run, self.step)
         skipped, nonfinite = self.totals()
         acc.wait_for_everyone()
         acc.save_state(str(tmp / "state"))  # every process: sharded states (FSDP, DeepSpeed) need them all
+        if self.sharded:
+            self.save_sharded(tmp / "state" / SHARDED)
+        weights = self.trained_state()
         if acc.is_main_process:
-            if self.ema is not None:
-                self.ema.store(self.params)
-                self.ema.copy_to(self.params)
-            checkpoint.save_parts(tmp, acc.unwrap_model(self.objective).model, self.phase.trained)
-            if self.ema is not None:
-                self.ema.restore(self.params)
+            checkpoint.save_parts(tmp, self.model, self.phase.trained, weights)
             checkpoint.write_trainer_state(tmp, {"step": self.step, "skipped": skipped, "nonfinite": nonfinite})
             checkpoint.publish(tmp, final, self.config.keep_checkpoints)
         acc.wait_for_everyone()
