@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from train_fixtures import cinema_models, tiny_train_config  # noqa: F401
 
+from model.train.config import LoraConfig
 from model.train.plan import adamw, attention, build_parts, estimate, shard, step_inputs, step_of, train_steps
 
 
@@ -20,19 +21,22 @@ def live_bytes(module: torch.nn.Module, inputs: dict) -> int:
 
 
 def measured_peak(step) -> int:
-    """Two real steps on the CPU, FSDP2 over a one-process gloo group; peak = bytes live before + the
-    highest running sum of the profiler's per-op allocations net of frees, in time order, during the steps."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
+    """Two real steps on the CPU (a full fine-tune: FSDP2 over a one-process gloo group; LoRA: one
+    device, bf16 autocast); peak = bytes live before + the highest running sum of the profiler's per-op
+    allocations net of frees, in time order, during the steps."""
+    from torch.distributed.device_mesh import init_device_mesh
 
+    if step.lora is None:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
         parts = build_parts(step)
-        shard(parts, step.bf16, init_device_mesh("cpu", (1,)))
+        if step.lora is None:
+            shard(parts, step.bf16, init_device_mesh("cpu", (1,)))
         inputs = step_inputs(step, torch.device("cpu"), torch.Generator().manual_seed(0))
         before = live_bytes(parts, inputs)
         optimizer = adamw(parts)
         with attention(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
-            train_steps(parts, optimizer, inputs)
+            train_steps(parts, optimizer, inputs, autocast=step.lora is not None and step.bf16)
         events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in profile.events() if e.self_cpu_memory_usage)
         running, highest = 0, 0
         for _, change in events:
@@ -40,7 +44,8 @@ def measured_peak(step) -> int:
             highest = max(highest, running)
         return before + highest
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("references", [0, 2])
@@ -52,6 +57,20 @@ def test_planned_peak_is_within_15_percent_of_the_measured_one(cinema_models, tm
     measured = measured_peak(step)
     print(f"{references} references: planned {planned / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
     assert planned == pytest.approx(measured, rel=0.15)
+
+
+def test_lora_planned_peak_is_within_15_percent_of_the_measured_one(cinema_models, tmp_path):
+    """LoRA: MemTracker on one device, the frozen base in bf16, the adapters and the aligner trained in fp32."""
+    torch.set_num_threads(1)
+    config = tiny_train_config(
+        cinema_models, tmp_path, tmp_path / "run", precision="bf16", gradient_checkpointing=True, lora=LoraConfig(rank=8)
+    )
+    step = step_of(config, 2, size=(17, 64, 96))
+    found = estimate(step, gpus=1)
+    assert 0 < found.trained_params < found.all_params
+    measured = measured_peak(step)
+    print(f"LoRA: planned {found.peak / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
+    assert found.peak == pytest.approx(measured, rel=0.15)
 
 
 def test_gpu_check_measures_the_planned_step(cinema_models, tmp_path):
