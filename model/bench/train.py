@@ -3,7 +3,8 @@
 At tiny size on this CPU, on shards of the shipped real footage: the trainer's step time and peak
 memory on raw and on cached (`make encode`) shards, and the data loader's batches per second with
 0 and 2 worker processes against the batches per second the steps consume (the loader must
-deliver faster than the steps take them). Then the toy-world proof and its distance tables.
+deliver faster than the steps take them). Then the toy-world proof and its distance tables, and
+the memory plan at real size (`--plan-only`: that section alone, planned again, the rest kept).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file: model/bench/train.py)
 sys.path.insert(0, str(ROOT / "tests"))  # the fixtures that write shards through the shard stage
 
 
@@ -39,6 +40,12 @@ def step_stats(run: Path) -> tuple[float, float]:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--plan-only"]:  # the memory plan's section alone, planned again; the rest kept
+        from model.train.plan import with_bench_section
+
+        out = ROOT / "bench" / "train.md"
+        out.write_text(with_bench_section(out.read_text(), ROOT / "configs" / "train_full.yaml"))
+        return
     from train_fixtures import CINEMA_MODELS, real_samples, tiny_train_config, write_shard
 
     from model.testing.tiny import ensure

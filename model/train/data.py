@@ -332,7 +332,10 @@ class ShardStream(IterableDataset):
                 if not whole_shards and index % slots != slot:
                     continue
                 try:
-                    item = outline(raw, self.config, self.decode_video) if passing else decode(raw, self.config, self.decode_video, self.seed, epoch)
+                    if passing:  # its outline says which batch it joined, and no payload is decoded
+                        item = outline(raw, self.config, self.decode_video)
+                    else:
+                        item = decode(raw, self.config, self.decode_video, self.seed, epoch)
                 except BadSample as bad:
                     skipped[bad.reason] += 1
                     continue
@@ -355,6 +358,7 @@ class ShardStream(IterableDataset):
                 return
 
     def decoded(self, outlined: list[tuple[dict, int]], skipped: Counter) -> list[Sample]:
+        """The Samples of outlined ones, each with its own epoch's random stream; a bad one is counted."""
         samples = []
         for raw, epoch in outlined:
             try:
