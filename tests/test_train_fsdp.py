@@ -23,6 +23,7 @@ from train_fixtures import (  # noqa: F401
 from model.cinema import checkpoint
 from model.cinema.model import CinemaModel
 from model.cinema.sample import CinemaPipeline
+from model.testing.tiny import tiny_cinema_config
 
 FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}  # what `accelerate launch` sets from fsdp.yaml
 STEPS, HALF = 4, 2
@@ -94,3 +95,26 @@ def test_a_sharded_checkpoint_resumes_exactly_and_loads_as_a_plain_one(runs, tmp
     assert any(not torch.equal(start[k], v) for k, v in found["transformer"].items())
     frames = CinemaPipeline.from_pretrained(last)(prompt="a scene", reference_images=[], num_frames=5, num_inference_steps=2, height=32, width=48).frames[0]
     assert len(frames) == 5
+
+
+def test_lora_folded_from_a_gathered_state_equals_peft_merge(cinema_models):
+    """A sharded run folds the adapters from gathered tensors, not from the layers: same weights as peft's merge."""
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(0)
+    transformer = CinemaModel.from_config(tiny_cinema_config(cinema_models)).transformer
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"]))
+    for name, p in transformer.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: no delta to fold
+            torch.nn.init.normal_(p)
+    before = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+    folded = checkpoint.merge_lora(transformer, before)
+    layers = [m for m in transformer.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.merge()
+    merged = {k.replace(".base_layer.", "."): v for k, v in transformer.state_dict().items() if ".lora_" not in k}
+    assert len(layers) == 2 * len(transformer.transformer_blocks) and folded.keys() == merged.keys()
+    assert all(torch.allclose(folded[k], merged[k], atol=1e-6) for k in merged)
+    assert not torch.equal(folded["transformer_blocks.0.attn1.to_q.weight"], before["transformer_blocks.0.attn1.to_q.base_layer.weight"])
+

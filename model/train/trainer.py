@@ -174,10 +174,11 @@ SHARDED = "sharded"  # under a checkpoint's state/: the DCP folder of a sharded 
 RESUME_STATE = StateDictOptions(ignore_frozen_params=True, strict=False)  # trained weights; DCP checks they are all there
 
 
-def fsdp_requested(processes: int) -> bool:
-    """The accelerate config asks for FSDP (accelerate launch sets the variable from its file), and
-    there is more than one process to shard over."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or processes < 2:
+def fsdp_requested() -> bool:
+    """The accelerate config asks for FSDP (accelerate launch sets the variable from its file) and a
+    launcher started the processes (a process group to shard over, even of one: on a GPU accelerate
+    would otherwise wrap the objective in an FSDP of its own)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or not torch.distributed.is_initialized():
         return False
     if os.environ.get("FSDP_VERSION", "1") != "2":
         raise ValueError("the trainer shards with FSDP2: set fsdp_version: 2 in the accelerate config (FSDP_VERSION=2)")
@@ -198,7 +199,7 @@ class Trainer:
         self.deepspeed = self.accelerator.state.deepspeed_plugin
         if self.deepspeed is not None:
             self.configure_deepspeed()
-        self.sharded = fsdp_requested(self.accelerator.num_processes)
+        self.sharded = fsdp_requested()
         self.weight_dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         self.phase = PHASES[config.phase](self)
         self.step = 0
