@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 HOW_TO_GET = (
     "Run `make weights` on a machine with internet (it fills the Hugging Face cache), "
@@ -42,6 +40,10 @@ def resolve(ref: str) -> str:
     path = Path(ref).expanduser()
     if path.exists():
         return str(path)
+    # Imported here: huggingface_hub costs every curation worker about half a second at start-up.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
     try:
         return snapshot_download(ref, local_files_only=True)
     except (LocalEntryNotFoundError, HFValidationError) as error:
@@ -90,6 +92,8 @@ PICKLED_WEIGHTS = ["pytorch_model*.bin"]  # read (weights_only) only where a rep
 def download(ref: str, files: list[str], top_level_only: bool = False) -> Path:
     """Fetch the files of hub repository `ref` matching `files` (glob patterns) into the Hugging Face
     cache (needs internet); `top_level_only` skips every subfolder."""
+    from huggingface_hub import snapshot_download
+
     return Path(snapshot_download(ref, allow_patterns=files, ignore_patterns=["*/*"] if top_level_only else None))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import time
 import warnings
 from collections import deque
@@ -33,6 +34,7 @@ from manifests import store, views
 from pipeline.config import RunConfig
 from stages.base import FINAL_ERRORS, Row, Stage, tables
 from stages.probe import walk
+from stages.video import FRAMES
 
 PREPARE_CPUS = 0.5
 QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits on decoding
@@ -74,7 +76,8 @@ class Result:
 
 def build(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: str) -> Stage:
     fused = {name: getattr(config, name) for name in stage_cls.fuses if name in chain}
-    return stage_cls(getattr(config, stage_cls.name), Path(run), fused)
+    fed = {name: getattr(config, name) for name in stage_cls.feeds if name in chain}
+    return stage_cls(getattr(config, stage_cls.name), Path(run), fused, fed)
 
 
 def attempt(stage: Stage, items: list[Row], max_attempts: int) -> tuple[dict[str, list[Row]], list[Row]]:
@@ -491,6 +494,8 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
                 if stage.finished and stage.first_submit is not None:  # its table is complete: one part
                     compact(run, stages, [stage.cls.writes, *stage.cls.fuses])
     compact(run, stages, ["errors"])
+    # Every stage that reads the frames a scene pass kept has ended: a later run decodes what it needs.
+    shutil.rmtree(Path(run) / FRAMES, ignore_errors=True)
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     store.write_part(run, "stage_runs", [_stage_row(stamp, s.report) for s in stages if s.report.inputs])
     return [s.report for s in stages]

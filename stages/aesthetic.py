@@ -3,8 +3,8 @@
 The mean of the frames' unit CLIP embeddings (renormalised) is kept per window: the dedup stage
 compares windows by it, so near-duplicates cost no second model pass.
 
-Frames are read straight from the source by frame range (like motion), so windows that fail the
-threshold are never encoded. `prepare` decodes and crops in CPU tasks; the actor only runs CLIP.
+Frames are the window's grid frames (`stages.video.window_frames`): kept by the scene pass's decode
+when both run, else read from the source, so windows that fail the threshold are never encoded. `prepare` decodes and crops in CPU tasks; the actor only runs CLIP.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ class AestheticConfig(ModelStageConfig):
 
     def weights(self) -> dict[str, tuple[str, str | None]]:
         return {"aesthetic.clip": (self.clip, None), "aesthetic.head": (self.head, self.head_file)}
+
+    def window_request(self, width: int, height: int) -> tuple[int, tuple[int, int]]:
+        """Frames per window, and their size (as stored): the short side at CLIP's input size."""
+        scale = self.image_size / min(width, height)
+        return self.n_frames, (max(self.image_size, round(width * scale)), max(self.image_size, round(height * scale)))
 
 
 def center_square(image: np.ndarray) -> np.ndarray:
@@ -57,11 +62,8 @@ class Aesthetic(Stage):
 
     def prepare(self, item: Row) -> Row:
         """Decode n frames, scaled so the short side is `image_size`, upright, centre-cropped square."""
-        size = self.config.image_size
-        width, height = item["width"], item["height"]
-        scale = size / min(width, height)
-        scaled = (max(size, round(width * scale)), max(size, round(height * scale)))
-        frames = [center_square(f) for f in window_frames(item, self.config.n_frames, scaled)]
+        count, size = self.config.window_request(item["width"], item["height"])
+        frames = [center_square(f) for f in window_frames(self.run_dir, item, count, size)]
         return {"clip_id": item["clip_id"], "frames": np.stack(frames)}
 
     def process_batch(self, items: list[Row]) -> tuple[list[Row], list[Row]]:

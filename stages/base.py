@@ -65,15 +65,19 @@ class Stage:
     needs: ClassVar[str] = ""  # SQL condition on the input view: what an earlier stage must have made first
     wants: ClassVar[tuple[str, ...]] = ()  # costly input columns it reads (views.COSTLY); the others get none
     fuses: ClassVar[tuple[str, ...]] = ()  # later stages whose work this one does in the same pass when both run
+    feeds: ClassVar[tuple[str, ...]] = ()  # later stages whose frames this one's decode keeps when both run
     barrier: ClassVar[bool] = False  # plans over all its inputs at once: starts when the stages before it end
     resources: ClassVar[Resources] = Resources()
     batch_size: ClassVar[int] = 1
     Config: ClassVar[type[StageConfig]] = StageConfig
 
-    def __init__(self, config: StageConfig, run_dir: Path, fused: dict[str, StageConfig] | None = None):
+    def __init__(
+        self, config: StageConfig, run_dir: Path, fused: dict[str, StageConfig] | None = None, fed: dict[str, StageConfig] | None = None
+    ):  # fmt: skip
         self.config = config
         self.run_dir = Path(run_dir)
         self.fused = fused or {}  # configs of the `fuses` stages that run in this chain
+        self.fed = fed or {}  # configs of the `feeds` stages that run in this chain
         self.timings: defaultdict[str, float] = defaultdict(float)
 
     def setup(self) -> None:

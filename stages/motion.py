@@ -1,6 +1,6 @@
 """motion: optical-flow motion score per clip window, from a few low-resolution frames a second.
 
-The frames are the motion grid of the video (`stages.video.MotionGrid`): the scene pass collects
+The frames are the motion grid of the video (`stages.video.FrameGrid`): the scene pass collects
 them while it decodes every frame anyway, and scores each window it cuts, so a source is decoded
 once for both. This stage scores the windows left over (shorter than two grid frames, or a
 motion-only run) by decoding just the window; both paths pick the same frames, so the scores

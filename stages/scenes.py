@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import cv2
@@ -21,7 +22,7 @@ from scenedetect.scene_manager import compute_downscale_factor
 
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.motion import MotionConfig, motion_row
-from stages.video import MotionGrid, decode, open_video, prefetch, to_array
+from stages.video import WINDOW_FPS, FrameGrid, decode, jpeg, keep_window_frames, open_video, prefetch, to_array
 
 CLIP_NAMESPACE = uuid.UUID("6f1c5b0e-3d7a-5c8e-9a41-2b7e0c9d4f10")
 
@@ -104,33 +105,51 @@ def _transnet_network():
     return load_network()
 
 
-def _frames(stream, container, detector, grid: MotionGrid | None):
+def _frames(stream, container, detector, grids: list[FrameGrid]):
     """(pts from the stream start, time base, the detector's image) of every frame, in decode order."""
     start = stream.start_time or 0
     for frame in decode(container, stream):
-        if grid is not None:
+        for grid in grids:
             grid.add(frame)
         yield frame.pts - start, frame.time_base, detector.image(frame)
 
 
+@dataclass
+class Pass:
+    """What one decode of a video gives: cut frame indices, pts and seconds of every frame, and the
+    grids collected on the way (motion's, and the frames kept for the window stages)."""
+
+    cuts: list[int]
+    pts: list[int]
+    seconds: list[float]
+    motion: FrameGrid | None
+    windows: FrameGrid | None
+
+
+WINDOW_FRAMES_BUDGET = 256 * 2**20  # JPEG bytes kept per video; later windows are decoded by their stages
+
+
 def detect_cuts(
-    path: str, detector_name: str, params: dict[str, Any], motion: MotionConfig | None = None
-) -> tuple[list[int], list[int], list[float], MotionGrid | None]:
-    """Indices of the frames that start a new shot, the pts and seconds from the stream start of
-    every frame, and (given a motion config) the motion grid frames collected in the same decode."""
+    path: str, detector_name: str, params: dict[str, Any], motion: MotionConfig | None = None, window_size=None
+) -> Pass:
+    """Cut the video in shots in one decode; given a motion config, collect the motion grid, and
+    given `window_size(width, height)`, the grid frames the window stages will read."""
     container, stream = open_video(path)
     with container:
         detector = TransNet(params) if detector_name == "transnetv2" else PySceneDetect(detector_name, params, stream)
-        grid = None
-        if motion is not None:
-            grid = MotionGrid(motion.sample_fps, motion.size(stream.width, stream.height), stream.start_time or 0, stream.time_base)
         start = stream.start_time or 0
+        grids = {}
+        if motion is not None:
+            grids["motion"] = FrameGrid(motion.sample_fps, motion.size(stream.width, stream.height), start, stream.time_base)
+        if window_size is not None:
+            size = window_size(stream.width, stream.height)
+            grids["windows"] = FrameGrid(WINDOW_FPS, size, start, stream.time_base, "bgr24", jpeg, WINDOW_FRAMES_BUDGET)
         pts_list: list[int] = []
-        for pts, time_base, image in prefetch(_frames(stream, container, detector, grid)):
+        for pts, time_base, image in prefetch(_frames(stream, container, detector, list(grids.values()))):
             pts_list.append(pts)
             detector.push(pts, time_base, image)
         times = [float(p * stream.time_base) for p in pts_list]
-    return detector.finish(times), [p + start for p in pts_list], times, grid
+    return Pass(detector.finish(times), [p + start for p in pts_list], times, grids.get("motion"), grids.get("windows"))
 
 
 def windows(start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
@@ -140,21 +159,35 @@ def windows(start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def largest(requests):
+    """The frame size that serves every window stage: the largest each stage asks for, per side."""
+
+    def size(width: int, height: int) -> tuple[int, int]:
+        sizes = [request(width, height)[1] for request in requests]
+        return max(s[0] for s in sizes), max(s[1] for s in sizes)
+
+    return size
+
+
 class Scenes(Stage):
-    """With `motion` in the chain, the same decode also scores the motion of every window it cuts."""
+    """With `motion` in the chain, the same decode also scores the motion of every window it cuts;
+    with `aesthetic` or `screen`, it keeps the grid frames they read (`RUN/frames/`), so they decode nothing."""
 
     name = "scenes"
     reads = "videos"
     writes = "scenes"
     input_key = "video_id"
     fuses = ("motion",)
+    feeds = ("aesthetic", "screen")
     Config = ScenesConfig
 
     def process(self, item: Row) -> dict[str, list[Row]]:
         cfg = self.config
         motion = self.fused.get("motion")
+        readers = [stage.window_request for stage in self.fed.values()]  # (count, size) per window stage
         # Times come from pts, not index / fps: the two differ for variable frame rate video.
-        cuts, pts, seconds, grid = detect_cuts(item["path"], cfg.detector, cfg.params, motion)
+        found = detect_cuts(item["path"], cfg.detector, cfg.params, motion, largest(readers) if readers else None)
+        cuts, pts, seconds = found.cuts, found.pts, found.seconds
         n = len(pts)
         if n < 2:
             raise BadInput(f"{item['path']}: only {n} frame(s) decode; a clip needs at least 2")
@@ -184,8 +217,11 @@ class Scenes(Stage):
                     }
                 )
         scored = []
-        for row in rows if grid is not None else ():
-            frames = grid.window(row["start_pts"], row["end_pts"])
+        for row in rows if found.motion is not None else ():
+            frames = found.motion.window(row["start_pts"], row["end_pts"])
             if len(frames) >= 2:  # shorter windows are left to the motion stage, which decodes them
                 scored.append(motion_row(row["clip_id"], frames, motion))
+        if found.windows is not None:
+            counts = {request(item["width"], item["height"])[0] for request in readers}
+            keep_window_frames(self.run_dir, item["video_id"], rows, found.windows, counts)
         return {"motion": scored, "scenes": rows}

@@ -3,8 +3,8 @@
 Two real models whose weights ship in PyPI packages, so every profile uses them: PP-OCRv4 text
 detection (`model.ocr`) and NudeNet (`model.nsfw`). The `text` rule drops burned-in captions,
 subtitles and slides (`filter.max_text_area`), the `nsfw` rule explicit windows (`filter.max_nsfw`).
-Frames are decoded by frame range before any clip is encoded, at most `max_side` pixels on the long
-side; the actor only runs the two models.
+Frames are the window's grid frames (`stages.video.window_frames`, kept by the scene pass when both
+run), at most `max_side` pixels on the long side; the actor only runs the two models.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ class ScreenConfig(ModelStageConfig):
 
     def weights(self) -> dict[str, tuple[str, str | None]]:
         return {}  # both models ship inside their packages (make setup)
+
+    def window_request(self, width: int, height: int) -> tuple[int, tuple[int, int]]:
+        """Frames per window, and their size (as stored): at most `max_side` on the long side."""
+        return self.n_frames, scaled_size(width, height, self.max_side)
 
 
 def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -46,7 +50,8 @@ class Screen(Stage):
         self.nsfw = NsfwScorer.load()
 
     def prepare(self, item: Row) -> Row:
-        frames = window_frames(item, self.config.n_frames, scaled_size(item["width"], item["height"], self.config.max_side))
+        count, size = self.config.window_request(item["width"], item["height"])
+        frames = window_frames(self.run_dir, item, count, size)
         return {"clip_id": item["clip_id"], "frames": np.stack(frames)}
 
     def process(self, item: Row) -> list[Row]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import av
+import cv2
 import numpy as np
 
+from manifests.files import atomic_path
 from stages.base import BadInput
 
 
@@ -105,22 +108,6 @@ def spread(start: int, end: int, n: int) -> list[int]:
     return sorted({start + int((i + 0.5) * (end - start) / count) for i in range(count)})
 
 
-def window_frames(item: dict, count: int, size: tuple[int, int] | None) -> list[np.ndarray]:
-    """`count` upright rgb24 frames spread over a clip window of its source (a `candidates` row),
-    scaled in the decoder to `size` (width, height, as stored); what the window's model stages see."""
-    picks = set(spread(item["start_frame"], item["end_frame"], count))
-    frames = [
-        rotate_upright(f.image, item["rotation"] or 0)
-        for f in iter_frames(
-            item["video_path"], start_frame=item["start_frame"], start_pts=item["start_pts"], end_frame=item["end_frame"],
-            fmt="rgb24", size=size, keep=picks.__contains__,
-        )  # fmt: skip
-    ]
-    if not frames:
-        raise BadInput(f"{item['video_path']}: frames {item['start_frame']}..{item['end_frame']} do not decode")
-    return frames
-
-
 def clip_frames(run_dir: Path, clip_path: str, n_frames: int, count: int) -> list[Frame]:
     """`count` rgb24 frames spread over a clip file of `n_frames` frames, the view of the clip's model stages.
 
@@ -133,17 +120,22 @@ def clip_frames(run_dir: Path, clip_path: str, n_frames: int, count: int) -> lis
     return frames
 
 
-class MotionGrid:
-    """The frames motion is scored on: the first frame of each 1/fps-second bin of the video's timeline.
+class FrameGrid:
+    """The first frame of each 1/fps-second bin of the video's timeline, converted to `fmt` at `size`.
 
     Defined on the whole video, not on a window, so the scene pass (which sees every frame once)
-    and a decode of one window pick the same frames: a window's samples are the grid frames inside it.
+    and a decode of one window pick the same frames: a window's frames are the grid frames inside
+    it. Motion scores its grid (gray); the stages that score source windows pick from theirs
+    (`window_frames`). `pack` stores a converted frame (as JPEG, say) and `budget` bounds what is kept.
     """
 
-    def __init__(self, fps: float, size: tuple[int, int], start_pts: int, time_base: Fraction):
-        self.fps, self.size, self.start_pts, self.time_base = fps, size, start_pts, time_base
+    def __init__(
+        self, fps: float, size: tuple[int, int], start_pts: int, time_base: Fraction, fmt: str = "gray", pack=None, budget: int | None = None
+    ):  # fmt: skip
+        self.fps, self.size, self.start_pts, self.time_base, self.fmt = fps, size, start_pts, time_base, fmt
+        self.pack, self.budget, self.kept_bytes, self.full = pack, budget, 0, False
         self.last_bin: int | None = None
-        self.samples: list[tuple[int, float, np.ndarray]] = []  # (pts, seconds from the video start, gray)
+        self.samples: list[tuple[int, float, object]] = []  # (pts, seconds from the video start, image or packed)
 
     def seconds(self, pts: int) -> float:
         return float((pts - self.start_pts) * self.time_base)
@@ -157,18 +149,29 @@ class MotionGrid:
 
     def add(self, frame: av.VideoFrame) -> None:
         pts = _pts(frame)
-        if self.is_grid(pts):
-            self.samples.append((pts, self.seconds(pts), to_array(frame, "gray", self.size)))
+        if self.is_grid(pts) and not self.full:
+            image = to_array(frame, self.fmt, self.size)
+            kept = self.pack(image) if self.pack else image
+            self.kept_bytes += len(kept) if self.pack else image.nbytes
+            self.full = self.budget is not None and self.kept_bytes > self.budget
+            self.samples.append((pts, self.seconds(pts), kept))
 
-    def window(self, start_pts: int, end_pts: int | None) -> list[tuple[float, np.ndarray]]:
+    def covers(self, end_pts: int | None) -> bool:
+        """Whether every grid frame before `end_pts` (None: the end of the video) was kept."""
+        return not self.full or (end_pts is not None and bool(self.samples) and end_pts <= self.samples[-1][0])
+
+    def window(self, start_pts: int, end_pts: int | None) -> list[tuple[float, object]]:
         return [(t, image) for pts, t, image in self.samples if pts >= start_pts and (end_pts is None or pts < end_pts)]
 
 
-def window_samples(path: str | Path, *, start_pts: int, end_pts: int | None, fps: float, size: tuple[int, int]) -> list[tuple[float, np.ndarray]]:
-    """The motion grid frames of one window; a window holding fewer than two: its first and last frames."""
+def window_samples(
+    path: str | Path, *, start_pts: int, end_pts: int | None, fps: float, size: tuple[int, int], fmt: str = "gray", at_least: int = 2
+) -> list[tuple[float, np.ndarray]]:  # fmt: skip
+    """The grid frames of one window. A window holding fewer than `at_least`: its first and last
+    frames (motion needs two), or its first (`at_least=1`)."""
     container, stream = open_video(path)
     try:
-        grid = MotionGrid(fps, size, stream.start_time or 0, stream.time_base)
+        grid = FrameGrid(fps, size, stream.start_time or 0, stream.time_base, fmt)
         # Seek before the window, so the frame before it decides whether its first frame starts a bin.
         container.seek(max(start_pts - 1, stream.start_time or 0), stream=stream, backward=True, any_frame=False)
         first = last = None
@@ -185,9 +188,82 @@ def window_samples(path: str | Path, *, start_pts: int, end_pts: int | None, fps
     finally:
         container.close()
     picked = grid.window(start_pts, end_pts)
-    if len(picked) < 2 and first is not None and last is not None and last[0] > first[0]:
-        picked = [(t, to_array(f, "gray", size)) for t, f in (first, last)]
+    if len(picked) < at_least and first is not None:
+        ends = [first, last] if at_least > 1 else [first]
+        if at_least == 1 or last[0] > first[0]:
+            picked = [(t, to_array(f, fmt, size)) for t, f in ends]
     return picked
+
+
+WINDOW_FPS = 4.0  # the grid that the stages scoring source windows (aesthetic, screen) pick frames from
+JPEG_QUALITY = 95
+
+
+FRAMES = "frames"  # RUN/frames/<video_id>.zip: a scene pass's frames for its chain's window stages, removed at its end
+
+
+def frames_file(run_dir: Path, video_id: str) -> Path:
+    return Path(run_dir) / FRAMES / f"{video_id}.zip"
+
+
+def centred(frames: list[tuple[float, object]], start_s: float, end_s: float, count: int) -> list[object]:
+    """The grid frames nearest the centres of `count` equal parts of [start_s, end_s), each once."""
+    centres = [start_s + (j + 0.5) * (end_s - start_s) / count for j in range(count)]
+    picks = {min(range(len(frames)), key=lambda i: abs(frames[i][0] - centre)) for centre in centres} if frames else set()
+    return [frames[k][1] for k in sorted(picks)]
+
+
+def keep_window_frames(run_dir: Path, video_id: str, windows: list[dict], grid: FrameGrid, counts: set[int]) -> None:
+    """Write the grid frames (JPEG, as the scene pass kept them) that each window stage will pick,
+    as `<clip_id>/<count>-<j>.jpg`: `centred` for every stage's count."""
+    with atomic_path(run_dir, frames_file(run_dir, video_id)) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for window in windows:
+            if not grid.covers(window["end_pts"]):
+                continue
+            frames = grid.window(window["start_pts"], window["end_pts"])
+            for count in counts:
+                for j, data in enumerate(centred(frames, window["start_s"], window["end_s"], count)):
+                    archive.writestr(f"{window['clip_id']}/{count}-{j}.jpg", data)
+
+
+def kept_window_frames(run_dir: Path, item: dict, count: int) -> list[np.ndarray] | None:
+    """The window's frames for a stage reading `count` (rgb24, as stored) from the scene pass, or None if it kept none."""
+    try:
+        archive = zipfile.ZipFile(frames_file(run_dir, item["video_id"]))
+    except (FileNotFoundError, zipfile.BadZipFile):
+        return None
+    with archive:
+        prefix = f"{item['clip_id']}/{count}-"
+        names = sorted((n for n in archive.namelist() if n.startswith(prefix)), key=lambda n: int(n[len(prefix) : -4]))
+        if not names:
+            return None
+        images = [cv2.imdecode(np.frombuffer(archive.read(name), np.uint8), cv2.IMREAD_COLOR) for name in names]
+    return [cv2.cvtColor(image, cv2.COLOR_BGR2RGB) for image in images]
+
+
+def window_frames(run_dir: Path, item: dict, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """Up to `count` upright rgb24 frames of a clip window (a `candidates` row): the grid frames
+    nearest the centres of `count` equal parts of it, at `size` (width, height, as stored), what the
+    window's model stages see. Kept by the scene pass's decode when both ran; else decoded from the source."""
+    images = kept_window_frames(run_dir, item, count)
+    if images is not None:
+        images = [image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
+    else:
+        grid = window_samples(
+            item["video_path"], start_pts=item["start_pts"], end_pts=item["end_pts"], fps=WINDOW_FPS, size=size, fmt="rgb24", at_least=1
+        )  # fmt: skip
+        images = centred(grid, item["start_s"], item["end_s"], count)
+    if not images:
+        raise BadInput(f"{item['video_path']}: frames {item['start_frame']}..{item['end_frame']} do not decode")
+    return [rotate_upright(image, item["rotation"] or 0) for image in images]
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    """A bgr24 frame as JPEG."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
 
 
 def prefetch(items: Iterator, depth: int = 8) -> Iterator:

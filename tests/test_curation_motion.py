@@ -97,3 +97,37 @@ def test_one_decode_serves_scenes_and_motion_with_the_scores_of_a_window_decode(
         item = {**window, **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]}
         (alone,) = motion.process(item)
         assert alone == pytest.approx(scored[window["clip_id"]]), window["clip_id"]
+
+
+def test_one_decode_keeps_the_frames_of_aesthetic_and_screen(tmp_path):
+    """With aesthetic and screen in the chain, the scene pass keeps the grid frames they read: their
+    CPU tasks then decode nothing, and see the frames a decode of the window alone gives."""
+    import numpy as np
+    from conftest import REAL
+
+    from stages.aesthetic import Aesthetic, AestheticConfig
+    from stages.screen import Screen, ScreenConfig
+    from stages.video import DECODED, WINDOW_FPS, frames_file, kept_window_frames
+
+    source = REAL / "bikes.mp4"
+    (video,) = Probe(ProbeConfig(), tmp_path).process({"path": str(source)})
+    fed = {"aesthetic": AestheticConfig(), "screen": ScreenConfig()}
+    windows = Scenes(ScenesConfig(max_clip_s=2.0), tmp_path, {"motion": MotionConfig()}, fed).process(video)["scenes"]
+    assert frames_file(tmp_path, video["video_id"]).is_file()
+    items = [{**w, **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]} for w in windows]
+    # A window holding no grid frame (shorter than a bin) has nothing kept: its stages decode its first frame.
+    short = [item for item in items if kept_window_frames(tmp_path, item, fed["screen"].n_frames) is None]
+    assert all(item["end_s"] - item["start_s"] < 1 / WINDOW_FPS for item in short) and len(short) < len(items) / 4
+    items = [item for item in items if item not in short]
+    stages = [Aesthetic(fed["aesthetic"], tmp_path), Screen(fed["screen"], tmp_path)]
+    before = DECODED[str(source)]
+    kept = [[stage.prepare(item)["frames"] for item in items] for stage in stages]
+    assert DECODED[str(source)] == before  # nothing decoded: every window's frames were kept
+    frames_file(tmp_path, video["video_id"]).unlink()
+    decoded = [[stage.prepare(item)["frames"] for item in items] for stage in stages]
+    assert DECODED[str(source)] - before >= sum(item["n_frames"] for item in items)  # alone: each window decoded
+    for stage, kept_frames, decoded_frames in zip(stages, kept, decoded):
+        for ours, alone in zip(kept_frames, decoded_frames):
+            assert ours.shape == alone.shape
+            # The same frames, JPEG-stored at the larger size (screen's) and resized: a few levels apart.
+            assert np.abs(ours.astype(int) - alone.astype(int)).mean() < 4, stage.name

@@ -57,7 +57,8 @@ def test_goldens_cover_every_detector_and_video():
 @pytest.mark.parametrize("video,detector,suffix,golden", _golden_cases())
 def test_detect_cuts_reproduces_golden(video, detector, suffix, golden):
     path = GOLDEN / video
-    cuts, pts, _, _ = detect_cuts(str(path), DETECTOR_NAMES[detector], SUFFIX_PARAMS[suffix])
+    found = detect_cuts(str(path), DETECTOR_NAMES[detector], SUFFIX_PARAMS[suffix])
+    cuts, pts = found.cuts, found.pts
     expected = json.loads(golden.read_text())["cuts"]
     assert pyscenedetect_frame_numbers(path, cuts, pts) == expected
     assert cuts == sorted(set(cuts)) and all(0 < c < len(pts) for c in cuts)
@@ -68,7 +69,8 @@ def test_detect_cuts_reproduces_golden(video, detector, suffix, golden):
 def test_vfr_cut_indices_are_decode_positions():
     """goldeneye drops every third frame: the golden frame numbers 90 and 210 (at 23.976 fps) are
     the 60th and 140th decoded frames, which is what later stages must seek to."""
-    cuts, pts, _, _ = detect_cuts(str(GOLDEN / "goldeneye-vfr-drop3.mp4"), "content", {})
+    found = detect_cuts(str(GOLDEN / "goldeneye-vfr-drop3.mp4"), "content", {})
+    cuts, pts = found.cuts, found.pts
     assert cuts == [60, 140]
     assert len(pts) == 160 and pts == sorted(pts)
 

@@ -118,6 +118,7 @@ def test_text_rule_removes_a_slide_and_keeps_real_clips(tmp_path):
     run = tmp_path / "run"
     result = pipeline_cli("curate", src, "--out", run, *KEEP_ALL, "--stages", "probe,scenes,motion,screen")
     assert result.code == 0, result.out + result.err
+    assert not (run / "frames").exists()  # the frames the scene pass kept for screen went with the run's end
     every = views.query(run, "SELECT clip_id, video_path, text_area, nsfw_score FROM candidates JOIN screen USING (clip_id)").to_pylist()
     assert len(every) == views.query(run, "SELECT count(*) AS n FROM candidates").column("n")[0].as_py()
     kept = set(views.candidates(run, ["text", "nsfw"], FilterConfig()).column("clip_id").to_pylist())
@@ -145,7 +146,7 @@ def test_transnet_streaming_equals_the_package_on_the_whole_video(transnet):
     with torch.inference_mode():
         single, _ = transnet.predict_frames(torch.from_numpy(frames), quiet=True)
     np.testing.assert_allclose(detector.probabilities, single.numpy(), atol=1e-5)
-    assert cuts == detect_cuts(str(GOLDEN / "goldeneye-vfr-drop3.mp4"), "adaptive", {})[0] == [60, 140]
+    assert cuts == detect_cuts(str(GOLDEN / "goldeneye-vfr-drop3.mp4"), "adaptive", {}).cuts == [60, 140]
     with pytest.raises(ValueError, match="48"):
         ShotDetector(transnet).push(frames[0][:20])
 

@@ -71,7 +71,8 @@ def shot_detection() -> list[str]:
     lines = ["| video | frames | PySceneDetect adaptive: cuts | s | TransNetV2: cuts | s | TransNetV2 / PySceneDetect time |", "|---|---|---|---|---|---|---|"]
     for path in SHOTS:
         started = time.perf_counter()
-        psd_cuts, pts = detect_cuts(str(path), "adaptive", {})[:2]
+        found = detect_cuts(str(path), "adaptive", {})
+        psd_cuts, pts = found.cuts, found.pts
         psd = time.perf_counter() - started
         started = time.perf_counter()
         detector = ShotDetector(network)
