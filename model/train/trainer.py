@@ -77,6 +77,12 @@ class Phase:
     def inputs(self, batch: Batch) -> dict:
         raise NotImplementedError
 
+    def features(self, batch: Batch, t5: T5TargetEncoder | None = None) -> list[dict[str, torch.Tensor]]:
+        trainer = self.trainer
+        if batch.caches is None:  # raw shards: the frozen encoders run on every batch from now on
+            trainer.keep_frozen_on_device()
+        return batch_features(trainer.model, batch, trainer.config.seed, trainer.accelerator.device, t5)
+
     def loss(self, model: CinemaModel, inputs: dict) -> torch.Tensor:
         raise NotImplementedError
 
@@ -92,7 +98,7 @@ class AlignPhase(Phase):
         if batch.caches is None and self.t5 is None:  # raw shards: the targets are made here
             self.t5 = T5TargetEncoder.from_pretrained(trainer.config.t5.ref, dtype=trainer.weight_dtype)
             self.t5.to(trainer.accelerator.device)
-        features = batch_features(trainer.model, batch, trainer.config.seed, trainer.accelerator.device, self.t5)
+        features = self.features(batch, self.t5)
         states = padded([f["mllm_states"] for f in features], [f["mllm_mask"].bool() for f in features])
         return {
             "states": states.states,
@@ -113,7 +119,7 @@ class JointPhase(Phase):
 
     def inputs(self, batch: Batch) -> dict:
         trainer = self.trainer
-        features = batch_features(trainer.model, batch, trainer.config.seed, trainer.accelerator.device)
+        features = self.features(batch)
         latents, conditions = joint_batch(features)
         return {"latents": latents, "conditions": conditions, "seeds": batch.seeds}
 
@@ -235,8 +241,23 @@ class Trainer:
         self.accelerator.end_training()
 
     def prepare_models(self) -> None:
+        """Every part loads on the CPU; the trained ones go to the device, the frozen ones (MLLM, VAE, and
+        the align phase's DiT) only while raw shards or validation need them. Cached features need
+        only the empty prompt's MLLM states (caption dropout), made once on the CPU."""
         self.model = CinemaModel.from_config(self.config.model, self.weight_dtype)
-        self.model.to(self.accelerator.device)
+        for name in self.phase.trained:
+            getattr(self.model, name).to(self.accelerator.device)
+        self.frozen = [name for name in ("mllm", "vae", "transformer") if name not in self.phase.trained]
+        self.frozen_on_device = False
+
+    def move_frozen(self, device: torch.device | str) -> None:
+        for name in self.frozen:
+            getattr(self.model, name).to(device)
+
+    def keep_frozen_on_device(self) -> None:
+        if not self.frozen_on_device:
+            self.move_frozen(self.accelerator.device)
+            self.frozen_on_device = True
 
     def prepare_trainable(self) -> None:
         """Freeze everything, then unfreeze (in fp32) what the phase trains; LoRA replaces the full DiT
@@ -434,6 +455,8 @@ class Trainer:
         acc = self.accelerator
         batch, config = self.validation_batch, self.config
         height, width = self.video_size(batch)
+        if not self.frozen_on_device:
+            self.move_frozen(acc.device)
         self.model.eval()
         if self.sharded:  # the root's own parameters (embeddings, norms, projections); the blocks gather theirs
             self.objective.unshard()
@@ -451,6 +474,8 @@ class Trainer:
         if self.sharded:
             self.objective.reshard()
         self.model.train()
+        if not self.frozen_on_device:
+            self.move_frozen("cpu")
         if acc.is_main_process:
             export_mp4(frames, self.run / "validation" / f"step-{self.step:07d}.mp4")
 
