@@ -179,6 +179,14 @@ def start_ray(workers: int | None) -> None:
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
     )
     warnings.filterwarnings("ignore", module="ray")
+    # Workers import this module and the stages (about a second) while the driver plans, not at the first task.
+    warm = ray.remote(warm_up_worker).options(num_cpus=1, max_retries=0)
+    for _ in range(int(ray.cluster_resources().get("CPU", 1))):
+        warm.remote()
+
+
+def warm_up_worker() -> None:
+    """Nothing to do: a worker running it has imported this module, and through it every stage."""
 
 
 @dataclass
