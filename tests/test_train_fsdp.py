@@ -24,6 +24,7 @@ from model.cinema import checkpoint
 from model.cinema.model import CinemaModel
 from model.cinema.sample import CinemaPipeline
 from model.testing.tiny import tiny_cinema_config
+from model.train.trainer import Trainer
 
 FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}  # what `accelerate launch` sets from fsdp.yaml
 STEPS, HALF = 4, 2
@@ -95,6 +96,8 @@ def test_a_sharded_checkpoint_resumes_exactly_and_loads_as_a_plain_one(runs, tmp
     assert any(not torch.equal(start[k], v) for k, v in found["transformer"].items())
     frames = CinemaPipeline.from_pretrained(last)(prompt="a scene", reference_images=[], num_frames=5, num_inference_steps=2, height=32, width=48).frames[0]
     assert len(frames) == 5
+    with pytest.raises(ValueError, match="was written with FSDP"):  # one plain process cannot take the shards
+        Trainer(resumed).fit()
 
 
 def test_lora_folded_from_a_gathered_state_equals_peft_merge(cinema_models):

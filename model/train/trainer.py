@@ -320,6 +320,11 @@ class Trainer:
         found = checkpoint.latest(self.run) if self.config.resume else None
         if found is None:
             return
+        if (found / "state" / SHARDED).is_dir() != self.sharded:
+            raise ValueError(
+                f"{found} was written {'without' if self.sharded else 'with'} FSDP: resume it with the accelerate config "
+                "that wrote it, or start a new run from its parts (model.aligner / model.transformer refs)"
+            )
         if self.deepspeed is not None:  # DeepSpeed saves and loads its own whole module state
             self.accelerator.load_state(str(found / "state"))
         elif self.sharded:  # scheduler and RNG from accelerate, the rest from each rank's shards
