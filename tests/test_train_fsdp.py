@@ -40,7 +40,7 @@ def runs(cinema_models, tmp_path_factory) -> dict[str, Path]:
     """The same 4 steps: one process with batch 2, and two sharded processes with batch 1 each."""
     tmp = tmp_path_factory.mktemp("fsdp")
     shards = write_shard(tmp / "data", real_samples(4))
-    common = dict(max_steps=STEPS, checkpoint_every=HALF, keep_checkpoints=2, ema_decay=0.9)
+    common = {"max_steps": STEPS, "checkpoint_every": HALF, "keep_checkpoints": 2, "ema_decay": 0.9}
     one = tiny_train_config(cinema_models, shards, tmp / "one", **common)
     one.data.batch_size = 2
     sharded = tiny_train_config(cinema_models, shards, tmp / "sharded", gradient_checkpointing=True, **common)

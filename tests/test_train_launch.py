@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 from conftest import subprocess_env
+from safetensors.torch import load_file
 from train_fixtures import (  # noqa: F401
     cinema_models,
     metrics,

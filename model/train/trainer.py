@@ -35,8 +35,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 from torch.distributed import checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
@@ -118,7 +123,6 @@ class JointPhase(Phase):
     name, trained, needs_video = "joint", ["aligner", "transformer"], True
 
     def inputs(self, batch: Batch) -> dict:
-        trainer = self.trainer
         features = self.features(batch)
         latents, conditions = joint_batch(features)
         return {"latents": latents, "conditions": conditions, "seeds": batch.seeds}
