@@ -121,3 +121,24 @@ def test_lora_folded_from_a_gathered_state_equals_peft_merge(cinema_models):
     assert all(torch.allclose(folded[k], merged[k], atol=1e-6) for k in merged)
     assert not torch.equal(folded["transformer_blocks.0.attn1.to_q.weight"], before["transformer_blocks.0.attn1.to_q.base_layer.weight"])
 
+
+
+def test_ema_follows_diffusers_ema_model_and_restores_from_its_state():
+    """The sharding-aware EMA replaces diffusers' EMAModel: the same numbers (warm-up included), and its state restores."""
+    from diffusers.training_utils import EMAModel
+
+    from model.train.ema import EMA
+
+    torch.manual_seed(0)
+    weights = {"a": torch.nn.Parameter(torch.randn(4, 3)), "b": torch.nn.Parameter(torch.randn(5))}
+    ours, reference = EMA(weights, decay=0.99), EMAModel(list(weights.values()), decay=0.99)
+    for _ in range(30):
+        with torch.no_grad():
+            for p in weights.values():
+                p.add_(torch.randn_like(p))
+        ours.step(weights)
+        reference.step(list(weights.values()))
+    assert all(torch.allclose(ours.shadow[n], s, atol=1e-6) for n, s in zip(weights, reference.shadow_params))
+    restored = EMA(weights, decay=0.99)
+    restored.load_state_dict(ours.state_dict())
+    assert restored.updates == 30 and all(torch.equal(restored.shadow[n], ours.shadow[n]) for n in weights)

@@ -30,7 +30,9 @@ class EMA:
     @torch.no_grad()
     def step(self, parameters: dict[str, torch.Tensor]) -> None:
         shadows = [local(self.shadow[name]) for name in self.shadow]
-        torch._foreach_lerp_(shadows, [local(parameters[name]).detach() for name in self.shadow], 1 - self.current_decay())
+        # in the EMA's dtype: DeepSpeed may cast the module's weights to bf16 after the EMA was taken
+        weights = [local(parameters[name]).detach().to(shadow.dtype) for name, shadow in zip(self.shadow, shadows)]
+        torch._foreach_lerp_(shadows, weights, 1 - self.current_decay())
         self.updates += 1
 
     def full_state(self, keep: bool) -> dict[str, torch.Tensor]:
