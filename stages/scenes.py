@@ -106,12 +106,18 @@ def _transnet_network():
 
 
 def _frames(stream, container, detector, grids: list[FrameGrid]):
-    """(pts from the stream start, time base, the detector's image) of every frame, in decode order."""
+    """(pts from the stream start, time base, the detector's image) of every frame, in decode order.
+
+    Decoding and converting run in two threads (FFmpeg and swscale release the GIL), the detector
+    in the caller's: three stages of a pipeline, each frame passing through once."""
     start = stream.start_time or 0
-    for frame in decode(container, stream):
+
+    def convert(frame):
         for grid in grids:
             grid.add(frame)
-        yield frame.pts - start, frame.time_base, detector.image(frame)
+        return frame.pts - start, frame.time_base, detector.image(frame)
+
+    return prefetch(map(convert, prefetch(decode(container, stream))))
 
 
 @dataclass
@@ -145,7 +151,7 @@ def detect_cuts(
             size = window_size(stream.width, stream.height)
             grids["windows"] = FrameGrid(WINDOW_FPS, size, start, stream.time_base, "bgr24", jpeg, WINDOW_FRAMES_BUDGET)
         pts_list: list[int] = []
-        for pts, time_base, image in prefetch(_frames(stream, container, detector, list(grids.values()))):
+        for pts, time_base, image in _frames(stream, container, detector, list(grids.values())):
             pts_list.append(pts)
             detector.push(pts, time_base, image)
         times = [float(p * stream.time_base) for p in pts_list]
