@@ -466,7 +466,6 @@ class Trainer:
         height, width = self.video_size(batch)
         if not self.frozen_on_device:
             self.move_frozen(acc.device)
-        self.model.vae.vae.enable_tiling()  # as CogVideoX's pipeline decodes 480 x 720; training's encodes stay whole
         self.model.eval()
         if self.sharded:  # the root's own parameters (embeddings, norms, projections); the blocks gather theirs
             self.objective.unshard()
@@ -484,7 +483,6 @@ class Trainer:
         if self.sharded:
             self.objective.reshard()
         self.model.train()
-        self.model.vae.vae.disable_tiling()
         if not self.frozen_on_device:
             self.move_frozen("cpu")
         if acc.is_main_process:
