@@ -64,7 +64,9 @@ def binding_section(result) -> str:
         f"({', '.join(OUTCOMES)}), each through the same VAE; the world's own clips, with another VAE posterior sample, "
         f"are named right {result.sanity['latent'][0]}/{result.sanity['latent'][1]} in latents and "
         f"{result.sanity['pixels'][0]}/{result.sanity['pixels'][1]} in decoded frames. Control: the video made with the "
-        "caption's colours swapped (same references, same seed), scored against the original caption.",
+        "caption's colours swapped (same references, same seed), scored against the original caption. AlignerNet starts "
+        "fresh, as in the toy-world proof: the trainer's align phase cannot run on the toy DiT (T5 targets have 226 "
+        "positions, its text input 16).",
         "",
         "| videos placed as the caption says | latents | decoded frames |",
         "|---|---|---|",

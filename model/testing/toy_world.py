@@ -11,6 +11,9 @@ Distances are measured where the DiT works, on latents (the sampler's `output_ty
 against the clips' VAE latents), and on decoded frames against the clips as the same VAE
 reproduces them. The tiny VAE has random weights, so its decoder maps distinct latents to
 similar-looking frames: the pixel margins are thin, the latent ones are not.
+
+The binding world (`run_binding_world`, below) asks what this one cannot: with two subjects in a
+clip and a caption that says which goes where, does the model tell which reference is which?
 `python -m model.testing.toy_world` prints the tables; `make bench` keeps them in BENCHMARKS.md.
 """
 
