@@ -316,9 +316,12 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        workers, loader_worker = (info.num_workers, info.id) if info else (1, 0)
+        # The loader takes batches from its workers in turn, from the first; after `resume_after` batches
+        # the next is due from worker resume_after % workers: that share goes to the first, and so on.
+        worker = (loader_worker + self.resume_after) % workers
         slots, slot = self.world * workers, worker * self.world + self.rank
-        passing = len(range(worker, self.resume_after, workers))  # the loader takes batches from its workers in turn
+        passing = len(range(worker, self.resume_after, workers))  # this share's batches taken before the resume
         pending: dict[tuple, list] = {}  # bucket -> Samples, or (raw, epoch) of samples outlined while passing
         skipped: Counter = Counter()
         for epoch in range(2**62):
