@@ -25,7 +25,7 @@ from stages.scenes import detect_cuts
 from stages.screen import scaled_size
 from stages.video import iter_frames
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file: model/bench/real.py)
 FOOTAGE = [ROOT / "tests/data/real/carphone_pristine.mp4", ROOT / "tests/data/pyscenedetect/goldeneye-vfr-drop3.mp4", ROOT / "tests/data/real/bikes.mp4"]
 SHOTS = [ROOT / "tests/data/real/bikes.mp4", ROOT / "tests/data/pyscenedetect/goldeneye-vfr-drop3.mp4", ROOT / "tests/data/pyscenedetect/testvideo.mp4"]
 
