@@ -68,14 +68,14 @@ class Encode(Stage):
 
         from model.cinema.mllm import MLLMEncoder
         from model.cinema.vae import VideoVAE
-        from model.train.text_encoder import T5TargetEncoder
+        from model.train.text_encoder import T5TargetEncoder, text_length
 
         self.training = config = self.config.training()
         model, device = config.model, self.config.device
         dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         self.mllm = MLLMEncoder.from_pretrained(model.mllm.ref, model.template, model.max_pixels, dtype).to(device)
         self.vae = VideoVAE.from_pretrained(model.vae.ref, model.vae.subfolder, dtype).to(device)
-        self.t5 = T5TargetEncoder.from_pretrained(config.t5.ref, dtype=dtype).to(device)
+        self.t5 = T5TargetEncoder.from_pretrained(config.t5.ref, text_length(model.transformer), dtype).to(device)
 
     def process(self, item: Row) -> list[Row]:
         relative = Path("encoded") / Path(item["path"]).name

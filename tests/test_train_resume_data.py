@@ -93,3 +93,28 @@ def test_resume_with_loader_workers_goes_on_exactly(shards):
     loader.dataset.resume_after = 3
     for batch, expected in zip(islice(loader, 4), whole[3:], strict=True):
         same(batch, expected)
+
+
+def test_cached_samples_keep_the_reference_order_their_mllm_states_were_encoded_in():
+    """The cache holds the MLLM states of one reference order: the VAE reference latents must keep
+    that order, shuffle_references or not (else the model learns that MLLM and VAE references disagree)."""
+    import json
+
+    from PIL import Image
+    from safetensors.torch import save
+
+    from model.train.data import CACHE, decode
+
+    config = DataConfig(shards="unused", frames=9, max_references=3, shuffle_references=True, reference_augment=None)
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(png, format="PNG")
+    marked = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 4, 2, 2).contiguous()  # latent i holds i
+    for key in range(8):  # several seeds: a shuffle would move some of them
+        raw = {
+            "__key__": f"k{key}", "txt": b"three things",
+            "json": json.dumps({"subjects": [{"ref": f"ref{i}.png"} for i in range(3)]}).encode(),
+            **{f"ref{i}.png": png.getvalue() for i in range(3)},
+            CACHE: save({"latents": torch.zeros(3, 4, 2, 2), "reference_latents": marked}),
+        }  # fmt: skip
+        sample = decode(raw, config, decode_video=False, seed=0, epoch=0)
+        assert sample.cache["reference_latents"][:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0]

@@ -278,9 +278,9 @@ def decode(raw: dict, config: DataConfig, decode_video: bool, seed: int, epoch: 
     references = [augment(references[i], config.reference_augment, rng) for i in order]
     sample = Sample(found.key, seed_of_sample, found.caption, references, bucket=found.bucket)
     if CACHE in raw:
+        # Cached features were drawn once, at encode time: the MLLM states hold the references in that
+        # order, so the VAE latents keep it too (reordering only them would teach a mismatch).
         sample.cache = load_tensors(raw[CACHE])
-        if order:  # cached reference latents were augmented once, at encode time; their order is drawn again
-            sample.cache["reference_latents"] = sample.cache["reference_latents"][order]
     elif found.layout is not None:
         sample.video = read_video(raw["mp4"], config.frames, config.fps, config.buckets, found.layout)
     return sample

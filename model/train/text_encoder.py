@@ -7,14 +7,24 @@ mask marks the real tokens, for the loss only.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import AutoTokenizer, T5EncoderModel
 
+from model.cinema.model import PartRef
 from model.hub import resolve
 
 MAX_LENGTH = 226  # CogVideoX's max_text_seq_length
 FILES = ["tokenizer/*", "text_encoder/*"]  # what `from_pretrained` reads of a CogVideoX checkpoint
+
+
+def text_length(transformer: PartRef) -> int:
+    """The DiT's text positions (`max_text_seq_length`), read from its config: the T5 targets' length."""
+    folder = Path(resolve(transformer.ref)) / (transformer.subfolder or "")
+    return json.loads((folder / "config.json").read_text()).get("max_text_seq_length", MAX_LENGTH)
 
 
 class T5TargetEncoder(nn.Module):

@@ -56,7 +56,7 @@ from model.train.data import Batch, latent_seed, make_loader
 from model.train.ema import EMA
 from model.train.features import sample_features
 from model.train.plan import shard
-from model.train.text_encoder import T5TargetEncoder
+from model.train.text_encoder import T5TargetEncoder, text_length
 
 
 def padded(states: list[torch.Tensor], masks: list[torch.Tensor]) -> MLLMStates:
@@ -101,7 +101,7 @@ class AlignPhase(Phase):
     def inputs(self, batch: Batch) -> dict:
         trainer = self.trainer
         if batch.caches is None and self.t5 is None:  # raw shards: the targets are made here
-            self.t5 = T5TargetEncoder.from_pretrained(trainer.config.t5.ref, dtype=trainer.weight_dtype)
+            self.t5 = T5TargetEncoder.from_pretrained(trainer.config.t5.ref, text_length(trainer.config.model.transformer), trainer.weight_dtype)
             self.t5.to(trainer.accelerator.device)
         features = self.features(batch, self.t5)
         states = padded([f["mllm_states"] for f in features], [f["mllm_mask"].bool() for f in features])
