@@ -82,14 +82,23 @@ def measure(step: Step, device: torch.device, steps: int) -> float:
         dist.destroy_process_group()
 
 
-def row(transformer: str, step: Step, seconds: float | None, peak: int, planned: int, capacity: int) -> str:
+def row(transformer: str, step: Step, seconds: float | None, peak: int, planned: int | None, capacity: int) -> str:
+    plan = f"{planned / GIB:.1f}" if planned is not None else "not planned"
     if seconds is None:
-        return f"| {transformer} | {step.references} | out of memory | | > {capacity / GIB:.0f} | {planned / GIB:.1f} | |"
+        return f"| {transformer} | {step.references} | out of memory | | > {capacity / GIB:.0f} | {plan} | |"
     mfu = step_flops(step) / seconds / (peak_tflops() * 1e12)
-    return (
-        f"| {transformer} | {step.references} | {seconds:.2f} | {100 * mfu:.0f}% | {peak / GIB:.1f} | {planned / GIB:.1f} | "
-        f"{100 * (planned - peak) / peak:+.0f}% |"
-    )
+    versus = f"{100 * (planned - peak) / peak:+.0f}%" if planned is not None else ""
+    return f"| {transformer} | {step.references} | {seconds:.2f} | {100 * mfu:.0f}% | {peak / GIB:.1f} | {plan} | {versus} |"
+
+
+def planned_or_none(future) -> int | None:
+    """The plan's peak; None where the plan cannot run with this machine's torch (it uses the
+    pinned torch's memory trackers): plan with `python -m model.train.plan` on the project's torch then."""
+    try:
+        return future.result()
+    except Exception as error:  # the measurements stand without it
+        print(f"no plan with torch {torch.__version__}: {type(error).__name__}: {error}", flush=True)
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
             "| model | references | step (s) | MFU | peak (GiB) | planned (GiB) | plan vs measured |",
             "|---|---|---|---|---|---|---|",
-            *(row(t, step, s, peak, plans[t].result(), capacity) for t, (step, s, peak) in measured.items()),
+            *(row(t, step, s, peak, planned_or_none(plans[t]), capacity) for t, (step, s, peak) in measured.items()),
         ]
     text = "\n".join(lines) + "\n"
     print("\n" + text, flush=True)
