@@ -116,7 +116,7 @@ def fake_hub(tmp_path, monkeypatch):
     """`snapshot_download` over LISTINGS, filtered as the hub client filters them: {repo: files fetched}."""
     from huggingface_hub.utils import filter_repo_objects
 
-    import model.hub
+    import huggingface_hub
 
     fetched: dict[str, set[str]] = {}
 
@@ -128,7 +128,7 @@ def fake_hub(tmp_path, monkeypatch):
             fetched.setdefault(repo_id, set()).add(name)
         return str(folder)
 
-    monkeypatch.setattr(model.hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)  # model.hub imports it where used
     return fetched
 
 
