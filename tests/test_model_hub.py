@@ -114,9 +114,8 @@ LISTINGS = {
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
     """`snapshot_download` over LISTINGS, filtered as the hub client filters them: {repo: files fetched}."""
-    from huggingface_hub.utils import filter_repo_objects
-
     import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
 
     fetched: dict[str, set[str]] = {}
 
