@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image, ImageDraw, ImageOps
 from safetensors.torch import load as load_tensors
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -106,10 +107,12 @@ def shard_paths(shards: str) -> tuple[list[str], frozenset[str]]:
 def manifest_shards(run: Path, table: str) -> tuple[list[str], frozenset[str]]:
     """Listed shards of `table` with a clip the run's filters still pass, and the clips they no longer pass."""
     from manifests import views
-    from pipeline.config import load_config
+    from manifests.filters import FilterConfig
     from stages.shards import Shards
 
-    filters = load_config(run / "config.yaml").filter if (run / "config.yaml").is_file() else None
+    # The run's own thresholds, read from the config it saved (not through pipeline.config: model/ does not import it).
+    saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
+    filters = FilterConfig.model_validate(saved["config"]["filter"]) if saved else None
     passing = views.where(run, Shards.filters, filters)
     listed = {
         "shards": "SELECT shard, path, clip_ids FROM shards",
