@@ -157,42 +157,42 @@ def merge_duplicates(found: list[Found], iou: float) -> list[Found]:
     return kept
 
 
-def link_tracks(per_frame: list[list[Found]], iou: float) -> list[Track]:
-    """Greedy frame-to-frame linking of the same kind, whatever the label, by box IoU with a track's last view."""
+def link_greedy(per_frame: list[list[Found]], pick) -> list[Track]:
+    """Greedy frame-to-frame linking: each find, best score first, joins the track that
+    `pick(find, open)` names among the (index, track) pairs not yet taken in its frame, or starts one."""
     tracks: list[Track] = []
     for found in per_frame:
         taken: set[int] = set()
         for f in sorted(found, key=lambda f: -f.score):
-            candidates = [
-                (box_iou(t.views[-1].box, f.box), i)
-                for i, t in enumerate(tracks)
-                if i not in taken and t.views[-1].kind == f.kind and t.views[-1].frame < f.frame
-            ]
-            best = max(candidates, default=(0.0, -1))
-            if best[0] > iou:
-                tracks[best[1]].views.append(f)
-                taken.add(best[1])
-            else:
+            chosen = pick(f, [(i, t) for i, t in enumerate(tracks) if i not in taken])
+            if chosen is None:
                 tracks.append(Track([f]))
-                taken.add(len(tracks) - 1)
+                chosen = len(tracks) - 1
+            else:
+                tracks[chosen].views.append(f)
+            taken.add(chosen)
     return tracks
+
+
+def link_tracks(per_frame: list[list[Found]], iou: float) -> list[Track]:
+    """Linking of the same kind, whatever the label, by box IoU with a track's last view."""
+
+    def pick(f: Found, open: list[tuple[int, Track]]) -> int | None:
+        earlier = [(i, t.views[-1]) for i, t in open if t.views[-1].kind == f.kind and t.views[-1].frame < f.frame]
+        best = max(((box_iou(last.box, f.box), i) for i, last in earlier), default=(0.0, -1))
+        return best[1] if best[0] > iou else None
+
+    return link_greedy(per_frame, pick)
 
 
 def link_faces(per_frame: list[list[Found]], same_distance: float) -> list[Track]:
-    """Greedy frame-to-frame linking of faces by identity: the nearest track closer than `same_distance`."""
-    tracks: list[Track] = []
-    for found in per_frame:
-        taken: set[int] = set()
-        for f in sorted(found, key=lambda f: -f.score):
-            candidates = [(distance(t.views[-1].embedding, f.embedding), i) for i, t in enumerate(tracks) if i not in taken]
-            best = min(candidates, default=(np.inf, -1))
-            if best[0] < same_distance:
-                tracks[best[1]].views.append(f)
-                taken.add(best[1])
-            else:
-                tracks.append(Track([f]))
-                taken.add(len(tracks) - 1)
-    return tracks
+    """Linking of faces by identity: the nearest track closer than `same_distance`."""
+
+    def pick(f: Found, open: list[tuple[int, Track]]) -> int | None:
+        best = min(((distance(t.views[-1].embedding, f.embedding), i) for i, t in open), default=(np.inf, -1))
+        return best[1] if best[0] < same_distance else None
+
+    return link_greedy(per_frame, pick)
 
 
 def merge_humans_by_face(tracks: list[Track], face_tracks: list[Track]) -> list[Track]:
