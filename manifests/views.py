@@ -14,8 +14,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from manifests.filters import RULES, FilterConfig, predicate
 from manifests import store
+from manifests.filters import RULES, FilterConfig, predicate
 
 CANDIDATES = """
 CREATE VIEW candidates AS

@@ -8,7 +8,6 @@ least. `--assemble` joins every bench/*.md section into BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ProcessPoolExecutor
 import csv
 import os
 import platform
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import av

@@ -31,10 +31,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from manifests import store, views
+from manifests.filters import RULES, predicate
 from pipeline.config import RunConfig
 from stages.base import FINAL_ERRORS, Row, Stage, tables
+from stages.kept import FRAMES, kept_clip_ids, kept_file
 from stages.probe import walk
-from stages.video import FRAMES
 
 PREPARE_CPUS = 0.5
 QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits on decoding
@@ -479,6 +480,7 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
     while not all(s.finished for s in stages):
         if time.monotonic() - compacted_at > COMPACT_EVERY_S:
             compact_many(run, stages)
+            sweep_kept_frames(run, classes, config, chain)
             compacted_at = time.monotonic()
         for stage in reversed(stages):  # later stages first: Ray runs queued tasks in order
             stage.top_up()
@@ -519,6 +521,42 @@ def compact(run: Path, stages: list[StageRun], tables: list[str]) -> None:
         stage.forget_reader()
     for table in tables:
         store.compact(run, table)
+
+
+def sweep_kept_frames(run: Path, classes: list[type[Stage]], config: RunConfig, chain: list[str]) -> int:
+    """Remove the frames a decode kept for windows that no reader of the chain will read: each has
+    a row for it, or one of its filter rules was decided against it, or a stage failed on it. A
+    reader that finds frames gone decodes them, so this only has to be right most of the time."""
+    from pipeline.registry import STAGES
+
+    removed = 0
+    for producer in classes:
+        readers = [STAGES[name] for name in producer.feeds if name in chain]
+        keys = kept_clip_ids(run, producer.name) if readers else []
+        if not keys:
+            continue
+
+        def has_row(table: str) -> str:
+            return f"EXISTS (SELECT 1 FROM {store.scan(run, table)} o WHERE o.clip_id = i.clip_id)"
+
+        def settled(reader: type[Stage]) -> str:
+            scored = {rule: RULES[rule][0] for rule in views.active_rules(run, reader.filters, chain)}
+            rejected = [f"({has_row(STAGES[stage].writes) if stage else 'TRUE'} AND NOT {predicate(rule, config.filter)})"
+                        for rule, stage in scored.items()]  # fmt: skip
+            return "(" + " OR ".join([has_row(reader.writes), *rejected]) + ")"
+
+        failed = f"EXISTS (SELECT 1 FROM {store.scan(run, 'errors')} e WHERE e.key = i.clip_id)"
+        sql = f"SELECT i.clip_id FROM candidates i SEMI JOIN _kept k ON i.clip_id = k.key WHERE {failed} OR " + " AND ".join(map(settled, readers))
+
+        def execute() -> list[str]:
+            con = views.connect(run)
+            con.register("_kept", pa.table({"key": pa.array(keys, pa.string())}))
+            return con.sql(sql).to_arrow_table().column("clip_id").to_pylist()
+
+        for clip_id in store.guarded(run, execute):
+            kept_file(run, producer.name, clip_id).unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def compact_many(run: Path, stages: list[StageRun]) -> None:

@@ -37,6 +37,10 @@ class CaptionConfig(ModelStageConfig):
     def weights(self) -> dict[str, tuple[str, str | None]]:
         return {"caption.model": (self.model, None)}
 
+    def clip_request(self) -> int:
+        """Frames per clip (`stages.video.clip_frames`), kept by the clips stage when both run."""
+        return self.n_frames
+
 
 def load_prompts(version: str) -> dict[str, str]:
     """The `[caption]` and `[subjects]` sections of one prompt file."""
@@ -91,7 +95,7 @@ class Caption(Stage):
         if not item.get("clip_path"):
             raise BadInput(f"clip {item['clip_id']} has no clip file (run the clips stage)")
         n = item["end_frame"] - item["start_frame"]
-        frames = [f.image for f in clip_frames(self.run_dir, item["clip_path"], n, self.config.n_frames)]
+        frames = [image for _, image in clip_frames(self.run_dir, item["clip_id"], item["clip_path"], n, self.config.clip_request())]
         h, w = frames[0].shape[:2]
         scale = min(1.0, self.config.max_side / max(h, w))
         if scale < 1.0:

@@ -2,16 +2,22 @@
 
 Discarded windows cost no encoding. A clip is written under a temporary name and renamed, so a
 killed run leaves no half-written file; its id, and so its path, depend only on the video and span.
+With `caption` or `subjects` in the chain, the same decode keeps the frames they read (`stages.kept`),
+so they decode nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
+
 from manifests.files import atomic_path
 from stages.base import BadInput, Row, Stage, StageConfig
-from stages.video import encode_mp4, iter_frames, rotate_upright
+from stages.kept import jpeg, keep
+from stages.video import Frame, encode_mp4, even, iter_frames, rotate_upright, spread
 
 
 class ClipsConfig(StageConfig):
@@ -30,6 +36,7 @@ class Clips(Stage):
     writes = "clips"
     input_key = "clip_id"
     filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
+    feeds = ("caption", "subjects")
     Config = ClipsConfig
 
     def process(self, item: Row) -> list[Row]:
@@ -39,12 +46,15 @@ class Clips(Stage):
         frames = iter_frames(
             item["video_path"], start_frame=start, start_pts=item["start_pts"], end_frame=end, fmt="rgb24"
         )
-        upright = (rotate_upright(f.image, item["rotation"]) for f in frames)
+        picks = {count: spread(0, end - start, count) for count in {cfg.clip_request() for cfg in self.fed.values()}}
+        kept: dict[int, bytes] = {}
         fps = Fraction(item["fps"]).limit_denominator(1001)
         with atomic_path(self.run_dir, final) as tmp:
+            upright = self.upright(frames, item["rotation"], start, {i for chosen in picks.values() for i in chosen}, kept)
             written = encode_mp4(tmp, upright, fps, crf=self.config.crf, preset=self.config.preset)
             if written != end - start:
                 raise BadInput(f"{item['video_path']}: frames {start}..{end}: only {written} decode (truncated?)")
+        keep(self.run_dir, self.name, item["clip_id"], {(count, i): kept[i] for count, chosen in picks.items() for i in chosen})
         width, height = item["width"], item["height"]
         if item["rotation"] % 180:
             width, height = height, width
@@ -62,3 +72,12 @@ class Clips(Stage):
                 "bytes": final.stat().st_size,
             }
         ]
+
+    @staticmethod
+    def upright(frames: Iterator[Frame], rotation: int, start: int, wanted: set[int], kept: dict[int, bytes]) -> Iterator:
+        """The frames to encode; those at `wanted` clip indices also go to `kept` as the clip file shows them."""
+        for frame in frames:
+            image = rotate_upright(frame.image, rotation)
+            if frame.index - start in wanted:
+                kept[frame.index - start] = jpeg(cv2.cvtColor(even(image), cv2.COLOR_RGB2BGR))
+            yield image

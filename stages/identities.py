@@ -260,7 +260,7 @@ class Identities(Stage):
                 candidate["copy_psnr"] = None  # same_clip: a frame of the sample by design, not checked
                 if candidate["policy"] != "same_clip":
                     if sample is None:
-                        sample = [thumbnail(f.image) for f in clip_frames(self.run_dir, item["clip_path"], item["n_frames"], cfg.copy_frames)]
+                        sample = [thumbnail(image) for _, image in clip_frames(self.run_dir, item["clip_id"], item["clip_path"], item["n_frames"], cfg.copy_frames)]
                     source = self.source_frame(candidate)
                     candidate["copy_psnr"] = max(psnr(source, frame) for frame in sample)
                     if candidate["copy_psnr"] > cfg.copy_max_psnr:

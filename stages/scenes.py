@@ -21,8 +21,9 @@ from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.scene_manager import compute_downscale_factor
 
 from stages.base import BadInput, Row, Stage, StageConfig
+from stages.kept import jpeg
 from stages.motion import MotionConfig, motion_row
-from stages.video import WINDOW_FPS, FrameGrid, decode, jpeg, keep_window_frames, open_video, prefetch, to_array
+from stages.video import WINDOW_FPS, FrameGrid, decode, keep_window_frames, open_video, prefetch, to_array
 
 CLIP_NAMESPACE = uuid.UUID("6f1c5b0e-3d7a-5c8e-9a41-2b7e0c9d4f10")
 
@@ -229,5 +230,5 @@ class Scenes(Stage):
                 scored.append(motion_row(row["clip_id"], frames, motion))
         if found.windows is not None:
             counts = {request(item["width"], item["height"])[0] for request in readers}
-            keep_window_frames(self.run_dir, item["video_id"], rows, found.windows, counts)
+            keep_window_frames(self.run_dir, rows, found.windows, counts)
         return {"motion": scored, "scenes": rows}

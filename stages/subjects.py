@@ -77,6 +77,10 @@ class SubjectsConfig(ModelStageConfig):
             refs["subjects.face_embedder"] = (self.face_embedder, self.face_embedder_file)
         return refs
 
+    def clip_request(self) -> int:
+        """Frames per clip (`stages.video.clip_frames`), kept by the clips stage when both run."""
+        return self.key_frames
+
 
 @dataclass
 class Found:
@@ -284,15 +288,15 @@ class Subjects(Stage):
         if not item.get("clip_path") or item.get("subjects_json") is None:
             raise BadInput(f"clip {item['clip_id']} has no clip file or caption yet")
         n = item["end_frame"] - item["start_frame"]
-        frames = clip_frames(self.run_dir, item["clip_path"], n, self.config.key_frames)
+        frames = clip_frames(self.run_dir, item["clip_id"], item["clip_path"], n, self.config.clip_request())
         listed = json.loads(item["subjects_json"]) + DEFAULT_SUBJECTS
         kinds = {}
         for s in listed:
             kinds.setdefault(s["label"], s["kind"])
         return {
             "clip_id": item["clip_id"],
-            "frames": np.stack([f.image for f in frames]),
-            "frame_indices": [f.index for f in frames],
+            "frames": np.stack([image for _, image in frames]),
+            "frame_indices": [index for index, _ in frames],
             "labels": list(kinds),
             "kinds": list(kinds.values()),
         }

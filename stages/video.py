@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ import av
 import cv2
 import numpy as np
 
-from manifests.files import atomic_path
 from stages.base import BadInput
+from stages.kept import keep, kept
 
 
 @dataclass(frozen=True)
@@ -108,16 +107,23 @@ def spread(start: int, end: int, n: int) -> list[int]:
     return sorted({start + int((i + 0.5) * (end - start) / count) for i in range(count)})
 
 
-def clip_frames(run_dir: Path, clip_path: str, n_frames: int, count: int) -> list[Frame]:
-    """`count` rgb24 frames spread over a clip file of `n_frames` frames, the view of the clip's model stages.
-
-    `clip_path` is relative to `run_dir`, as the clips stage records it, and names the clip in the error.
-    """
-    picks = set(spread(0, n_frames, count))
-    frames = list(iter_frames(run_dir / clip_path, fmt="rgb24", keep=picks.__contains__))
+def clip_frames(run_dir: Path, clip_id: str, clip_path: str, n_frames: int, count: int) -> list[tuple[int, np.ndarray]]:
+    """(index in the clip, rgb24 image) of `count` frames spread over a clip of `n_frames` frames, what
+    the clip's model stages see. Kept by the clips stage when both ran; else decoded from the clip file
+    (`clip_path`, relative to `run_dir`, as the clips stage records it)."""
+    picks = spread(0, n_frames, count)
+    frames = kept(run_dir, "clips", clip_id, count)
+    if frames is None or [index for index, _ in frames] != picks:
+        frames = [(f.index, f.image) for f in iter_frames(run_dir / clip_path, fmt="rgb24", keep=set(picks).__contains__)]
     if not frames:
         raise BadInput(f"{clip_path}: no frame decodes")
     return frames
+
+
+def even(image: np.ndarray) -> np.ndarray:
+    """Cropped by one pixel to even sides, as H.264 in yuv420p needs and as clip files are."""
+    h, w = image.shape[:2]
+    return image[: h - h % 2, : w - w % 2]
 
 
 class FrameGrid:
@@ -196,14 +202,6 @@ def window_samples(
 
 
 WINDOW_FPS = 4.0  # the grid that the stages scoring source windows (aesthetic, screen) pick frames from
-JPEG_QUALITY = 95
-
-
-FRAMES = "frames"  # RUN/frames/<video_id>.zip: a scene pass's frames for its chain's window stages, removed at its end
-
-
-def frames_file(run_dir: Path, video_id: str) -> Path:
-    return Path(run_dir) / FRAMES / f"{video_id}.zip"
 
 
 def centred(frames: list[tuple[float, object]], start_s: float, end_s: float, count: int) -> list[object]:
@@ -213,41 +211,22 @@ def centred(frames: list[tuple[float, object]], start_s: float, end_s: float, co
     return [frames[k][1] for k in sorted(picks)]
 
 
-def keep_window_frames(run_dir: Path, video_id: str, windows: list[dict], grid: FrameGrid, counts: set[int]) -> None:
-    """Write the grid frames (JPEG, as the scene pass kept them) that each window stage will pick,
-    as `<clip_id>/<count>-<j>.jpg`: `centred` for every stage's count."""
-    with atomic_path(run_dir, frames_file(run_dir, video_id)) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for window in windows:
-            if not grid.covers(window["end_pts"]):
-                continue
+def keep_window_frames(run_dir: Path, windows: list[dict], grid: FrameGrid, counts: set[int]) -> None:
+    """Keep the grid frames (JPEG, as the scene pass packed them) that each window stage will pick: `centred` for every stage's count."""
+    for window in windows:
+        if grid.covers(window["end_pts"]):
             frames = grid.window(window["start_pts"], window["end_pts"])
-            for count in counts:
-                for j, data in enumerate(centred(frames, window["start_s"], window["end_s"], count)):
-                    archive.writestr(f"{window['clip_id']}/{count}-{j}.jpg", data)
-
-
-def kept_window_frames(run_dir: Path, item: dict, count: int) -> list[np.ndarray] | None:
-    """The window's frames for a stage reading `count` (rgb24, as stored) from the scene pass, or None if it kept none."""
-    try:
-        archive = zipfile.ZipFile(frames_file(run_dir, item["video_id"]))
-    except (FileNotFoundError, zipfile.BadZipFile):
-        return None
-    with archive:
-        prefix = f"{item['clip_id']}/{count}-"
-        names = sorted((n for n in archive.namelist() if n.startswith(prefix)), key=lambda n: int(n[len(prefix) : -4]))
-        if not names:
-            return None
-        images = [cv2.imdecode(np.frombuffer(archive.read(name), np.uint8), cv2.IMREAD_COLOR) for name in names]
-    return [cv2.cvtColor(image, cv2.COLOR_BGR2RGB) for image in images]
+            picked = {(count, j): data for count in counts for j, data in enumerate(centred(frames, window["start_s"], window["end_s"], count))}
+            keep(run_dir, "scenes", window["clip_id"], picked)
 
 
 def window_frames(run_dir: Path, item: dict, count: int, size: tuple[int, int]) -> list[np.ndarray]:
     """Up to `count` upright rgb24 frames of a clip window (a `candidates` row): the grid frames
     nearest the centres of `count` equal parts of it, at `size` (width, height, as stored), what the
     window's model stages see. Kept by the scene pass's decode when both ran; else decoded from the source."""
-    images = kept_window_frames(run_dir, item, count)
-    if images is not None:
-        images = [image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
+    frames = kept(run_dir, "scenes", item["clip_id"], count)
+    if frames is not None:
+        images = [image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_AREA) for _, image in frames]
     else:
         grid = window_samples(
             item["video_path"], start_pts=item["start_pts"], end_pts=item["end_pts"], fps=WINDOW_FPS, size=size, fmt="rgb24", at_least=1
@@ -256,14 +235,6 @@ def window_frames(run_dir: Path, item: dict, count: int, size: tuple[int, int]) 
     if not images:
         raise BadInput(f"{item['video_path']}: frames {item['start_frame']}..{item['end_frame']} do not decode")
     return [rotate_upright(image, item["rotation"] or 0) for image in images]
-
-
-def jpeg(image: np.ndarray) -> bytes:
-    """A bgr24 frame as JPEG."""
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return data.tobytes()
 
 
 def prefetch(items: Iterator, depth: int = 8) -> Iterator:
@@ -320,8 +291,7 @@ def encode_mp4(
     count = 0
     try:
         for image in frames:
-            h, w = image.shape[:2]
-            image = image[: h - h % 2, : w - w % 2]
+            image = even(image)
             if stream is None:
                 stream = container.add_stream("libx264", rate=fps)
                 stream.width, stream.height = image.shape[1], image.shape[0]

@@ -107,23 +107,24 @@ def test_one_decode_keeps_the_frames_of_aesthetic_and_screen(tmp_path):
 
     from stages.aesthetic import Aesthetic, AestheticConfig
     from stages.screen import Screen, ScreenConfig
-    from stages.video import DECODED, WINDOW_FPS, frames_file, kept_window_frames
+    from stages.kept import kept, kept_file
+    from stages.video import DECODED, WINDOW_FPS
 
     source = REAL / "bikes.mp4"
     (video,) = Probe(ProbeConfig(), tmp_path).process({"path": str(source)})
     fed = {"aesthetic": AestheticConfig(), "screen": ScreenConfig()}
     windows = Scenes(ScenesConfig(max_clip_s=2.0), tmp_path, {"motion": MotionConfig()}, fed).process(video)["scenes"]
-    assert frames_file(tmp_path, video["video_id"]).is_file()
     items = [{**w, **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]} for w in windows]
     # A window holding no grid frame (shorter than a bin) has nothing kept: its stages decode its first frame.
-    short = [item for item in items if kept_window_frames(tmp_path, item, fed["screen"].n_frames) is None]
+    short = [item for item in items if kept(tmp_path, "scenes", item["clip_id"], fed["screen"].n_frames) is None]
     assert all(item["end_s"] - item["start_s"] < 1 / WINDOW_FPS for item in short) and len(short) < len(items) / 4
     items = [item for item in items if item not in short]
     stages = [Aesthetic(fed["aesthetic"], tmp_path), Screen(fed["screen"], tmp_path)]
     before = DECODED[str(source)]
     kept = [[stage.prepare(item)["frames"] for item in items] for stage in stages]
     assert DECODED[str(source)] == before  # nothing decoded: every window's frames were kept
-    frames_file(tmp_path, video["video_id"]).unlink()
+    for item in items:
+        kept_file(tmp_path, "scenes", item["clip_id"]).unlink()
     decoded = [[stage.prepare(item)["frames"] for item in items] for stage in stages]
     assert DECODED[str(source)] - before >= sum(item["n_frames"] for item in items)  # alone: each window decoded
     for stage, kept_frames, decoded_frames in zip(stages, kept, decoded):
@@ -131,3 +132,40 @@ def test_one_decode_keeps_the_frames_of_aesthetic_and_screen(tmp_path):
             assert ours.shape == alone.shape
             # The same frames, JPEG-stored at the larger size (screen's) and resized: a few levels apart.
             assert np.abs(ours.astype(int) - alone.astype(int)).mean() < 4, stage.name
+
+
+def test_clips_keep_the_frames_of_caption_and_subjects(tmp_path):
+    """With caption and subjects in the chain, the clips stage keeps the clip frames they read while
+    it encodes: their CPU tasks decode nothing, and see the frames the clip file shows."""
+    import numpy as np
+    from conftest import REAL
+
+    from stages.caption import Caption, CaptionConfig
+    from stages.clips import Clips, ClipsConfig
+    from stages.kept import kept_file
+    from stages.subjects import Subjects, SubjectsConfig
+    from stages.video import DECODED
+
+    source = REAL / "bikes.mp4"
+    (video,) = Probe(ProbeConfig(), tmp_path).process({"path": str(source)})
+    windows = Scenes(ScenesConfig(max_clip_s=2.0), tmp_path).process(video)["scenes"][:3]
+    fed = {"caption": CaptionConfig(), "subjects": SubjectsConfig(key_frames=5)}
+    items = []
+    for window in windows:
+        item = {**window, **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]}
+        (clip,) = Clips(ClipsConfig(), tmp_path, fed=fed).process(item)
+        items.append({**item, "clip_path": clip["path"], "subjects_json": "[]"})
+    stages = [Caption(fed["caption"], tmp_path), Subjects(fed["subjects"], tmp_path)]
+    before = sum(DECODED.values())
+    kept = [[stage.prepare(item) for item in items] for stage in stages]
+    assert sum(DECODED.values()) == before  # nothing decoded, neither the source nor the clip files
+    for item in items:
+        kept_file(tmp_path, "clips", item["clip_id"]).unlink()
+    decoded = [[stage.prepare(item) for item in items] for stage in stages]
+    assert all(DECODED[str(tmp_path / item["clip_path"])] >= item["n_frames"] for item in items)  # alone: each clip file decoded
+    for stage, kept_items, decoded_items in zip(stages, kept, decoded):
+        for ours, alone in zip(kept_items, decoded_items):
+            assert ours.get("frame_indices") == alone.get("frame_indices")
+            assert ours["frames"].shape == alone["frames"].shape
+            # The source frames as JPEG q95 against the same frames through the clip's H.264 (crf 18).
+            assert np.abs(ours["frames"].astype(int) - alone["frames"].astype(int)).mean() < 4, stage.name

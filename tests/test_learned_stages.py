@@ -14,7 +14,7 @@ import torch
 from conftest import REAL, pipeline_cli
 from learned_fixtures import tiny_args, tiny_models  # noqa: F401  (fixture)
 
-from manifests import store
+from manifests import store, views
 from pipeline.config import load_config
 from stages.base import BadModelOutput
 from stages.caption import DEFAULT_SUBJECTS, Caption, parse_subjects
@@ -187,3 +187,42 @@ def test_stages_overlap_captions_come_before_the_last_scenes(tiny_models, tmp_pa
     runs = store.read_table(tmp_path / "run", "stage_runs").to_pylist()
     caption = next(r for r in runs if r["stage"] == "caption")
     assert caption["actors"] == 1 and 0 < caption["utilisation"] <= 1
+
+
+def test_kept_frames_go_as_soon_as_no_reader_of_the_chain_needs_them(tiny_models, tmp_path):
+    """The sweep removes a window's kept frames once each reader has a row for it or a filter rule
+    decided against it, and keeps those of the windows a reader still has to see."""
+    from pipeline.runner import run_chain, sweep_kept_frames
+    from stages.aesthetic import Aesthetic
+    from stages.kept import kept_clip_ids
+    from stages.motion import Motion
+    from stages.probe import Probe
+    from stages.screen import Screen, ScreenConfig
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "bikes.mp4", src)
+    run = tmp_path / "run"
+    config = load_config(profile="tiny", overrides=[f"tiny_models={tiny_models}", "filter.min_duration_s=0.5", "scenes.max_clip_s=2"])
+    config.src = str(src)
+    classes = [Probe, Scenes, Motion, Aesthetic]
+    config.stages = [c.name for c in classes]
+    run_chain(classes, config, run)
+    scores = sorted(store.read_table(run, "aesthetic").column("score").to_pylist())
+    config.filter.min_aesthetic = scores[len(scores) // 2]  # half the scored windows go on to screen
+    # The scene pass again, as in a chain where screen comes next: it keeps every window's frames.
+    (video,) = store.read_table(run, "videos").to_pylist()
+    fed = {"aesthetic": config.aesthetic, "screen": ScreenConfig()}
+    windows = Scenes(config.scenes, run, {"motion": config.motion}, fed).process({**video, "path": video["path"]})["scenes"]
+    assert set(kept_clip_ids(run, "scenes")) == {w["clip_id"] for w in windows if w["end_s"] - w["start_s"] >= 0.25}
+    waiting = set(views.candidates(run, Screen.filters, config.filter).column("clip_id").to_pylist())
+    assert 0 < len(waiting) < len(windows), (len(waiting), len(windows))
+    chain = [*config.stages, "screen"]
+    sweep_kept_frames(run, [*classes, Screen], config, chain)
+    assert set(kept_clip_ids(run, "scenes")) == waiting  # what screen will read, and nothing else
+    first = next(row for row in views.candidates(run).to_pylist() if row["clip_id"] == min(waiting))
+    screen = Screen(ScreenConfig(), run)
+    screen.setup()
+    store.write_part(run, "screen", screen.process(screen.prepare(first)))  # screen has seen one window
+    sweep_kept_frames(run, [*classes, Screen], config, chain)
+    assert set(kept_clip_ids(run, "scenes")) == waiting - {first["clip_id"]}
