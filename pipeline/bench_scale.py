@@ -127,6 +127,16 @@ PENDING = (
     "n = sum(b.num_rows for b in con.sql(pending_sql(Subjects, config, ['subjects'], run, False)).to_arrow_reader(4096)); print(n)"
 )
 
+KEPT = 1000  # windows whose frames wait for their readers when the sweep runs: a backlog, not the run
+SWEEP = (  # half the kept windows fail the motion rule: screen will never read them
+    "import sys; from pathlib import Path; from pipeline.config import load_config; from pipeline.registry import STAGES; "
+    "from pipeline.runner import sweep_kept_frames; from stages.kept import kept_file; "
+    "run, n, kept = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]); config = load_config(run / 'config.yaml'); "
+    "paths = [kept_file(run, 'scenes', f'clip{i * (n // kept) + i % 2:012d}') for i in range(kept)]; "
+    "paths[0].parent.mkdir(parents=True, exist_ok=True); [p.touch() for p in paths]; chain = ['scenes', 'motion', 'aesthetic', 'screen']; "
+    "removed = sweep_kept_frames(run, [STAGES[c] for c in chain], config, chain); assert removed == kept // 2, removed"
+)
+
 
 def measure(n_windows: int, folder: Path) -> dict:
     run, src = folder / "run", folder / "src"
@@ -138,6 +148,7 @@ def measure(n_windows: int, folder: Path) -> dict:
     steps = {
         "report": [py, "-m", "manifests", "report", str(run)],
         "pending inputs of `subjects`": [py, "-c", PENDING, str(run)],
+        f"sweep of kept frames ({KEPT:,} windows kept)": [py, "-c", SWEEP, str(run), str(n_windows), str(KEPT)],
         "no-op rerun (`curate`, probe..clips)": [py, "-m", "pipeline", "curate", str(src), "--out", str(run), "--stages", "probe,scenes,motion,clips"],
         "`summary`": [py, "-m", "manifests", "summary", str(run)],
         "`funnel`": [py, "-m", "manifests", "funnel", str(run)],
