@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,16 +66,22 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
     shown = pa.table({"key": pa.array([row["clip_id"] for group in groups for row in group.rows], pa.string())})
     con.register("_shown", shown)  # only the errors of the clips on the page, however many the run has
     errors = {(stage, key): message for stage, key, message in con.execute("SELECT stage, key, message FROM errors JOIN _shown USING (key)").fetchall()}
+    rows = [row for group in groups for row in group.rows]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # FFmpeg decodes without the GIL: posters decode side by side
+        posters = list(pool.map(lambda row: poster(run, row, out / "posters", config.poster_width), rows))
+    for row, path in zip(rows, posters):
+        row["poster"] = path
     for group in groups:
         for row in group.rows:
-            row["poster"] = poster(run, row, out / "posters", config.poster_width)
             row["error"] = errors.get((stage_of(group.status), row["clip_id"]))
-    plots = {
-        "motion": histogram(
-            con, "motion_score", "motion score (% of diagonal / s)", {"min_motion": filters.min_motion, "max_motion": filters.max_motion}, out / "plots" / "motion.png"
-        ),
-        "aesthetic": histogram(con, "aesthetic_score", "aesthetic score (LAION scale)", {"min_aesthetic": filters.min_aesthetic}, out / "plots" / "aesthetic.png"),
-    }
+    plots = {}
+    for name, column, label, thresholds in [
+        ("motion", "motion_score", "motion score (% of diagonal / s)", {"min_motion": filters.min_motion, "max_motion": filters.max_motion}),
+        ("aesthetic", "aesthetic_score", "aesthetic score (LAION scale)", {"min_aesthetic": filters.min_aesthetic}),
+    ]:
+        values = con.execute(f"SELECT {column}::DOUBLE AS v FROM candidates WHERE {column} IS NOT NULL").fetchnumpy()["v"]
+        write_bytes(run, out / "plots" / f"{name}.svg", histogram(values, column, label, thresholds).encode("utf-8"))
+        plots[name] = {"path": f"plots/{name}.svg", "n": len(values)}
     faces = face_identities(run, con)
     page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config, faces, stage_times(con))
     path = out / "index.html"
@@ -157,36 +165,82 @@ def poster(run: Path, row: dict, folder: Path, width: int) -> str | None:
     return f"posters/{path.name}"
 
 
-def histogram(con, column: str, label: str, thresholds: dict[str, float], path: Path) -> dict:
-    """A PNG histogram of one score over every scored clip, thresholds as vertical lines."""
-    import matplotlib
+PLOT_W, PLOT_H = 600, 320
+PLOT_BOX = (60, 28, 585, 270)  # left, top, right, bottom of the axes, pixels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    values = con.execute(f"SELECT {column}::DOUBLE AS v FROM candidates WHERE {column} IS NOT NULL").fetchnumpy()["v"]
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    off_scale = []
+def histogram(values: np.ndarray, column: str, label: str, thresholds: dict[str, float]) -> str:
+    """An SVG histogram of one score over every scored clip, thresholds as dashed vertical lines.
+
+    Hand-written SVG, not matplotlib: importing and laying out matplotlib cost more than the rest
+    of the report, posters aside."""
+    title = f"{column}: {len(values)} scored"
     if len(values):
-        ax.hist(values, bins=min(60, max(10, len(values) // 20)), color="#4c78a8")
+        counts, edges = np.histogram(values, bins=min(60, max(10, len(values) // 20)))
         lo, hi = float(values.min()), float(values.max())
         span = max(hi - lo, 1.0)
-        for name, value in thresholds.items():
-            if lo - span <= value <= hi + span:
-                ax.axvline(value, color="#e45756", linestyle="--", label=f"{name} = {value:g}")
-            else:
-                off_scale.append(f"{name} = {value:g}")
-        if any(lo - span <= v <= hi + span for v in thresholds.values()):
-            ax.legend(fontsize=8)
+        drawn = {name: value for name, value in thresholds.items() if lo - span <= value <= hi + span}
+        off_scale = [f"{name} = {value:g}" for name, value in thresholds.items() if name not in drawn]
+        title += f"; off the axis: {', '.join(off_scale)}" if off_scale else ""
+        marks = svg_bars(counts, edges, drawn)
     else:
-        ax.text(0.5, 0.5, "not scored yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel(label)
-    ax.set_ylabel("clip windows")
-    ax.set_title(f"{column}: {len(values)} scored" + (f"; off the axis: {', '.join(off_scale)}" if off_scale else ""), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return {"path": f"plots/{path.name}", "n": len(values)}
+        marks = [f"<text x='{PLOT_W / 2}' y='{PLOT_H / 2}' text-anchor='middle'>not scored yet</text>"]
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{PLOT_W}' height='{PLOT_H}' viewBox='0 0 {PLOT_W} {PLOT_H}' "
+        "font-family='DejaVu Sans,sans-serif' font-size='11'>"
+        f"<rect width='{PLOT_W}' height='{PLOT_H}' fill='#fff'/>"
+        f"<text x='{PLOT_W / 2}' y='16' text-anchor='middle' font-size='12'>{html.escape(title)}</text>"
+        + "".join(marks) + svg_labels(label) + "</svg>"
+    )
+
+
+def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten) covering [lo, hi]."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / count
+    power = 10 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = np.ceil(lo / step) * step
+    return [float(round(v, 12)) for v in np.arange(first, hi + step * 1e-9, step)]
+
+
+def svg_labels(label: str) -> str:
+    left, top, right, bottom = PLOT_BOX
+    return (
+        f"<text x='{(left + right) / 2}' y='{PLOT_H - 6}' text-anchor='middle'>{html.escape(label)}</text>"
+        f"<text transform='translate(14 {(top + bottom) / 2}) rotate(-90)' text-anchor='middle'>clip windows</text>"
+    )
+
+
+def svg_bars(counts: np.ndarray, edges: np.ndarray, thresholds: dict[str, float]) -> list[str]:
+    """Axes, bars, ticks and threshold lines; the x axis spans the bins and every threshold drawn, 5% margins."""
+    left, top, right, bottom = PLOT_BOX
+    x0, x1 = min([edges[0], *thresholds.values()]), max([edges[-1], *thresholds.values()])
+    pad = (x1 - x0) * 0.05
+    x0, x1 = x0 - pad, x1 + pad
+    y1 = max(1, int(counts.max())) * 1.05
+    sx = lambda v: left + (v - x0) / (x1 - x0) * (right - left)  # noqa: E731
+    sy = lambda n: bottom - n / y1 * (bottom - top)  # noqa: E731
+    out = [
+        f"<rect x='{sx(a):.2f}' y='{sy(n):.2f}' width='{sx(b) - sx(a):.2f}' height='{bottom - sy(n):.2f}' fill='#4c78a8' "
+        f"data-count='{n}'><title>{a:.4g} to {b:.4g}: {n}</title></rect>"
+        for a, b, n in zip(edges[:-1], edges[1:], counts.tolist())
+        if n
+    ]
+    out.append(f"<path d='M{left} {top}V{bottom}H{right}' fill='none' stroke='#333'/>")
+    for v in nice_ticks(x0, x1):
+        out.append(f"<path d='M{sx(v):.2f} {bottom}v4' stroke='#333'/><text x='{sx(v):.2f}' y='{bottom + 15}' text-anchor='middle'>{v:g}</text>")
+    for n in nice_ticks(0, y1):
+        if n == int(n):
+            out.append(f"<path d='M{left} {sy(n):.2f}h-4' stroke='#333'/><text x='{left - 6}' y='{sy(n) + 4:.2f}' text-anchor='end'>{n:g}</text>")
+    if thresholds:  # the legend, top right on a white box
+        out.append(f"<rect x='{right - 158}' y='{top + 2}' width='154' height='{6 + 15 * len(thresholds)}' fill='#fff' fill-opacity='0.8' stroke='#ccc'/>")
+    for i, (name, value) in enumerate(thresholds.items()):
+        out.append(f"<path d='M{sx(value):.2f} {top}V{bottom}' stroke='#e45756' stroke-width='1.5' stroke-dasharray='6 3' data-threshold='{name}'/>")
+        out.append(f"<path d='M{right - 150} {top + 12 + 15 * i}h22' stroke='#e45756' stroke-width='1.5' stroke-dasharray='6 3'/>"
+                   f"<text x='{right - 122}' y='{top + 16 + 15 * i}'>{html.escape(f'{name} = {value:g}')}</text>")  # fmt: skip
+    return out
 
 
 def counts(con) -> dict[str, str]:

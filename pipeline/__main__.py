@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from manifests.report import write_report
 from model.hub import MissingWeights, require, resolve_file
 from pipeline.config import RunConfig, load_config, write_run_config
 from pipeline.registry import STAGES
-from pipeline.runner import run_chain
+from pipeline.runner import run_chain, start_ray_soon, stop_ray
 from pipeline.summary import summarize
 
 EXIT_FAILED_INPUTS = 3
@@ -115,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, keep_ray: bool = True) -> int:
+    """keep_ray=False when nothing else in the process will use Ray (the command line): it then
+    stops while the summary and the report are written; tests keep one Ray for all their runs."""
     args = _parser().parse_args(argv)
     if args.command == "weights":
         download_weights(load_config(args.config))
@@ -154,9 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         with RunLock(run):
+            if args.command == "curate" and not (run / "config.yaml").exists():
+                start_ray_soon(config.workers)  # a new run has work; a resumed one may have none and start no Ray
             sweep_temporaries(run)
             write_run_config(run, config)
             reports = run_chain([STAGES[name] for name in names], config, run, args.retry_errors)
+            if not keep_ray:  # its processes take ~1.5 s to stop: they do while the summary and report are written
+                threading.Thread(target=stop_ray, name="stop-ray").start()
             text, failed = summarize(run, reports, time.perf_counter() - started)
             print(text)
             if args.command == "curate" and (any(r.inputs for r in reports) or not (run / "report" / "index.html").exists()):
@@ -171,4 +178,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(keep_ray=False))

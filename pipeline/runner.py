@@ -20,6 +20,8 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -163,27 +165,56 @@ class ModelWorker:
 # ---------------------------------------------------------------- on the driver
 
 
+_STARTING = threading.Lock()  # held while Ray starts: a batch waits for a start begun in the background
+
+
 def start_ray(workers: int | None) -> None:
     """Embedded local Ray by default; the cluster at RAY_ADDRESS when it is set."""
-    import ray
+    with _STARTING:
+        import ray
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = os.environ.get("RAY_ADDRESS")
-    ray.init(
-        address=address or "local",  # never join a cluster the user did not name
-        num_cpus=None if address else (workers or os.cpu_count()),
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=True,
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
-    )
-    warnings.filterwarnings("ignore", module="ray")
-    # Workers import this module and the stages (about a second) while the driver plans, not at the first task.
-    warm = ray.remote(warm_up_worker).options(num_cpus=1, max_retries=0)
-    for _ in range(int(ray.cluster_resources().get("CPU", 1))):
-        warm.remote()
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(
+            address=address or "local",  # never join a cluster the user did not name
+            num_cpus=None if address else (workers or os.cpu_count()),
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=True,
+            # A local Ray's workers inherit this process's environment; a runtime_env would add its
+            # agent to every worker's start (about a second before the first task runs).
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}} if address else None,
+        )
+        warnings.filterwarnings("ignore", module="ray")
+        # Workers import this module and the stages (about a second) while the driver plans, not at the first task.
+        warm = ray.remote(warm_up_worker).options(num_cpus=1, max_retries=0)
+        for _ in range(int(ray.cluster_resources().get("CPU", 1))):
+            warm.remote()
+
+
+def start_ray_soon(workers: int | None) -> None:
+    """Start Ray in a background thread: its ~3 s, mostly spent waiting on its own processes,
+    overlap the driver's start (imports, plan, first query); the first batch's `start_ray` waits
+    for it, and raises what made it fail. The thread then idles while the process lives: Linux ties
+    Ray's processes to the thread that started them (parent-death signal), so they end with it."""
+
+    def start() -> None:
+        try:
+            start_ray(workers)
+        except Exception:  # the first batch starts Ray again, and its error is the one raised
+            return
+        threading.Event().wait()
+
+    threading.Thread(target=start, name="start-ray", daemon=True).start()
+
+
+def stop_ray() -> None:
+    """Shut down the Ray this process started or joined, after a start under way has ended."""
+    with _STARTING:
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()
 
 
 def warm_up_worker() -> None:

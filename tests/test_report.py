@@ -6,6 +6,7 @@ import hashlib
 import re
 import shutil
 from pathlib import Path
+from xml.etree import ElementTree
 
 import cv2
 import numpy as np
@@ -21,6 +22,7 @@ from stages.subjects import write_png
 from stages.video import iter_frames
 
 NO_SUBJECT = "no subject kept: 0 boxes above score 0.35"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def add_references(run: Path, clip: dict) -> list[dict]:
@@ -100,8 +102,12 @@ def test_report_shows_every_clip_in_its_group_with_the_rule_that_rejected_it(rep
     posters = [s for s in srcs if s.startswith("posters/")]
     assert len(posters) == steps["windows"][0]
     assert all(cv2.imread(str(run / "report" / p)).shape[1] == 256 for p in posters)
-    for plot in ("motion", "aesthetic"):
-        assert cv2.imread(str(run / "report" / "plots" / f"{plot}.png")) is not None
+    scored = views.query(run, "SELECT count(motion_score) AS motion, count(aesthetic_score) AS aesthetic FROM candidates").to_pylist()[0]
+    for plot, threshold in (("motion", "min_motion"), ("aesthetic", "min_aesthetic")):  # every scored clip in a bar
+        svg = ElementTree.parse(run / "report" / "plots" / f"{plot}.svg").getroot()
+        assert sum(int(e.get("data-count")) for e in svg.iter(f"{SVG}rect") if e.get("data-count")) == scored[plot] > 0
+        assert threshold in {e.get("data-threshold") for e in svg.iter(f"{SVG}path")}
+        assert f"{plot}_score: {scored[plot]} scored" in "".join(svg.itertext())
 
 
 def test_funnel_shows_removals_as_positive_counts_and_short_footage_readably(report_run):
