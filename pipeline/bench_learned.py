@@ -21,6 +21,8 @@ from model.testing.tiny import ensure
 from pipeline.__main__ import main as pipeline_main
 from pipeline.config import load_config
 from pipeline.registry import STAGES
+from stages.clips import Clips
+from stages.scenes import Scenes
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "tests/data/real"
@@ -45,6 +47,45 @@ def measure(name: str, run: Path, config, batch: int, items: list[dict]) -> dict
     return {k: v / len(items) for k, v in parts.items()}
 
 
+def prepare_s(name: str, run: Path, config, items: list[dict]) -> float:
+    """Seconds per item of the stage's `prepare` (its CPU side: frames in, resized)."""
+    stage = STAGES[name](getattr(config, name), run)
+    started = time.perf_counter()
+    for item in items:
+        stage.prepare(item)
+    return (time.perf_counter() - started) / len(items)
+
+
+def keep_frames(run: Path, config) -> None:
+    """What the decodes of a whole chain keep: the scene pass for aesthetic and screen, the clips stage for caption and subjects."""
+    fed = {name: getattr(config, name) for name in ("aesthetic", "screen")}
+    for video in views.query(run, "SELECT * FROM videos").to_pylist():
+        Scenes(config.scenes, run, fed=fed).process(video)
+    clips = Clips(config.clips, run, fed={name: getattr(config, name) for name in ("caption", "subjects")})
+    for item in views.query(run, "SELECT * FROM candidates WHERE clip_path IS NOT NULL").to_pylist():
+        clips.process(item)
+
+
+def kept_table(run: Path, config, clips: int) -> list[str]:
+    """Each model stage's `prepare` per clip: decoding its frames itself, against reading those its chain's decode kept."""
+    inputs = {}
+    for name in ("aesthetic", "screen", "caption", "subjects"):
+        items = views.candidates(run, STAGES[name].filters, config.filter).to_pylist()
+        items = [i for i in items if name in ("aesthetic", "screen") or (i["clip_path"] and i["caption"])]
+        inputs[name] = (items * clips)[:clips]
+    decoded = {name: prepare_s(name, run, config, items) for name, items in inputs.items()}
+    keep_frames(run, config)
+    kept = {name: prepare_s(name, run, config, items) for name, items in inputs.items()}
+    lines = ["", "Frames in `prepare`, per clip: decoded by the stage itself (run alone: `python -m pipeline stage NAME`) against "
+             "read from what its chain's one decode kept (the scene pass for aesthetic and screen, the clips stage for caption "
+             "and subjects; `stages/kept.py`). Same clips, same run.", "",
+             "| stage | decoded | kept | kept / decoded |", "|---|---|---|---|"]  # fmt: skip
+    for name in inputs:
+        lines.append(f"| {name} | {1000 * decoded[name]:.0f} ms | {1000 * kept[name]:.0f} ms | {kept[name] / decoded[name]:.2f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.bench_learned", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "learned.md")
@@ -62,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch on CPU. Models: profile tiny",
         "(random-initialised tiny models of the real classes), so these split the time per clip by phase;",
-        "they are not real-size costs. Per clip, milliseconds; `decode + resize` is the stage's `prepare`,",
-        "run by the runner as separate CPU tasks (`_prepare_batch`, half a CPU each) that feed the model",
-        "actor pool through Ray Data's streaming queue, so on a GPU cluster the model does not wait on decode.",
+        "they are not real-size costs. Per clip, milliseconds; `decode + resize` is the stage's `prepare` run alone",
+        "(decoding its own frames), which the runner runs as separate CPU tasks (`prepare_batch`, half a CPU each)",
+        "that keep batches queued at the model actors, so on a GPU cluster the model does not wait on decode.",
         "",
         "| stage | batch | decode + resize | processor | forward | postprocess | total |",
         "|---|---|---|---|---|---|---|",
@@ -82,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
 "subjects batches the (key frame x label) prompts of one clip in one GroundingDINO forward and runs SAM",
         "once per key frame, but does not batch across clips yet, so its batch 8 row shows no gain.",
+        *kept_table(run, config, args.clips),
         "",
         "Real-size throughput (clips per second for aesthetic, caption and subjects at the full profile's",
         "sizes, random weights, on a GPU): not measured; this session had no GPU.",
