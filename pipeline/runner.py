@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -207,6 +208,8 @@ def start_ray_soon(workers: int | None) -> None:
             return
         threading.Event().wait()
 
+    if threading.current_thread() is threading.main_thread():  # as ray.init does there: SIGTERM exits through atexit, stopping Ray
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
     threading.Thread(target=start, name="start-ray", daemon=True).start()
 
 
