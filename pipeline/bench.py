@@ -194,6 +194,14 @@ def measure() -> str:
         streamed, staged = stage_runs(Path(tmp) / "stream"), stage_runs(Path(tmp) / "staged")
         n_captions = store.count(Path(tmp) / "stream", "captions")
     model_stages = [s for s in ("aesthetic", "screen", "caption", "subjects") if s in streamed]
+    short_s = sum(r["duration_s"] for r in rows)
+
+    def slope(short: float, long: float) -> float:  # seconds per minute of footage
+        return (long - short) / (long_s - short_s) * 60
+
+    def fixed(short: float, long: float) -> float:
+        return short - slope(short, long) * short_s / 60
+
     lines = [
         "## Curation: one streaming pass (issues 2 and 11)",
         "",
@@ -217,6 +225,8 @@ def measure() -> str:
         f"| the same six played {LOOPS} times over each ({long_s / 60:.1f} min of footage): `scenedetect` CLI, each file in turn | {t_cli_long:.1f} | |",
         f"| `pipeline curate --stages probe,scenes` on them | {t_ours_long:.1f} | |",
         f"| ratio ours / theirs | **{t_ours_long / t_cli_long:.2f}** | |",
+        f"| per extra minute of footage (between the two corpora): ours / theirs | {slope(t_ours, t_ours_long):.1f} s / {slope(t_cli, t_cli_long):.1f} s | |",
+        f"| fixed cost (the line through both, at no footage): ours / theirs | {fixed(t_ours, t_ours_long):.1f} s / {fixed(t_cli, t_cli_long):.1f} s | |",
         "",
         "Our cuts reproduce PySceneDetect's golden files (its Python API, `tests/test_curation_scenes.py`). The command line "
         "differs from its own API on two files: it numbers the frames of variable-frame-rate goldeneye at the average rate "
