@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
+
 from manifests import store, views
 from manifests.report import duration_text, random_tables
 from pipeline.runner import StageReport
@@ -15,7 +17,7 @@ from pipeline.runner import StageReport
 SKIPPED = ("not_video",)  # error types that are not failures: files that were never videos
 
 
-def error_counts(run: Path) -> dict[str, int]:
+def error_counts(run: Path, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """failed / warnings / skipped: an error row whose input has output rows is a warning.
 
     That is an input that later succeeded (after --retry-errors), or one a stage recorded a
@@ -36,20 +38,24 @@ def error_counts(run: Path) -> dict[str, int]:
                count(*) FILTER (WHERE error_type NOT IN ({skipped}) AND d.key IS NOT NULL) AS warnings
         FROM errors e LEFT JOIN (SELECT DISTINCT stage, key FROM ({done})) d USING (stage, key)
     """
-    return store.query(run, sql).to_pylist()[0]
+    return con.sql(sql).to_arrow_table().to_pylist()[0]
 
 
-def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[str, int]:
-    """The summary text and the number of inputs that failed (all stages, this run and before)."""
-    totals = store.query(
-        run,
+def numbers(run: Path, con: duckdb.DuckDBPyConnection) -> tuple[dict, dict[str, int], list[str]]:
+    """Totals, error counts and the tables random weights made: one connection (each costs ~50 ms)."""
+    totals = con.sql(
         """SELECT (SELECT count(*) FROM videos) AS videos, (SELECT coalesce(sum(duration_s), 0) FROM videos) AS footage,
                   (SELECT count(*) FROM scenes) AS windows, (SELECT count(*) FROM clips) AS clips,
                   (SELECT count(*) FROM aesthetic) AS aesthetic, (SELECT count(*) FROM captions) AS captions,
                   (SELECT count(*) FROM subjects) AS subjects, (SELECT count(*) FROM shards) AS shards,
-                  (SELECT coalesce(sum(n_samples), 0) FROM shards) AS samples""",
-    ).to_pylist()[0]
-    errors = error_counts(run)
+                  (SELECT coalesce(sum(n_samples), 0) FROM shards) AS samples"""
+    ).to_arrow_table().to_pylist()[0]
+    return totals, error_counts(run, con), random_tables(run, con)
+
+
+def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[str, int]:
+    """The summary text and the number of inputs that failed (all stages, this run and before)."""
+    totals, errors, random = store.guarded(run, lambda: numbers(run, views.connect(run)))
     lines = [f"run: {run}"]
     lines.append(f"  videos    {totals['videos']:>8}   ({duration_text(totals['footage'])} of footage)")
     if errors["skipped"]:
@@ -64,7 +70,6 @@ def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[st
             lines.append(f"  {table:<9} {totals[table]:>8}")
     if totals["shards"]:
         lines.append(f"  shards    {totals['shards']:>8}   ({totals['samples']} samples)")
-    random = random_tables(run, views.connect(run))
     if random:
         lines.append(f"  RANDOM WEIGHTS: {', '.join(random)} come from random-initialised models (profile tiny); not real scores; everything else has real weights")
     worked = [r for r in reports if r.inputs]
