@@ -413,18 +413,20 @@ class StageRun:
         self.inflight[ref] = batch
 
     def warm_up(self) -> None:
-        """Start the model actors: with GPUs as soon as Ray runs, so the model loads while the stages
-        before this one still work; on CPUs at the stage's first input.
+        """Start the model actors once this stage or one before it has work (so inputs may come):
+        the model loads while the stages before it still work, not on the chain's critical path.
 
-        On a CPU-only machine the actors reserve no CPU (a fraction would leave less than one
-        whole CPU for the tasks) and the OS shares the cores; with GPUs each actor holds its GPU
-        share and one CPU.
+        Also on CPUs: loading at the stage's first input made each model stage wait for its load in
+        turn, and the streaming chain took longer than running stage by stage (BENCHMARKS.md,
+        curation). On a CPU-only machine the actors reserve no CPU (a fraction
+        would leave less than one whole CPU for the tasks) and the OS shares the cores; with GPUs
+        each actor holds its GPU share and one CPU.
         """
         if self.actors or not self.cls.resources.uses_model or self.finished:
             return
-        gpus = getattr(self.config, self.cls.name).gpus
-        if not gpus and self.first_submit is None:  # on CPUs a model loading early takes cores from the work
+        if self.first_submit is None and not any(u.first_submit for u in self.upstream):
             return
+        gpus = getattr(self.config, self.cls.name).gpus
         import ray
 
         options = {"num_cpus": 1.0 if gpus else 0, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
@@ -518,9 +520,8 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
             compacted_at = time.monotonic()
         for stage in reversed(stages):  # later stages first: Ray runs queued tasks in order
             stage.top_up()
-        if any(s.first_submit for s in stages):  # Ray runs: load the models of the stages still to come
-            for stage in stages:
-                stage.warm_up()
+        for stage in stages:  # load the models of the stages still to come
+            stage.warm_up()
         owners = {ref: s for s in stages for ref in s.inflight}
         if owners:
             import ray
