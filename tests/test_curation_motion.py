@@ -106,8 +106,8 @@ def test_one_decode_keeps_the_frames_of_aesthetic_and_screen(tmp_path):
     from conftest import REAL
 
     from stages.aesthetic import Aesthetic, AestheticConfig
-    from stages.screen import Screen, ScreenConfig
     from stages.kept import kept, kept_file
+    from stages.screen import Screen, ScreenConfig
     from stages.video import DECODED, WINDOW_FPS
 
     source = REAL / "bikes.mp4"
