@@ -16,7 +16,7 @@ import cv2
 
 from manifests.files import atomic_path
 from stages.base import BadInput, Row, Stage, StageConfig
-from stages.kept import jpeg, keep
+from stages.kept import has_room, jpeg, keep
 from stages.video import Frame, encode_mp4, even, iter_frames, rotate_upright, spread
 
 
@@ -46,7 +46,8 @@ class Clips(Stage):
         frames = iter_frames(
             item["video_path"], start_frame=start, start_pts=item["start_pts"], end_frame=end, fmt="rgb24"
         )
-        picks = {count: spread(0, end - start, count) for count in {cfg.clip_request() for cfg in self.fed.values()}}
+        counts = {cfg.clip_request() for cfg in self.fed.values()} if self.fed and has_room(self.run_dir, self.name) else set()
+        picks = {count: spread(0, end - start, count) for count in counts}
         kept: dict[int, bytes] = {}
         fps = Fraction(item["fps"]).limit_denominator(1001)
         with atomic_path(self.run_dir, final) as tmp:

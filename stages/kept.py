@@ -3,11 +3,13 @@
 `RUN/frames/<producer>/<clip_id>.zip` holds, for each reader that takes `count` frames of the
 window, its frames as JPEG named `<count>-<position>.jpg` (position: the frame's index in the clip,
 or its place in the window). A reader that finds no archive decodes the same frames itself, so an
-archive is only ever a shortcut: the runner removes it once no reader of the chain needs it.
+archive is only ever a shortcut: the runner removes it once no reader of the chain needs it, and
+a producer keeps nothing while its folder is over `BUDGET` (readers lagging far behind).
 """
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from manifests.files import atomic_path
 
 FRAMES = "frames"
 JPEG_QUALITY = 95
+BUDGET = 8 * 2**30  # bytes per producer: about 30,000 windows of the scene pass's frames, 3,000 clips' at 1080p
 
 
 def kept_file(run_dir: Path, producer: str, clip_id: str) -> Path:
@@ -28,6 +31,24 @@ def kept_clip_ids(run_dir: Path, producer: str) -> list[str]:
     """The windows whose frames a producer keeps now: as many as the readers are behind, not the run."""
     folder = Path(run_dir) / FRAMES / producer
     return [path.stem for path in folder.glob("*.zip")] if folder.is_dir() else []
+
+
+def has_room(run_dir: Path, producer: str) -> bool:
+    """Whether a producer may keep more: its folder holds what the readers have not read yet, which
+    grows without bound when they lag (model stages on busy GPUs while the CPU stages run ahead)."""
+    folder = Path(run_dir) / FRAMES / producer
+    if not folder.is_dir():
+        return True
+    used = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                used += entry.stat().st_size
+            except FileNotFoundError:  # swept meanwhile
+                continue
+            if used >= BUDGET:
+                return False
+    return True
 
 
 def jpeg(image: np.ndarray) -> bytes:

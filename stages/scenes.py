@@ -21,7 +21,7 @@ from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.scene_manager import compute_downscale_factor
 
 from stages.base import BadInput, Row, Stage, StageConfig
-from stages.kept import jpeg
+from stages.kept import has_room, jpeg
 from stages.motion import MotionConfig, motion_row
 from stages.video import WINDOW_FPS, FrameGrid, decode, keep_window_frames, open_video, prefetch, to_array
 
@@ -191,7 +191,8 @@ class Scenes(Stage):
     def process(self, item: Row) -> dict[str, list[Row]]:
         cfg = self.config
         motion = self.fused.get("motion")
-        readers = [stage.window_request for stage in self.fed.values()]  # (count, size) per window stage
+        # (count, size) per window stage whose frames this pass keeps; none while the readers lag far behind
+        readers = [stage.window_request for stage in self.fed.values()] if has_room(self.run_dir, self.name) else []
         # Times come from pts, not index / fps: the two differ for variable frame rate video.
         found = detect_cuts(item["path"], cfg.detector, cfg.params, motion, largest(readers) if readers else None)
         cuts, pts, seconds = found.cuts, found.pts, found.seconds

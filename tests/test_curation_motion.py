@@ -169,3 +169,26 @@ def test_clips_keep_the_frames_of_caption_and_subjects(tmp_path):
             assert ours["frames"].shape == alone["frames"].shape
             # The source frames as JPEG q95 against the same frames through the clip's H.264 (crf 18).
             assert np.abs(ours["frames"].astype(int) - alone["frames"].astype(int)).mean() < 4, stage.name
+
+
+def test_a_producer_keeps_nothing_while_its_readers_lag_past_the_budget(tmp_path, monkeypatch):
+    """Kept frames wait on disk for their readers; past the budget, the scene pass keeps no more
+    (and spends nothing on them), and the window stages decode those windows themselves."""
+    from conftest import REAL
+
+    import stages.kept
+    from stages.aesthetic import Aesthetic, AestheticConfig
+    from stages.kept import kept_clip_ids
+
+    monkeypatch.setattr(stages.kept, "BUDGET", 1)  # any kept frame fills it
+    fed = {"aesthetic": AestheticConfig()}
+    made = {}
+    for name in ("bikes.mp4", "carphone_pristine.mp4"):
+        (video,) = Probe(ProbeConfig(), tmp_path).process({"path": str(REAL / name)})
+        made[name] = (video, Scenes(ScenesConfig(max_clip_s=2.0), tmp_path, fed=fed).process(video)["scenes"])
+    kept = set(kept_clip_ids(tmp_path, "scenes"))
+    assert kept and kept <= {w["clip_id"] for w in made["bikes.mp4"][1]}  # the first video kept its frames, the second none
+    video, windows = made["carphone_pristine.mp4"]
+    aesthetic = Aesthetic(fed["aesthetic"], tmp_path)
+    item = {**windows[0], **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]}
+    assert aesthetic.prepare(item)["frames"].shape[0] > 0  # decoded from the source
