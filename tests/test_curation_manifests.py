@@ -99,6 +99,20 @@ def test_show_prints_a_table(curated):
     assert errors.code == 0 and errors.out.split() == ["stage", "key", "error_type", "message", "attempts"]
 
 
+def test_output_piped_into_a_reader_that_stops_is_not_an_error(curated):
+    """`python -m manifests show RUN scenes | head -1`: the reader goes before the output is written."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "manifests", "show", str(curated.run), "scenes"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # before the command has imported anything: its first write finds no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Traceback" not in err, err
+
+
 def test_sql_sees_every_table_and_candidates(curated):
     con = views.connect(curated.run)
     for name in [*TABLES, "candidates"]:
