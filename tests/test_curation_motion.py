@@ -192,3 +192,30 @@ def test_a_producer_keeps_nothing_while_its_readers_lag_past_the_budget(tmp_path
     aesthetic = Aesthetic(fed["aesthetic"], tmp_path)
     item = {**windows[0], **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]}
     assert aesthetic.prepare(item)["frames"].shape[0] > 0  # decoded from the source
+
+
+def test_kept_clip_frames_of_a_rotated_source_stand_upright_as_the_clip_file(tmp_path):
+    """Phone footage stores frames sideways with a display rotation: the frames the clips stage keeps
+    are the upright ones its clip file shows, so caption and subjects see the same picture either way."""
+    import numpy as np
+    from videos import marked_frames, write_video
+
+    from stages.clips import Clips, ClipsConfig
+    from stages.kept import kept_file
+    from stages.subjects import Subjects, SubjectsConfig
+
+    upright = marked_frames(20)  # 96 high, 64 wide, a white block top left
+    source = write_video(tmp_path / "rotated.mp4", [np.rot90(f, -1) for f in upright], fps=10, rotation=90)
+    (video,) = Probe(ProbeConfig(), tmp_path).process({"path": str(source)})
+    (window,) = Scenes(ScenesConfig(), tmp_path).process(video)["scenes"]
+    fed = {"subjects": SubjectsConfig()}
+    item = {**window, **{k: video[k] for k in ("fps", "width", "height", "rotation")}, "video_path": video["path"]}
+    (clip,) = Clips(ClipsConfig(), tmp_path, fed=fed).process(item)
+    item = {**item, "clip_path": clip["path"], "subjects_json": "[]"}
+    subjects = Subjects(fed["subjects"], tmp_path)
+    kept = subjects.prepare(item)["frames"]
+    kept_file(tmp_path, "clips", item["clip_id"]).unlink()
+    decoded = subjects.prepare(item)["frames"]
+    assert kept.shape == decoded.shape == (fed["subjects"].key_frames, 96, 64, 3)
+    assert kept[:, :20, :14].min() > 200 and kept[:, 30:, 20:, :2].max() < 30  # the block top left, upright
+    assert np.abs(kept.astype(int) - decoded.astype(int)).mean() < 4
