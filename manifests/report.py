@@ -123,7 +123,12 @@ def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list
         """
     ).to_arrow_table()
     con.register("_picked", picked)
-    data = con.sql("SELECT c.*, p.status, p.group_size FROM candidates c JOIN _picked p USING (clip_id) ORDER BY p.status, clip_id").to_arrow_table().to_pylist()
+    # The ids as constants too: DuckDB pushes them into every table of `candidates`, below the
+    # aggregation of `subjects`; the join alone made it aggregate every clip's (1M windows: 3.0 GB, 15 s; now 1.7 GB, 11 s).
+    ids = ", ".join("'" + clip_id.replace("'", "''") + "'" for clip_id in picked.column("clip_id").to_pylist()) or "NULL"
+    data = con.sql(
+        f"SELECT c.*, p.status, p.group_size FROM candidates c JOIN _picked p USING (clip_id) WHERE c.clip_id IN ({ids}) ORDER BY p.status, clip_id"
+    ).to_arrow_table().to_pylist()
     order = ["kept", *RULES, *(table for table, *_ in LATER_STEPS)]
     groups = []
     for status in order:
