@@ -192,7 +192,7 @@ class Scenes(Stage):
         cfg = self.config
         motion = self.fused.get("motion")
         # (count, size) per window stage whose frames this pass keeps; none while the readers lag far behind
-        readers = [stage.window_request for stage in self.fed.values()] if has_room(self.run_dir, self.name) else []
+        readers = [stage.window_request for stage in self.fed.values()] if self.fed and has_room(self.run_dir, self.name) else []
         # Times come from pts, not index / fps: the two differ for variable frame rate video.
         found = detect_cuts(item["path"], cfg.detector, cfg.params, motion, largest(readers) if readers else None)
         cuts, pts, seconds = found.cuts, found.pts, found.seconds
