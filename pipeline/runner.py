@@ -387,7 +387,7 @@ class StageRun:
     def n_actors(self) -> int:
         import ray
 
-        gpus = getattr(self.config, self.cls.name).gpus if self.cls.resources.uses_model else 0
+        gpus = (getattr(self.config, self.cls.name).gpus or 0) if self.cls.resources.uses_model else 0
         if gpus and ray.is_initialized():
             return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
         return 1
@@ -426,7 +426,7 @@ class StageRun:
             return
         if self.first_submit is None and not any(u.first_submit for u in self.upstream):
             return
-        gpus = getattr(self.config, self.cls.name).gpus
+        gpus = getattr(self.config, self.cls.name).gpus or 0
         import ray
 
         options = {"num_cpus": 1.0 if gpus else 0, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}

@@ -53,10 +53,11 @@ class Aesthetic(Stage):
     Config = AestheticConfig
 
     def setup(self) -> None:
+        from model.curation.device import device
         from model.curation.aesthetic import AestheticScorer
 
         cfg = self.config
-        self.scorer = AestheticScorer.from_pretrained(cfg.clip, cfg.head, cfg.head_file).to(cfg.device)
+        self.scorer = AestheticScorer.from_pretrained(cfg.clip, cfg.head, cfg.head_file).to(device())
         if self.scorer.image_size != cfg.image_size:
             raise ValueError(f"aesthetic.image_size is {cfg.image_size} but {cfg.clip} takes {self.scorer.image_size}")
 

@@ -25,16 +25,14 @@ class StageConfig(BaseModel):
 class ModelStageConfig(StageConfig):
     """What every model stage has: where its weights are, and how its actors are placed."""
 
-    gpus: float = 0.0  # GPUs per model actor (`num_gpus` on a GPU cluster); 0 runs on CPU
+    gpus: float | None = None  # GPU share per model actor; None: the placement plan decides (0 where Ray sees no GPU)
+    actors: int | None = None  # model actors of this stage; None: the placement plan decides
+    batch_size: int | None = None  # inputs per model call; None: the stage's own default
     random_weights: bool = False  # set by the tiny profile: outputs are marked as meaningless
 
     def weights(self) -> dict[str, tuple[str, str | None]]:
         """name -> (hub id or local folder, file inside it or None for the whole folder)."""
         raise NotImplementedError
-
-    @property
-    def device(self) -> str:
-        return "cuda" if self.gpus > 0 else "cpu"
 
 
 class BadInput(Exception):
@@ -106,6 +104,11 @@ class Stage:
 
     def process(self, item: Row) -> Rows:
         raise NotImplementedError
+
+    def finish(self, rows: dict[str, list[Row]]) -> dict[str, list[Row]]:
+        """CPU-side work after the model for one input's rows (mask post-processing, encodings,
+        file writes), run in a CPU task so a GPU actor does tensor work only. Identity by default."""
+        return rows
 
     def process_batch(self, items: list[Row]) -> tuple[Rows, list[Row]]:
         """Output rows and error rows. Batched models override this and keep per-item errors."""

@@ -83,12 +83,13 @@ class Caption(Stage):
     Config = CaptionConfig
 
     def setup(self) -> None:
+        from model.curation.device import device
         from model.curation.captioner import Captioner
 
         cfg = self.config
         self.prompts = load_prompts(cfg.prompt_version)
         self.captioner = Captioner.from_pretrained(cfg.model, cfg.max_pixels)
-        self.captioner.model.to(cfg.device)
+        self.captioner.model.to(device())
 
     def prepare(self, item: Row) -> Row:
         """Decode n frames spread over the clip file, scaled to at most `max_side`."""

@@ -67,11 +67,12 @@ class Encode(Stage):
         import torch
 
         from model.cinema.mllm import MLLMEncoder
+        from model.curation.device import device as curation_device
         from model.cinema.vae import VideoVAE
         from model.train.text_encoder import T5TargetEncoder, text_length
 
         self.training = config = self.config.training()
-        model, device = config.model, self.config.device
+        model, device = config.model, curation_device()
         dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         self.mllm = MLLMEncoder.from_pretrained(model.mllm.ref, model.template, model.max_pixels, dtype).to(device)
         self.vae = VideoVAE.from_pretrained(model.vae.ref, model.vae.subfolder, dtype).to(device)

@@ -271,6 +271,7 @@ class Subjects(Stage):
     Config = SubjectsConfig
 
     def setup(self) -> None:
+        from model.curation.device import device
         from model.curation.clip import ImageEmbedder
         from model.curation.faces import FaceModel
         from model.curation.grounding import Detector
@@ -278,10 +279,10 @@ class Subjects(Stage):
 
         cfg = self.config
         self.detector = Detector.from_pretrained(cfg.detector)
-        self.detector.model.to(cfg.device)
-        self.segmenter = Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(cfg.device)
+        self.detector.model.to(device())
+        self.segmenter = Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(device())
         self.faces = FaceModel.load(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side)
-        self.clip = ImageEmbedder.load(cfg.clip, model_name(cfg.clip, cfg.random_weights)).to(cfg.device)
+        self.clip = ImageEmbedder.load(cfg.clip, model_name(cfg.clip, cfg.random_weights)).to(device())
 
     def prepare(self, item: Row) -> Row:
         """Decode the key frames of the clip file and read the labels to look for."""
