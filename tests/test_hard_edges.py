@@ -233,3 +233,29 @@ def test_manifests_cli_sql_mistakes_and_full_values(hostile):
     assert as_csv.code == 0 and [r["path"] for r in rows] == [path]
     as_json = manifests_cli("sql", run, "SELECT path, bytes FROM videos", "--format", "json")
     assert as_json.code == 0 and [json.loads(line) for line in as_json.out.splitlines()] == [{"path": path, "bytes": os.path.getsize(path)}]
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    """`make` as a user runs it (`-o .venv/.installed`: never reinstall from inside a test)."""
+    return subprocess.run(["make", "-s", "-o", ".venv/.installed", *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_exit_codes_through_python_m_and_make(tmp_path):
+    """The README's table: `python -m` exits with the code; make exits 2 (its own rule) after one
+    line that gives the tool's code."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "carphone_pristine.mp4", src / "a.mp4")
+    (src / "empty.mp4").touch()
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(src), "--out", str(run), *PROBE_SCENES],
+                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 3 and "--retry-errors" in done.stderr, done.stderr
+    made = _make("curate", f"SRC={src}", f"OUT={run}", "STAGES=probe,scenes")
+    assert made.returncode == 2 and "make curate: exit code 3 from the tool" in made.stderr, made.stdout + made.stderr
+    made = _make("curate", f"SRC={tmp_path / 'nothing here'}", f"OUT={run}")
+    assert made.returncode == 2 and "SRC does not exist" in made.stderr and "exit code 2 from the tool" in made.stderr
+    made = _make("sample", "PROFILE=tiny", f"CONFIG={ROOT / 'configs' / 'train_tiny.yaml'}", "REFS=a.png", "PROMPT=two people",
+                 f"CKPT={tmp_path / 'checkpoints' / 'step-1'}")  # fmt: skip
+    assert made.returncode == 2 and "no checkpoint at" in made.stderr and "exit code 2 from the tool" in made.stderr, made.stderr
