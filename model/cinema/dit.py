@@ -115,6 +115,11 @@ class CinemaTransformer3DModel(CogVideoXTransformer3DModel):
         video_tokens = self.proj_out(self.norm_out(self.norm_final(video_tokens), temb=temb))
         return self.unpatchify(video_tokens, num_frames, height, width)
 
+    @property
+    def blocks_to_shard(self) -> torch.nn.ModuleList:
+        """The repeated blocks: FSDP2's units (`model.train.plan.shard`)."""
+        return self.transformer_blocks
+
     def rotary_embedding(
         self, num_frames: int, height: int, width: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor] | None:

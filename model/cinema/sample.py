@@ -91,7 +91,7 @@ class CinemaPipeline:
         latents (batch, frames, C, h, w), not decoded."""
         model = self.model
         height, width = height or model.config.height, width or model.config.width
-        num_frames = num_frames or model.base.native(model.vae).frames
+        num_frames = num_frames or model.base.native(model.vae.vae.config).frames
         if (num_frames - 1) % model.vae.temporal_compression:
             raise ValueError(f"num_frames must be {model.vae.temporal_compression}k+1, got {num_frames}")
         conditions = model.encode_conditions([reference_images], [prompt], (height, width))
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> Path:
         generator=torch.Generator().manual_seed(args.seed),
     ).frames[0]
     out = args.out or args.checkpoint.parent.parent / "samples" / f"{args.checkpoint.name}-seed{args.seed}.mp4"
-    print(export_mp4(frames, out, pipe.model.base.native(pipe.model.vae).fps))
+    print(export_mp4(frames, out, pipe.model.base.native(pipe.model.vae.vae.config).fps))
     return out
 
 

@@ -81,6 +81,11 @@ class CinemaWanTransformer3DModel(WanTransformer3DModel):
         reference_steps = torch.zeros_like(video_steps[:, :1]) if references_at_zero else video_steps[:, :1]
         return torch.cat([video_steps, reference_steps.expand(-1, count * per_frame)], dim=1)
 
+    @property
+    def blocks_to_shard(self) -> torch.nn.ModuleList:
+        """The repeated blocks: FSDP2's units (`model.train.plan.shard`)."""
+        return self.blocks
+
     def _check_layout(self) -> None:
         config = self.config
         if config.patch_size[0] != 1 or config.image_dim is not None or config.in_channels != config.out_channels:

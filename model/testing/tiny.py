@@ -481,10 +481,16 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 }
 
 
+# Wan2.2's VAE compresses 16x and its DiT patches 2x2: a side must be a multiple of 32.
+TINY_WAN2_2_SIZE = {"height": 32, "width": 64}
+
+
 def tiny_cinema_config(models: Path, cogvideox: str = "cogvideox_2b") -> CinemaConfig:
-    """A CinemaConfig on tiny models built into `models` (the MLLM and one CogVideoX folder), at the tiny video size."""
+    """A CinemaConfig on tiny models built into `models` (the MLLM and one base folder: a CogVideoX or
+    Wan one, despite the argument's name), at the tiny video size (`TINY_WAN2_2_SIZE` for wan2_2)."""
     from model.cinema.model import AlignerShape, CinemaConfig, PartRef
 
+    size = TINY_WAN2_2_SIZE if cogvideox == "wan2_2" else TINY_VIDEO_SHAPE
     base = str(Path(models) / cogvideox)
     return CinemaConfig(
         mllm=PartRef(ref=str(Path(models) / "qwen2_5_vl")),
@@ -493,8 +499,8 @@ def tiny_cinema_config(models: Path, cogvideox: str = "cogvideox_2b") -> CinemaC
         scheduler=PartRef(ref=base, subfolder="scheduler"),
         aligner_shape=AlignerShape(num_layers=2, width=32, num_heads=4, mlp_ratio=2),
         max_pixels=56 * 56,
-        height=TINY_VIDEO_SHAPE["height"],
-        width=TINY_VIDEO_SHAPE["width"],
+        height=size["height"],
+        width=size["width"],
     )
 
 

@@ -100,7 +100,27 @@ class Base(ABC):
     def sampler(self, scheduler) -> Sampler: ...
 
     @abstractmethod
-    def native(self, vae) -> Native: ...
+    def native(self, vae: dict) -> Native:
+        """The native size and rate of the checkpoint whose VAE config this is."""
+
+    @abstractmethod
+    def compression(self, vae: dict) -> tuple[int, int]:
+        """(temporal, spatial) compression of the VAE of this config."""
+
+    # What the memory plan and the GPU check build from configs alone (no weights).
+    @abstractmethod
+    def dit_class(self) -> type: ...
+
+    @abstractmethod
+    def vae_class(self) -> type: ...
+
+    @abstractmethod
+    def text_encoder_classes(self) -> tuple[type, type]:
+        """(config class, model class) of the text target's encoder."""
+
+    @abstractmethod
+    def forward_flops(self, transformer: dict, frames: int, height: int, width: int) -> float:
+        """Matmul FLOPs of one DiT forward over `frames` latent frames (video + references) of height x width latents."""
 
     @abstractmethod
     def predict(self, transformer, noisy: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, references, config: CinemaConfig) -> torch.Tensor:
@@ -116,15 +136,24 @@ def transformer_config(part: PartRef) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-def base_of(part: PartRef) -> Base:
-    """The base of this transformer folder, after refusing what it cannot train."""
+def base_named(transformer: dict) -> Base:
+    """The base whose DiT this transformer config (its `_class_name`) describes."""
     from model.cinema.bases.cogvideox import CogVideoXBase
     from model.cinema.bases.wan import WanBase
 
-    config = transformer_config(part)
-    name = config.get("_class_name")
+    name = transformer.get("_class_name")
     for base in (CogVideoXBase(), WanBase()):
         if name in base.transformer_classes:
-            base.check(config, _read_json(Path(resolve(part.ref)) / "model_index.json"))
             return base
-    raise ValueError(f"{part.ref}: transformer {name!r} is no supported base (CogVideoX 1.0, Wan2.1, Wan2.2-TI2V-5B)")
+    raise ValueError(f"transformer {name!r} is no supported base (CogVideoX 1.0, Wan2.1, Wan2.2-TI2V-5B)")
+
+
+def base_of(part: PartRef) -> Base:
+    """The base of this transformer folder, after refusing what it cannot train."""
+    config = transformer_config(part)
+    try:
+        base = base_named(config)
+    except ValueError as error:
+        raise ValueError(f"{part.ref}: {error}") from None
+    base.check(config, _read_json(Path(resolve(part.ref)) / "model_index.json"))
+    return base

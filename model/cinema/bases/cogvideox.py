@@ -87,8 +87,34 @@ class CogVideoXBase(Base):
     def sampler(self, scheduler) -> Sampler:
         return CogVideoXSampler(scheduler)
 
-    def native(self, vae) -> Native:
+    def native(self, vae: dict) -> Native:
         return Native(frames=45, height=480, width=720, fps=8)  # the paper's 45 frames; CogVideoX's 8 fps
+
+    def compression(self, vae: dict) -> tuple[int, int]:
+        return vae["temporal_compression_ratio"], 2 ** (len(vae["block_out_channels"]) - 1)
+
+    def dit_class(self) -> type:
+        from model.cinema.dit import CinemaTransformer3DModel
+
+        return CinemaTransformer3DModel
+
+    def vae_class(self) -> type:
+        from diffusers import AutoencoderKLCogVideoX
+
+        return AutoencoderKLCogVideoX
+
+    def text_encoder_classes(self) -> tuple[type, type]:
+        from transformers import T5Config, T5EncoderModel
+
+        return T5Config, T5EncoderModel
+
+    def forward_flops(self, transformer: dict, frames: int, height: int, width: int) -> float:
+        """Joint attention over text + video tokens: QKV and out (4 w^2), MLP 4x (8 w^2), scores and values."""
+        patch = transformer["patch_size"]
+        tokens = frames * (height // patch) * (width // patch) + transformer["max_text_seq_length"]
+        width = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+        per_layer = 2 * tokens * (4 * width * width + 2 * 4 * width * width) + 4 * tokens * tokens * width
+        return transformer["num_layers"] * per_layer
 
     def predict(self, transformer, noisy, text, timestep, references, config) -> torch.Tensor:
         if config.reference_timestep != "video":

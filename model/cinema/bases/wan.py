@@ -117,8 +117,37 @@ class WanBase(Base):
     def sampler(self, scheduler) -> Sampler:
         return WanSampler(scheduler)
 
-    def native(self, vae) -> Native:
-        return LAYOUTS[vae.vae.config.z_dim]
+    def native(self, vae: dict) -> Native:
+        return LAYOUTS[vae["z_dim"]]
+
+    def compression(self, vae: dict) -> tuple[int, int]:
+        return vae["scale_factor_temporal"], vae["scale_factor_spatial"]
+
+    def dit_class(self) -> type:
+        from model.cinema.wan_dit import CinemaWanTransformer3DModel
+
+        return CinemaWanTransformer3DModel
+
+    def vae_class(self) -> type:
+        from diffusers import AutoencoderKLWan
+
+        return AutoencoderKLWan
+
+    def text_encoder_classes(self) -> tuple[type, type]:
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        return UMT5Config, UMT5EncoderModel
+
+    def forward_flops(self, transformer: dict, frames: int, height: int, width: int) -> float:
+        """Self-attention over the video tokens (QKV and out, 4 w^2; scores and values), cross-attention to
+        the 512 text tokens (Q and out on video, K and V on text), the FFN (2 w ffn)."""
+        _, p_h, p_w = transformer["patch_size"]
+        video_tokens = frames * (height // p_h) * (width // p_w)
+        width = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+        text, ffn = TEXT_LENGTH, transformer["ffn_dim"]
+        projections = video_tokens * (4 * width * width + 2 * width * width + 2 * width * ffn) + text * 2 * width * width
+        scores = 2 * video_tokens * video_tokens * width + 2 * video_tokens * text * width
+        return transformer["num_layers"] * 2 * (projections + scores)
 
     def predict(self, transformer, noisy, text, timestep, references, config) -> torch.Tensor:
         at_zero = config.reference_timestep == "zero"
