@@ -35,6 +35,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from manifests import store, views
+from manifests.exits import STORAGE_ERRNOS
 from manifests.filters import RULES, predicate
 from pipeline.config import RunConfig
 from stages.base import FINAL_ERRORS, Row, Stage, tables
@@ -479,6 +480,9 @@ class StageRun:
         try:
             result: Result = ray.get(ref)
         except ray.exceptions.RayError as exc:  # the worker died, or failed outside the stage's own code
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:  # the run's disk: end the run, no error row
+                raise cause from None
             self.failed(batch, exc)
             return
         self.count(result)
