@@ -45,6 +45,14 @@ LEFT JOIN (
 """
 
 
+# The tables each `candidates` column not of `scenes` or `videos` comes from: what a condition on it reads.
+SOURCES = {
+    "motion_score": ("motion",), "aesthetic_score": ("aesthetic",), "aesthetic_min": ("aesthetic",),
+    "clip_path": ("clips",), "clip_bytes": ("clips",), "caption": ("captions",), "subjects_json": ("captions",),
+    "caption_model": ("captions",), "prompt_version": ("captions",), "n_subjects": ("subjects",),
+    "subjects": ("subjects",), "shard": ("shards",), "random_weights": ("aesthetic", "captions", "subjects"),
+}  # fmt: skip
+
 COSTLY = ("subjects",)  # candidates columns built by aggregating a large table: only asked for by name
 
 
