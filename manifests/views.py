@@ -20,7 +20,7 @@ from manifests.filters import RULES, FilterConfig, predicate
 CANDIDATES = """
 CREATE VIEW candidates AS
 SELECT s.*, s.n_frames / v.fps AS duration_s,
-       v.path AS video_path, v.fps, v.width, v.height, v.rotation,
+       v.path AS video_path, v.fps, v.bytes AS video_bytes, v.duration_s AS video_duration_s, v.width, v.height, v.rotation,
        m.score AS motion_score, a.score AS aesthetic_score, a.score_min AS aesthetic_min,
        c.path AS clip_path, c.bytes AS clip_bytes,
        cap.caption, cap.subjects_json, cap.model AS caption_model, cap.prompt_version,

@@ -47,7 +47,7 @@ class Aesthetic(Stage):
     reads = "candidates"
     writes = "aesthetic"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera")
     resources = Resources(cpus=1.0, uses_model=True)
     batch_size = 8
     Config = AestheticConfig

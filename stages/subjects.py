@@ -60,7 +60,10 @@ class SubjectsConfig(ModelStageConfig):
     face_embedder: str = "dlib"  # dlib's ResNet (shipped), or an ArcFace hub id / folder holding `face_embedder_file`
     face_embedder_file: str = "backbone.pth"
     face_detect_short_side: int = 288  # frames with a shorter short side are upsampled for the face detector
-    face_min_score: float = 0.0  # dlib HOG score
+    face_min_score: float = 0.0  # dlib HOG score (real faces measured as low as 0.014: the checks below do the work)
+    face_min_side: float = 24.0  # pixels of the detected box
+    face_min_sharpness: float = 30.0  # variance of the Laplacian of the box at 112x112 (measured: blurred figures <= 5, faces >= 90)
+    face_min_confirmation: float = 0.6  # dlib CNN on the crop (measured: faces >= 0.66, a drawn robot face <= 0.49)
     face_margin: float = 0.4  # of the face box size, added on every side of the crop
     face_same_distance: float = SAME_PERSON_DISTANCE  # embeddings closer than this are one identity
     max_faces: int = 4
@@ -264,7 +267,7 @@ class Subjects(Stage):
     reads = "candidates"
     writes = "subjects"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
     needs = "clip_path IS NOT NULL AND subjects_json IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True)
     batch_size = 2
@@ -380,7 +383,11 @@ class Subjects(Stage):
 
     def find_faces(self, image: np.ndarray, position: int) -> list[Found]:
         """Faces in one key frame: a margin box (the crop), the box as its mask, and the identity embedding."""
-        found = [f for f in self.faces.detect(image) if f.score >= self.config.face_min_score][: self.config.max_faces * 2]
+        cfg = self.config
+        found = [
+            f for f in self.faces.detect(image)
+            if self.faces.plausible(image, f, cfg.face_min_score, cfg.face_min_side, cfg.face_min_sharpness, cfg.face_min_confirmation)
+        ][: cfg.max_faces * 2]  # fmt: skip
         if not found:
             return []
         embeddings = self.faces.embed(image, found)
