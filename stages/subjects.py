@@ -39,7 +39,8 @@ from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, R
 from stages.caption import DEFAULT_SUBJECTS
 
 DEFAULT_LABELS = {s["label"] for s in DEFAULT_SUBJECTS}
-from model.curation.faces import SAME_PERSON_DISTANCE, distance, margin_box
+from model.curation.faces import DETECTOR_NAME as FACE_DETECTOR
+from model.curation.faces import SAME_PERSON_DISTANCE, distance, embedder_name, margin_box
 from stages.crops import box_crop, mask_iou, masked_crop, pixel_box, rle_encode
 from stages.video import clip_frames
 
@@ -442,7 +443,6 @@ class Subjects(Stage):
         write_png(self.run_dir, self.run_dir / crop, box_crop(image, f.box))
         write_png(self.run_dir, self.run_dir / masked, masked_crop(image, f.mask, f.box))
         cfg = self.config
-        faces = face_model(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side, cfg.face_detect_max_short_side)
         return {
             "subject_id": subject_id,
             "clip_id": item["clip_id"],
@@ -461,10 +461,10 @@ class Subjects(Stage):
             "dtype": "float32" if f.kind == "face" else item["dtype"],  # dlib's faces run in fp32 on the CPU
             **(
                 {
-                    "model": faces.name,
+                    "model": f"{FACE_DETECTOR} + {embedder_name(cfg.face_embedder)}",
                     "random_weights": False,
                     "embedding": f.embedding.tolist(),
-                    "embedding_model": faces.embedder_name,
+                    "embedding_model": embedder_name(cfg.face_embedder),
                     "human_id": human_id,
                 }
                 if f.kind == "face"

@@ -34,6 +34,11 @@ class Face:
     landmarks: np.ndarray  # (5, 2) x, y: eye corners and the bottom of the nose
 
 
+def embedder_name(embedder: str) -> str:
+    """What rows record as the embedding's model, for `FaceModel.load`'s `embedder`."""
+    return DLIB_EMBEDDER_NAME if embedder == DLIB_EMBEDDER else f"ArcFace {embedder}"
+
+
 def model_file(name: str) -> str:
     """One of face-recognition-models' files (the package itself needs pkg_resources to import)."""
     return str(packaged_file("face_recognition_models", f"models/{name}"))
@@ -72,12 +77,12 @@ class FaceModel:
         detector = dlib.get_frontal_face_detector()
         landmarks = dlib.shape_predictor(model_file(LANDMARKS_FILE))
         if embedder == DLIB_EMBEDDER:
-            net, name = dlib.face_recognition_model_v1(model_file(EMBEDDER_FILE)), DLIB_EMBEDDER_NAME
+            net = dlib.face_recognition_model_v1(model_file(EMBEDDER_FILE))
         else:
             from model.curation.face import FaceEmbedder
 
-            net, name = FaceEmbedder.from_pretrained(embedder, embedder_file), f"ArcFace {embedder}"
-        return cls(detector, landmarks, net, name, detect_short_side, detect_max_short_side)
+            net = FaceEmbedder.from_pretrained(embedder, embedder_file)
+        return cls(detector, landmarks, net, embedder_name(embedder), detect_short_side, detect_max_short_side)
 
     @property
     def name(self) -> str:
