@@ -87,6 +87,7 @@ TABLES: dict[str, TableSpec] = {
             F("model", pa.string()),  # ends in "(random weights)" for the tiny profile
             F("random_weights", pa.bool_()),
             F("embedding", pa.list_(pa.float32())),  # mean of the frames' unit CLIP embeddings, unit length (dedup)
+            F("dtype", pa.string()),  # the model's precision: bfloat16 on a GPU, float32 on the CPU
         ),
         _spec(
             "screen",
@@ -150,6 +151,7 @@ TABLES: dict[str, TableSpec] = {
             F("labels", pa.list_(pa.string())),  # every label it was detected under, the kept `label` first
             F("quality", pa.float64()),  # reference quality in [0, 1]: size, sharpness, detector score, frontal (faces)
             F("rank", pa.int32()),  # by quality among the clip's subjects of its kind, 0 best
+            F("dtype", pa.string()),  # GroundingDINO, SAM and CLIP's precision (bfloat16 on a GPU); faces: dlib's float32
         ),
         _spec(
             "dedup",

@@ -377,13 +377,21 @@ def build_aesthetic_head(out: Path) -> None:
     torch.save(AestheticHead(embed_dim=32).state_dict(), out / "aesthetic-model.pth")
 
 
+# BERT's ids that GroundingDINO hard-codes (its phrase masks split the prompt at [CLS], [SEP], "." and "?").
+BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
 def _bert_tokenizer():
+    """A WordPiece vocabulary of the corpus with BERT's special tokens at bert-base-uncased's ids."""
     from transformers import BertTokenizerFast
 
     words = sorted({w.strip(".,;:!?'\"()").lower() for line in CORPUS for w in line.split()} - {""})
     letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "person", "face"]
-    tokens += [w for w in words if w not in tokens] + list(letters) + [f"##{c}" for c in letters]
+    plain = ["person", "face"] + [w for w in words if w not in ("person", "face")] + list(letters) + [f"##{c}" for c in letters]
+    at = {i: t for t, i in BERT_SPECIAL_IDS.items()}
+    free = (i for i in range(max(at) + 1) if i not in at)
+    at.update(zip(free, plain))
+    tokens = [at.get(i, f"[unused{i}]") for i in range(max(at) + 1)]
     return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)  # vocab=: see ENVIRONMENT.md
 
 
@@ -423,6 +431,8 @@ def build_grounding_dino(out: Path) -> None:
     )
     torch.manual_seed(SEED)
     GroundingDinoForObjectDetection(config).save_pretrained(out)
+    # Smaller than the real 800 / 1333, which costs the tiny model about 0.5 s per (frame, label) on a CPU; the
+    # CPU benchmark (bench/curation_cpu.py) measures the preprocessing at the real sizes.
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 224, "longest_edge": 320})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
