@@ -58,8 +58,13 @@ def applies(rule: str, config: FilterConfig) -> bool:
     return rule != "vlm" or bool(config.vlm_reject)
 
 
-def predicate(rule: str, config: FilterConfig) -> str:
-    """The rule as SQL; NULL (not scored) counts as failing."""
+def rule_sql(rule: str, config: FilterConfig) -> str:
+    """The rule's condition with the config's values in it."""
     clean = " AND ".join(f"reject_{name} = FALSE" for name in config.vlm_reject)
     vlm_clean = f"clip_id IN (SELECT clip_id FROM captions WHERE {clean})" if clean else "TRUE"
-    return f"COALESCE(({RULES[rule][1].format(**config.model_dump(), vlm_clean=vlm_clean)}), FALSE)"
+    return RULES[rule][1].format(**config.model_dump(), vlm_clean=vlm_clean)
+
+
+def predicate(rule: str, config: FilterConfig) -> str:
+    """The rule as SQL; NULL (not scored) counts as failing."""
+    return f"COALESCE(({rule_sql(rule, config)}), FALSE)"

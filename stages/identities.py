@@ -196,7 +196,7 @@ class Identities(Stage):
     reads = "candidates"
     writes = "identities"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw", "dedup")
+    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw", "vlm", "dedup")
     needs = "clip_path IS NOT NULL AND n_subjects > 0"
     barrier = True
     batch_size = 16

@@ -264,7 +264,7 @@ class Subjects(Stage):
     reads = "candidates"
     writes = "subjects"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
+    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw", "vlm")
     needs = "clip_path IS NOT NULL AND subjects_json IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True)
     batch_size = 2

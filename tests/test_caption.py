@@ -154,3 +154,19 @@ def test_the_actor_runs_no_processor(stage, monkeypatch):
     monkeypatch.setattr("stages.caption.cv2.resize", refuse)
     rows, errors = stage.process_batch(items)
     assert len(rows["captions"]) == 2 and all(e["error_type"] == "bad_model_output" for e in errors)
+
+
+def test_summary_counts_answers_and_checks(tmp_path):
+    from manifests import store, views
+    from manifests.report import answers_text, checks_text
+
+    stage = Caption(load_config(profile="tiny").caption, tmp_path)
+    raw = {"clip_id": "c1", "tokens": [1] * 30, "finished": True, "model_s": 0.5, "dtype": "bfloat16"}
+    made = [stage.row(raw, answer()), stage.row({**raw, "clip_id": "c2"}, answer(checks={**CHECKS, "synthetic": True})),
+            stage.row({**raw, "clip_id": "c3", "finished": False}, "A man walks"), stage.row({**raw, "clip_id": "c4"}, "A dog."),
+            stage.row({**raw, "clip_id": "c5"}, "")]  # fmt: skip
+    store.write_part(tmp_path, "captions", [row for row, _ in made if row])
+    store.write_part(tmp_path, "errors", [error for _, error in made if error])
+    con = views.connect(tmp_path)
+    assert answers_text(con) == "answers: 2 ok, 1 truncated, 1 unparsable, 1 empty; 60.0 output tokens/s per GPU of model time, bfloat16"
+    assert checks_text(con).startswith("of 2 answered: slideshow 2, synthetic 1, text_overlay 0,")
