@@ -6,8 +6,9 @@ stages before it still run, it asks again whenever its last answer is used up. W
 their own manifest parts; the driver only counts, so its memory does not grow with the run.
 Later stages are fed first, so finished windows leave the pipeline early instead of piling up.
 
-CPU stages run as Ray tasks. Model stages run as actors that load the model once, fed by CPU
-tasks that decode and resize (`prepare`), created when the stage's first input exists.
+CPU stages run as Ray tasks. Model stages run as actors that load the model once and run the
+model only: CPU tasks before them decode and resize (`prepare`), CPU tasks after them finish each
+input's rows (`finish`) and write the parts.
 
 Failures: `BadInput` / `BadModelOutput` are final. Any other exception is retried in the worker,
 item by item, up to `max_attempts`. A batch whose worker died (segfault, OOM kill) is split and
@@ -84,9 +85,12 @@ def build(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: str)
     return stage_cls(getattr(config, stage_cls.name), Path(run), fused, fed)
 
 
-def attempt(stage: Stage, items: list[Row], max_attempts: int) -> tuple[dict[str, list[Row]], list[Row]]:
-    """Process a batch; an item that fails with a retryable error is tried again alone."""
+def attempt(stage: Stage, items: list[Row], max_attempts: int) -> tuple[dict[str, list[Row]], list[Row], float]:
+    """Process a batch; an item that fails with a retryable error is tried again alone.
+    Also returns the seconds spent in `process_batch` (a model actor's busy time)."""
+    started = time.perf_counter()
     made, errors = stage.process_batch(items)
+    busy = time.perf_counter() - started
     rows = tables(stage.writes, made)
     keyed = {str(item[stage.input_key]): item for item in items}
     final = [e for e in errors if e["error_type"] in FINAL_ERRORS or e["key"] not in keyed]
@@ -95,14 +99,16 @@ def attempt(stage: Stage, items: list[Row], max_attempts: int) -> tuple[dict[str
         while error is not None and error["error_type"] not in FINAL_ERRORS and tries < max_attempts:
             time.sleep(min(2.0, 0.1 * 2**tries))
             tries += 1
+            started = time.perf_counter()
             again, new_errors = stage.process_batch([keyed[error["key"]]])
+            busy += time.perf_counter() - started
             for table, more in tables(stage.writes, again).items():
                 rows.setdefault(table, []).extend(more)
             error = next((e for e in new_errors if e["key"] == error["key"] and e["error_type"] not in FINAL_ERRORS), None)
             final += [e for e in new_errors if e is not error]
         if error is not None:
             final.append({**error, "attempts": tries, "message": f"{error['message']} (tried {tries} times)"})
-    return tables(stage.writes, rows), final
+    return tables(stage.writes, rows), final, busy
 
 
 def write(run: Path, stage: Stage, rows: dict[str, list[Row]], errors: list[Row], n: int) -> Result:
@@ -116,36 +122,64 @@ def run_cpu_batch(job: tuple, items: list[Row]) -> Result:
     stage_cls, config, chain, run = job
     stage = build(stage_cls, config, chain, run)
     stage.setup()
-    rows, errors = attempt(stage, items, config.max_attempts)
+    rows, errors, _ = attempt(stage, items, config.max_attempts)
     return write(Path(run), stage, rows, errors, len(items))
 
 
+def retried(stage: Stage, item: Row, call, max_attempts: int) -> tuple[object, Row | None]:
+    """`call()`'s value, or None and the error row once it failed for good (final, or `max_attempts` times)."""
+    tries = 1
+    while True:
+        try:
+            return call(), None
+        except Exception as exc:  # one bad input must not stop the others
+            error = stage.error_row(item, exc)
+            if error["error_type"] in FINAL_ERRORS or tries >= max_attempts:
+                return None, {**error, "attempts": tries}
+            tries += 1
+
+
 def prepare_batch(job: tuple, items: list[Row]) -> tuple[list[Row], list[Row]]:
-    """CPU side of a model stage: decoded items, and error rows for those that cannot be."""
+    """CPU side of a model stage before the model: decoded items, and error rows for those that cannot be."""
     stage_cls, config, chain, run = job
     stage = build(stage_cls, config, chain, run)
     ready, errors = [], []
     for item in items:
-        for tries in range(1, config.max_attempts + 1):
-            try:
-                ready.append(stage.prepare(item))
-                break
-            except Exception as exc:  # one bad input must not stop the others
-                error = stage.error_row(item, exc)
-                if error["error_type"] in FINAL_ERRORS or tries == config.max_attempts:
-                    errors.append({**error, "attempts": tries})
-                    break
+        prepared, error = retried(stage, item, lambda: stage.prepare(item), config.max_attempts)
+        ready += [prepared] if error is None else []
+        errors += [error] if error is not None else []
     return ready, errors
 
 
-class ModelWorker:
-    """Actor body for model stages: `setup` (the model load) runs once per actor."""
+def finish_batch(job: tuple, output: tuple[dict[str, list[Row]], list[Row], float], n: int) -> Result:
+    """CPU side of a model stage after the model: `finish` per input (its rows grouped by the input
+    key; a failure is that input's error row), then the parts. Carries the actor's busy time."""
+    stage_cls, config, chain, run = job
+    stage = build(stage_cls, config, chain, run)
+    rows, errors, busy_s = output
+    per_input: dict[str, dict[str, list[Row]]] = {}
+    for table, made in rows.items():
+        for row in made:
+            per_input.setdefault(str(row[stage.input_key]), {}).setdefault(table, []).append(row)
+    finished: dict[str, list[Row]] = {}
+    for key, mine in per_input.items():
+        done, error = retried(stage, {stage.input_key: key}, lambda: stage.finish(mine), config.max_attempts)
+        for table, made in (done or {}).items():
+            finished.setdefault(table, []).extend(made)
+        errors += [error] if error is not None else []
+    result = write(Path(run), stage, tables(stage.writes, finished), errors, n)
+    result.busy_s = busy_s
+    return result
 
-    def __init__(self, job: tuple):
+
+class ModelWorker:
+    """Actor body for model stages: `setup` (the model load) runs once per actor; `process` runs
+    the model only, and returns its rows for `finish_batch` to finish and write on a CPU."""
+
+    def __init__(self, job: tuple, gpus: float):
         stage_cls, self.config, chain, run = job
-        self.run_dir = Path(run)
         self.stage = build(stage_cls, self.config, chain, run)
-        if not self.stage.config.gpus:  # the CPU models of a chain share the cores
+        if not gpus:  # the CPU models of a chain share the cores
             import torch
 
             from pipeline.registry import STAGES
@@ -154,13 +188,10 @@ class ModelWorker:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, models)))
         self.stage.setup()
 
-    def process(self, prepared: tuple[list[Row], list[Row]], n: int) -> Result:
-        started = time.perf_counter()
+    def process(self, prepared: tuple[list[Row], list[Row]]) -> tuple[dict[str, list[Row]], list[Row], float]:
         ready, failed = prepared
-        rows, errors = attempt(self.stage, ready, self.config.max_attempts) if ready else ({}, [])
-        result = write(self.run_dir, self.stage, rows, failed + errors, n)
-        result.busy_s = time.perf_counter() - started
-        return result
+        rows, errors, busy_s = attempt(self.stage, ready, self.config.max_attempts) if ready else ({}, [], 0.0)
+        return rows, failed + errors, busy_s
 
 
 # ---------------------------------------------------------------- on the driver
@@ -377,17 +408,20 @@ class StageRun:
             if self.retry:
                 batch = self.retry.popleft()
             else:
-                items = self.pull(self.cls.batch_size)
+                items = self.pull(self.batch_size())
                 if not items:
                     break
                 batch = Batch(items)
                 self.report.inputs += len(items)
             self.submit(batch)
 
+    def batch_size(self) -> int:
+        return getattr(getattr(self.config, self.cls.name), "batch_size", None) or self.cls.batch_size
+
     def n_actors(self) -> int:
         import ray
 
-        gpus = (getattr(self.config, self.cls.name).gpus or 0) if self.cls.resources.uses_model else 0
+        gpus = (getattr(getattr(self.config, self.cls.name), "gpus", None) or 0) if self.cls.resources.uses_model else 0
         if gpus and ray.is_initialized():
             return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
         return 1
@@ -407,7 +441,9 @@ class StageRun:
         self.warm_up()
         index = min(self.actor_load, key=self.actor_load.get)
         prepare = ray.remote(prepare_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
-        ref = self.actors[index].process.remote(prepare.remote(self.job, batch.items), len(batch.items))
+        finish = ray.remote(finish_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
+        output = self.actors[index].process.remote(prepare.remote(self.job, batch.items))
+        ref = finish.remote(self.job, output, len(batch.items))
         self.actor_load[index] += 1
         batch.actor = index
         self.inflight[ref] = batch
@@ -426,12 +462,12 @@ class StageRun:
             return
         if self.first_submit is None and not any(u.first_submit for u in self.upstream):
             return
-        gpus = getattr(self.config, self.cls.name).gpus or 0
+        gpus = getattr(getattr(self.config, self.cls.name), "gpus", None) or 0
         import ray
 
         options = {"num_cpus": 1.0 if gpus else 0, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
         job = (self.cls, self.config, self.chain, str(self.run))  # by value: a restarted actor must find it
-        self.actors = [ray.remote(ModelWorker).options(**options).remote(job) for _ in range(self.n_actors())]
+        self.actors = [ray.remote(ModelWorker).options(**options).remote(job, gpus) for _ in range(self.n_actors())]
         self.actor_load = {i: 0 for i in range(len(self.actors))}
 
     def on_result(self, ref) -> None:
