@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from manifests.filters import VLM_CHECKS
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -128,6 +130,12 @@ TABLES: dict[str, TableSpec] = {
             F("model", pa.string()),
             F("prompt_version", pa.string()),  # model/curation/prompts/<version>.txt
             F("random_weights", pa.bool_()),
+            # from caption_v2 on (null on older rows): how the one answer came out and what it cost
+            F("answer", pa.string()),  # ok / truncated (hit max_new_tokens) / unparsable (no valid JSON line)
+            F("output_tokens", pa.int64()),
+            F("model_s", pa.float64()),  # its share of its batch's generate time, in GPU-seconds on CUDA
+            F("dtype", pa.string()),  # the model's: bfloat16 on CUDA, float32 on the CPU
+            *(F(f"reject_{name}", pa.bool_()) for name in VLM_CHECKS),  # the answer's reject checks, null when unparsable
         ),
         _spec(
             "subjects",

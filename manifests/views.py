@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from manifests import store
-from manifests.filters import RULES, FilterConfig, predicate
+from manifests.filters import RULES, FilterConfig, applies, predicate
 
 CANDIDATES = """
 CREATE VIEW candidates AS
@@ -107,7 +107,7 @@ def funnel(run: Path, config: FilterConfig | None = None) -> list[tuple[str, int
     """
     config = config or FilterConfig()
     steps, conditions = ["windows"], ["TRUE"]
-    for rule in active_rules(run, list(RULES)):
+    for rule in (r for r in active_rules(run, list(RULES)) if applies(r, config)):
         steps.append(f"filter: {rule}")
         conditions.append(f"{conditions[-1]} AND {predicate(rule, config)}")
     for table, done in LATER_STAGES.items():

@@ -291,7 +291,7 @@ class Subjects(Stage):
     reads = "candidates"
     writes = "subjects"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm")
     needs = "clip_path IS NOT NULL AND subjects_json IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True)
     batch_size = 2

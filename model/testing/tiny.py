@@ -52,12 +52,14 @@ QWEN_SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-# The message layout of Qwen's own template, cut down to what the encoder sends (text and images).
+# The message layout of Qwen's own template, cut down to what the encoder and the captioner send
+# (text, images, one video).
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -92,10 +94,12 @@ def _qwen_processor(family: str, tokenizer):
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     processor_class = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}[family]
+    # The preprocessing sizes of Qwen/Qwen2.5-VL-3B-Instruct, so tiny runs pay the real processor cost
+    # (callers pass their own frame sizes; these are what a call without them gets).
     return processor_class(
-        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+        image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 16384),
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28, cap_pixels_per_frame=True),
         chat_template=QWEN_CHAT_TEMPLATE,
     )
 
