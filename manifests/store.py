@@ -30,6 +30,7 @@ from manifests.schemas import TABLES, spec
 T = TypeVar("T")
 SCHEMA_PREFIX = "part-00000000000000000000-schema-"
 QUARANTINE = "quarantine"
+FINISHED = "finished"  # the runner's records of stages with nothing left to do (pipeline/finished.py)
 
 
 def table_dir(run: Path, table: str) -> Path:
@@ -162,10 +163,15 @@ def unreadable_part(run: Path, message: str) -> Path | None:
 
 
 def quarantine(run: Path, part: Path, reason: str) -> Path:
-    """Move a damaged part out of its table, with a note saying why."""
+    """Move a damaged part out of its table, with a note saying why.
+
+    Its rows are lost, so a stage that recorded having nothing left to do may have work again:
+    every such record goes, and each stage's next ask is its full anti-join.
+    """
     folder = Path(run) / QUARANTINE / part.parent.name
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / part.name
+    shutil.rmtree(Path(run) / FINISHED, ignore_errors=True)
     shutil.move(str(part), target)
     target.with_suffix(".txt").write_text(f"{reason}\n")
     print(f"warning: quarantined {part} ({reason.splitlines()[0]}); its rows will be recomputed")

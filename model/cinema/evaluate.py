@@ -187,8 +187,7 @@ class Evaluator:
 
     def regions(self, frames: list[np.ndarray], label: str) -> tuple[list[list[np.ndarray]], float]:
         """Per frame, the crops of the best boxes for `label` (the whole frame if none), and the share detected."""
-        inputs = self.detector.inputs(frames, [label])
-        found = self.detector.detections(self.detector.forward(inputs), inputs, frames, [label], self.config.min_score)
+        found = self.detector.detect(self.detector.inputs(self.detector.folder, frames, [label]), self.config.min_score)
         crops, hits = [], 0
         for frame, detections in zip(frames, found):
             boxes = [d.box for d in sorted(detections, key=lambda d: -d.score)[: self.config.max_regions]]
