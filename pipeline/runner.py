@@ -306,6 +306,7 @@ class StageRun:
         self.final_poll = False  # the current reader was opened after every stage before this one ended
         self.finished = False
         self.pool: ActorPool | None = None  # model stages' actors, once started
+        self.pulled: list[Row] = []  # inputs taken from the stream for the batch being made
         self.job = None
         self.bar: tqdm | None = None
         self.first_submit: float | None = None
@@ -386,8 +387,12 @@ class StageRun:
         return self.upstream_done() or self.upstream_results() > self.upstream_seen
 
     def pull(self, n: int) -> list[Row]:
-        """Up to n pending inputs; opens a new stream when the last is used up and asking again may find more."""
-        items: list[Row] = []
+        """Up to n pending inputs; opens a new stream when the last is used up and asking again may find more.
+
+        The inputs taken so far count as in flight for that new stream: they are neither written
+        nor sent yet, and an ask that did not see them in flight answered them again (issue 24:
+        a stream that ran out in the middle of a batch gave a stage the same windows twice)."""
+        items = self.pulled = []
         while len(items) < n:
             if self.reader is None:
                 if not self.may_ask():
@@ -400,11 +405,12 @@ class StageRun:
                 if not self.final_poll:
                     continue
                 break
+        self.pulled = []
         return items
 
     def _inflight_keys(self) -> pa.Table:
-        """Inputs sent to workers and not back yet (a bounded number): no ask may return them again."""
-        batches = [*self.inflight.values(), *self.retry]
+        """Inputs sent to workers and not back yet, or taken for the next batch (a bounded number): no ask may return them again."""
+        batches = [*self.inflight.values(), *self.retry, Batch(self.pulled)]
         return pa.table({"key": pa.array([str(i[self.cls.input_key]) for b in batches for i in b.items], pa.string())})
 
     # -- work
