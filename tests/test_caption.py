@@ -169,6 +169,9 @@ def test_the_actor_runs_no_processor(stage, monkeypatch):
 
 
 def test_summary_counts_answers_and_checks(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from manifests import store, views
     from manifests.report import answers_text, checks_text
 
@@ -177,11 +180,16 @@ def test_summary_counts_answers_and_checks(tmp_path):
     made = [stage.row(raw, answer()), stage.row({**raw, "clip_id": "c2"}, answer(checks={**CHECKS, "synthetic": True})),
             stage.row({**raw, "clip_id": "c3", "finished": False}, "A man walks"), stage.row({**raw, "clip_id": "c4"}, "A dog."),
             stage.row({**raw, "clip_id": "c5"}, "")]  # fmt: skip
+    old = {"clip_id": "c0", "caption": "A caption_v1 row.", "subjects_json": json.dumps(DEFAULT_SUBJECTS), "subjects_source": "default",
+           "model": "m", "prompt_version": "caption_v1", "random_weights": False}  # fmt: skip
+    store.ensure_table(tmp_path, "captions")  # a part of the schema before the answer columns: read as nulls, counted nowhere
+    pq.write_table(pa.Table.from_pylist([old]), store.table_dir(tmp_path, "captions") / "part-00000000000000000001-old.parquet")
     store.write_part(tmp_path, "captions", [row for row, _ in made if row])
     store.write_part(tmp_path, "errors", [error for _, error in made if error])
     con = views.connect(tmp_path)
     assert answers_text(con) == "answers: 2 ok, 1 truncated, 1 unparsable, 1 empty; 60.0 output tokens/s per GPU of model time, bfloat16"
     assert checks_text(con).startswith("of 2 answered: slideshow 2, synthetic 1, text_overlay 0,")
+    assert con.execute("SELECT answer, reject_slideshow FROM captions WHERE clip_id = 'c0'").fetchone() == (None, None)
 
 
 def test_vlm_rule_shows_in_the_funnel_only_when_set(curated, tmp_path):
