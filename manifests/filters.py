@@ -22,7 +22,15 @@ class FilterConfig(BaseModel):
     min_motion: float = 0.5  # motion score: mean flow, % of the frame diagonal per second
     max_motion: float = 60.0  # above this: shaky or a transition the detector missed
     min_aesthetic: float = 4.0  # LAION scale
-    max_text_area: float = 0.1  # share of a frame covered by text: captions, subtitles, slides
+    min_bpp: float = 0.01  # bits per pixel of the source file (all its streams): below, compression ate the picture
+    min_frame_rate: float = 10.0  # below: a slideshow or a time-lapse
+    max_frame_rate: float = 120.0
+    max_aspect: float = 2.5  # long side over short side (2.39 is scope cinema)
+    min_residual_px: float = 0.4  # motion left after the global camera fit, px per pair: below, a still image moved (slideshow)
+    reject_camera_motion: list[str] = []  # camera-motion classes dropped (score only by default; see README)
+    max_text_area: float = 0.1  # median share of a frame under recognised text: captions, subtitles
+    max_text_content: float = 0.5  # median share of the frame's detail that is text: credits, title cards, slides
+    min_sharpness: float = 20.0  # median variance of the Laplacian over sampled frames: below, blurred
     max_nsfw: float = 0.5  # NudeNet confidence of explicit nudity
     vlm_reject: list[str] = []  # captioner checks that drop a clip when true; none by default: scored, not filtered
 
@@ -39,10 +47,17 @@ class FilterConfig(BaseModel):
 RULES: dict[str, tuple[str | None, str]] = {
     "duration": (None, "duration_s >= {min_duration_s} AND duration_s <= {max_duration_s}"),
     "resolution": (None, "LEAST(width, height) >= {min_short_side}"),
+    "bitrate": (None, "video_bytes * 8.0 / (video_duration_s * fps * width * height) >= {min_bpp}"),
+    "frame_rate": (None, "fps >= {min_frame_rate} AND fps <= {max_frame_rate}"),
+    "aspect": (None, "GREATEST(width, height) <= {max_aspect} * LEAST(width, height)"),
     "motion": ("motion", "motion_score >= {min_motion} AND motion_score <= {max_motion}"),
+    "slideshow": ("motion", "clip_id IN (SELECT clip_id FROM motion WHERE residual_px >= {min_residual_px})"),
+    "camera": ("motion", "clip_id IN (SELECT clip_id FROM motion WHERE NOT list_contains({reject_camera_motion}, camera_motion))"),
     "aesthetic": ("aesthetic", "aesthetic_score >= {min_aesthetic}"),
     # uncorrelated, so the rule holds whatever the candidates view is called in the query
     "text": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE text_area <= {max_text_area})"),
+    "slide": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE text_content <= {max_text_content})"),
+    "blur": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE sharpness >= {min_sharpness})"),
     "nsfw": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE nsfw_score <= {max_nsfw})"),
     # the captioner's reject checks named in `vlm_reject` (an unknown answer fails); TRUE while none is named
     "vlm": ("caption", "{vlm_clean}"),

@@ -20,7 +20,7 @@ from manifests.filters import RULES, FilterConfig, applies, predicate, scored_in
 CANDIDATES = """
 CREATE VIEW candidates AS
 SELECT s.*, s.n_frames / v.fps AS duration_s,
-       v.path AS video_path, v.fps, v.width, v.height, v.rotation,
+       v.path AS video_path, v.fps, v.bytes AS video_bytes, v.duration_s AS video_duration_s, v.width, v.height, v.rotation,
        m.score AS motion_score, a.score AS aesthetic_score, a.score_min AS aesthetic_min,
        c.path AS clip_path, c.bytes AS clip_bytes,
        cap.caption, cap.subjects_json, cap.model AS caption_model, cap.prompt_version,
@@ -44,6 +44,14 @@ LEFT JOIN (
 ) sh USING (clip_id)
 """
 
+
+# The tables each `candidates` column not of `scenes` or `videos` comes from: what a condition on it reads.
+SOURCES = {
+    "motion_score": ("motion",), "aesthetic_score": ("aesthetic",), "aesthetic_min": ("aesthetic",),
+    "clip_path": ("clips",), "clip_bytes": ("clips",), "caption": ("captions",), "subjects_json": ("captions",),
+    "caption_model": ("captions",), "prompt_version": ("captions",), "n_subjects": ("subjects",),
+    "subjects": ("subjects",), "shard": ("shards",), "random_weights": ("aesthetic", "captions", "subjects"),
+}  # fmt: skip
 
 COSTLY = ("subjects",)  # candidates columns built by aggregating a large table: only asked for by name
 

@@ -67,7 +67,7 @@ class Caption(Stage):
     reads = "candidates"
     writes = "captions"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
     needs = "clip_path IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True)
     batch_size = 4

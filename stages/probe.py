@@ -30,12 +30,23 @@ def walk(src: Path, extensions: list[str], chunk: int) -> Iterator[list[Row]]:
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found: list[Row] = []
     for row in _entries(src, suffixes):
-        found.append(row)
+        found.append(_printable(row))
         if len(found) == chunk:
             yield found
             found = []
     if found:
         yield found
+
+
+def _printable(row: Row) -> Row:
+    """A path that is not UTF-8 (`bad\\xffname.mp4`, kept by Python as surrogates) cannot be a
+    manifest string: its row names it with the bad bytes escaped and says why it is skipped."""
+    try:
+        row["path"].encode("utf-8")
+        return row
+    except UnicodeEncodeError:
+        shown = row["path"].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return {"path": shown, "kind": "bad_input", "message": f"{shown}: file name is not valid UTF-8; rename it to curate it"}
 
 
 def _entries(src: Path, suffixes: set[str]) -> Iterator[Row]:
