@@ -333,6 +333,7 @@ class StageRun:
         self.record = finished.load(run, stage_cls.name)
         self.final_parts: dict[str, list[str]] | None = None  # their parts when the last final ask opened
         self.asked: set[str] | None = set()  # inputs the final asks gave or found in flight; None: too many, or planned
+        self.recorded = False  # `record` holds for the tables as they are now
 
     # -- inputs
     def upstream_done(self) -> bool:
@@ -472,8 +473,10 @@ class StageRun:
             if store.guarded(self.run, execute):
                 return
         record = finished.Record(digest=self.digest, parts=self.final_parts)
-        if record != self.record:
+        if self.record is None or self.record.parts != record.parts:
             finished.save(self.run, self.cls.name, record)
+            self.record = record
+        self.recorded = True
 
     def _inflight_keys(self) -> pa.Table:
         """Inputs sent to workers and not back yet, or taken for the next batch (a bounded number): no ask may return them again."""
@@ -615,7 +618,7 @@ class StageRun:
             ray.kill(actor)
         self.report.actors = len(self.pool.actors) if self.pool else 0
         if self.first_submit is None:
-            self.report.done_before = self.done_count()
+            self.report.done_before = self.done_before()
             print(f"{self.cls.name}: nothing to do ({self.report.done_before} inputs done before)")
             return
         self.report.seconds = time.perf_counter() - self.first_submit
@@ -627,6 +630,17 @@ class StageRun:
             self.reader = None
             self.final_poll = False
             self.next_poll = 0.0
+
+    def done_before(self) -> int:
+        """Inputs done, from the stage's record while its output has the parts it had when counted
+        (a count over the whole output table takes seconds at ten million windows)."""
+        if not self.recorded:
+            return self.done_count()
+        output = finished.snapshot(self.run, [self.cls.writes])[self.cls.writes]
+        if self.record.output != output or self.record.done is None:
+            self.record = self.record.model_copy(update={"output": output, "done": self.done_count()})
+            finished.save(self.run, self.cls.name, self.record)
+        return self.record.done
 
     def done_count(self) -> int:
         key = self.cls.input_key
