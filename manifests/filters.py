@@ -68,6 +68,11 @@ RULES: dict[str, tuple[str | None, str]] = {
 }
 
 
+def scored_in(stage: str) -> str:
+    """The table a rule's scoring stage writes: the stage's own name, but for caption's `captions`."""
+    return "captions" if stage == "caption" else stage
+
+
 def applies(rule: str, config: FilterConfig) -> bool:
     """False for a rule the config leaves unset (`vlm` without checks): it filters nothing and the funnel leaves it out."""
     return rule != "vlm" or bool(config.vlm_reject)

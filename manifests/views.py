@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from manifests import store
-from manifests.filters import RULES, FilterConfig, applies, predicate
+from manifests.filters import RULES, FilterConfig, applies, predicate, scored_in
 
 CANDIDATES = """
 CREATE VIEW candidates AS
@@ -72,7 +72,7 @@ def active_rules(run: Path, rules: Sequence[str], scoring: Sequence[str] = ()) -
     active = []
     for rule in rules:
         stage = RULES[rule][0]
-        if stage is None or stage in scoring or store.has_rows(run, stage) or _has_errors(run, stage):
+        if stage is None or stage in scoring or store.has_rows(run, scored_in(stage)) or _has_errors(run, stage):
             active.append(rule)
     return active
 

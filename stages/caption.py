@@ -69,7 +69,7 @@ class Caption(Stage):
     input_key = "clip_id"
     filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
     needs = "clip_path IS NOT NULL"
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=14)  # Qwen2.5-VL-3B in bf16 (7.5 GB) and a batch's frames and cache
     batch_size = 4
     Config = CaptionConfig
 
@@ -116,16 +116,11 @@ class Caption(Stage):
         dtype = str(self.captioner.dtype).removeprefix("torch.")
         raw = [{"clip_id": item["clip_id"], "tokens": a.tokens.tolist(), "finished": a.finished, "model_s": model_s, "dtype": dtype}
                for item, a in zip(items, answers)]  # fmt: skip
-        # Until the runner calls `finish` in a CPU task after the actor, the actor finishes its own rows.
-        rows, errors = [], []
-        for one in raw:
-            done = self.finish({self.writes: [one]})
-            rows += done.get(self.writes, [])
-            errors += done.get("errors", [])
-        return {self.writes: rows}, errors
+        return {self.writes: raw}, []
 
     def finish(self, rows: dict[str, list[Row]]) -> dict[str, list[Row]]:
-        """Decode and parse one clip's answer: its captions row and the error row of a bad answer, if any."""
+        """Decode and parse one clip's answer (in a CPU task after the actor): its captions row, and the
+        error row of a bad answer (a warning when the row is there too)."""
         from model.curation.captioner import Answer
 
         raw = rows[self.writes][0]

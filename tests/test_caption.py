@@ -10,7 +10,7 @@ import torch
 from conftest import REAL
 from learned_fixtures import tiny_models  # noqa: F401  (fixture)
 
-from manifests.filters import VLM_CHECKS, FilterConfig, predicate
+from manifests.filters import RULES, VLM_CHECKS, FilterConfig, predicate
 from pipeline.config import load_config
 from stages.caption import EMPTY, Caption, load_prompt
 from stages.caption_answer import DEFAULT_SUBJECTS, parse_answer
@@ -93,6 +93,13 @@ def mixed_batch(stage: Caption) -> list[dict]:
     return [{"clip_id": key, "request": stage.processor().request(frames, fps, prompt), "frames": frames, "fps": fps} for key, frames, fps in clips]
 
 
+def finished(stage: Caption, items: list[dict]) -> list[dict]:
+    """The captions rows of one batch: the actor's `process_batch`, then `finish` per clip as the runner calls it."""
+    raw, errors = stage.process_batch(items)
+    assert not errors and [r["clip_id"] for r in raw["captions"]] == [item["clip_id"] for item in items]
+    return [row for one in raw["captions"] for row in stage.finish({"captions": [one]})["captions"]]
+
+
 def model_card_generate(stage: Caption, item: dict) -> tuple[str, int]:
     """The model card's way, one clip at a time: chat template, processor on the video, generate, trim, decode."""
     processor, model = stage.processor().processor, stage.captioner.model
@@ -114,14 +121,13 @@ def test_batched_captions_equal_the_model_cards_one_at_a_time_generate(stage):
     items = mixed_batch(stage)
     assert len({len(item["request"]["input_ids"]) for item in items}) == len(items)  # every clip a different length
     assert items[0]["request"]["video_grid_thw"][0, 0] == 2  # 4 frames in 2 temporal patches: one video, not 4 stills
-    rows, errors = stage.process_batch(items)
-    captions = {row["clip_id"]: row for row in rows["captions"]}
+    captions = {row["clip_id"]: row for row in finished(stage, items)}
     for item in items:
         text, n_tokens = model_card_generate(stage, item)
         assert captions[item["clip_id"]]["caption"] == parse_answer(text, 6).caption
         assert captions[item["clip_id"]]["output_tokens"] == n_tokens
-    assert len({row["caption"] for row in rows["captions"]}) == len(items)  # distinct answers: a swap would show
-    assert {row["dtype"] for row in rows["captions"]} == {"float32"}
+    assert len({row["caption"] for row in captions.values()}) == len(items)  # distinct answers: a swap would show
+    assert {row["dtype"] for row in captions.values()} == {"float32"}
 
 
 @pytest.mark.slow
@@ -138,25 +144,34 @@ def test_a_caption_stays_with_its_clip_in_a_padded_batch(stage):
 
 
 def test_the_actor_runs_no_processor(stage, monkeypatch):
-    """`process_batch` (the GPU actor) gets tensors: no image or video preprocessing, no tokenising, no decode of frames."""
+    """`process_batch` (the GPU actor) gets tensors and returns token ids: no image or video preprocessing, no
+    tokeniser either way, no frame decode; `finish` (a CPU task after it) decodes and parses."""
     items = mixed_batch(stage)[1:3]
     processor = stage.processor().processor
+    with monkeypatch.context() as patched:
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("CPU preprocessing inside the model actor")
+        def refuse(*args, **kwargs):
+            raise AssertionError("CPU work inside the model actor")
 
-    for target in (processor, processor.video_processor, processor.image_processor, processor.tokenizer):
-        monkeypatch.setattr(type(target), "__call__", refuse)
-    for target, name in [(type(processor), "apply_chat_template"), (type(processor.video_processor), "preprocess"),
-                         (type(processor.image_processor), "preprocess"), (type(processor.tokenizer), "encode")]:  # fmt: skip
-        monkeypatch.setattr(target, name, refuse)
-    monkeypatch.setattr("stages.caption.clip_frames", refuse)
-    monkeypatch.setattr("stages.caption.cv2.resize", refuse)
-    rows, errors = stage.process_batch(items)
-    assert len(rows["captions"]) == 2 and all(e["error_type"] == "bad_model_output" for e in errors)
+        for target in (processor, processor.video_processor, processor.image_processor, processor.tokenizer):
+            patched.setattr(type(target), "__call__", refuse)
+        for target, name in [(type(processor), "apply_chat_template"), (type(processor), "batch_decode"),
+                             (type(processor.video_processor), "preprocess"), (type(processor.image_processor), "preprocess"),
+                             (type(processor.tokenizer), "encode"), (type(processor.tokenizer), "decode"),
+                             (type(processor.tokenizer), "batch_decode")]:  # fmt: skip
+            patched.setattr(target, name, refuse)
+        patched.setattr("stages.caption.clip_frames", refuse)
+        patched.setattr("stages.caption.cv2.resize", refuse)
+        raw, errors = stage.process_batch(items)
+    assert not errors and all(set(row) == {"clip_id", "tokens", "finished", "model_s", "dtype"} for row in raw["captions"])
+    done = [stage.finish({"captions": [row]}) for row in raw["captions"]]
+    assert [d["captions"][0]["caption"] for d in done] and all(d["errors"][0]["error_type"] == "bad_model_output" for d in done)
 
 
 def test_summary_counts_answers_and_checks(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from manifests import store, views
     from manifests.report import answers_text, checks_text
 
@@ -165,8 +180,39 @@ def test_summary_counts_answers_and_checks(tmp_path):
     made = [stage.row(raw, answer()), stage.row({**raw, "clip_id": "c2"}, answer(checks={**CHECKS, "synthetic": True})),
             stage.row({**raw, "clip_id": "c3", "finished": False}, "A man walks"), stage.row({**raw, "clip_id": "c4"}, "A dog."),
             stage.row({**raw, "clip_id": "c5"}, "")]  # fmt: skip
+    old = {"clip_id": "c0", "caption": "A caption_v1 row.", "subjects_json": json.dumps(DEFAULT_SUBJECTS), "subjects_source": "default",
+           "model": "m", "prompt_version": "caption_v1", "random_weights": False}  # fmt: skip
+    store.ensure_table(tmp_path, "captions")  # a part of the schema before the answer columns: read as nulls, counted nowhere
+    pq.write_table(pa.Table.from_pylist([old]), store.table_dir(tmp_path, "captions") / "part-00000000000000000001-old.parquet")
     store.write_part(tmp_path, "captions", [row for row, _ in made if row])
     store.write_part(tmp_path, "errors", [error for _, error in made if error])
     con = views.connect(tmp_path)
     assert answers_text(con) == "answers: 2 ok, 1 truncated, 1 unparsable, 1 empty; 60.0 output tokens/s per GPU of model time, bfloat16"
     assert checks_text(con).startswith("of 2 answered: slideshow 2, synthetic 1, text_overlay 0,")
+    assert con.execute("SELECT answer, reject_slideshow FROM captions WHERE clip_id = 'c0'").fetchone() == (None, None)
+
+
+def test_vlm_rule_shows_in_the_funnel_only_when_set(curated, tmp_path):
+    """Score only by default: the checks are columns to look at; naming one in filter.vlm_reject adds the rule."""
+    import shutil
+
+    from conftest import KEEP_ALL
+    from manifests import store, views
+
+    run = tmp_path / "run"
+    shutil.copytree(curated.run, run, ignore=shutil.ignore_patterns("report"))
+    stage = Caption(load_config(profile="tiny").caption, run)
+    keep_all = load_config(overrides=[s for s in KEEP_ALL[KEEP_ALL.index("--set") :] if s != "--set"]).filter
+    earlier = list(RULES)[: list(RULES).index("vlm")]
+    passing = views.candidates(run, earlier, keep_all).column("clip_id").to_pylist()
+    windows = store.read_table(run, "scenes").column("clip_id").to_pylist()
+    assert len(passing) >= 3
+    raw = {"tokens": [1], "finished": True, "model_s": 0.1, "dtype": "float32"}
+    texts = {passing[0]: answer(), passing[1]: "no JSON line"}  # slideshow (CHECKS), unknown checks; the rest clean
+    clean = answer(checks=dict.fromkeys(VLM_CHECKS, False))
+    store.write_part(run, "captions", [stage.row({**raw, "clip_id": c}, texts.get(c, clean))[0] for c in windows])
+    assert not any(step == "filter: vlm" for step, *_ in views.funnel(run, keep_all))
+    steps = {step: cut for step, _, cut in views.funnel(run, keep_all.model_copy(update={"vlm_reject": ["slideshow"]}))}
+    assert steps["filter: vlm"] == 2
+    steps = {step: cut for step, _, cut in views.funnel(run, keep_all.model_copy(update={"vlm_reject": ["synthetic"]}))}
+    assert steps["filter: vlm"] == 1  # only the unknown answer
