@@ -128,6 +128,14 @@ def _compact(run: Path) -> int:
     return 0
 
 
+def screenshot_height(html: str) -> int:
+    """A window tall enough for the whole clip grid (a headless screenshot shows the window only):
+    the page above it, then rows of three cards (about 420 px each) on its longer side."""
+    kept, _, rejected = html.partition("<section id='rejected'>")
+    cards = max(kept.count("<div class='card"), rejected.count("<div class='card"))
+    return min(16000, 3000 + 420 * -(-cards // 3))
+
+
 def _report(run: Path, per_group: int, check: bool) -> int:
     if check:
         from manifests.browser import chromium
@@ -141,7 +149,7 @@ def _report(run: Path, per_group: int, check: bool) -> int:
     if check:
         from manifests.browser import open_page
 
-        view = open_page(page, page.with_name("screenshot.png"))
+        view = open_page(page, page.with_name("screenshot.png"), (1400, screenshot_height(page.read_text())))
         print(view.screenshot)
         if view.console:
             print("console messages:\n  " + "\n  ".join(view.console), file=sys.stderr)

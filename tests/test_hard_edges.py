@@ -255,6 +255,7 @@ def test_exit_codes_through_python_m_and_make(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(src), "--out", str(run), *PROBE_SCENES],
                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 3 and "--retry-errors" in done.stderr, done.stderr
+    assert "\x1b[" not in done.stderr and "    probe: 2 inputs, 1 rows, 1 failed" in done.stderr, done.stderr  # a log, not a bar
     made = _make("curate", f"SRC={src}", f"OUT={run}", "STAGES=probe,scenes")
     assert made.returncode == 2 and "make curate: exit code 3 from the tool" in made.stderr, made.stdout + made.stderr
     made = _make("curate", f"SRC={tmp_path / 'nothing here'}", f"OUT={run}")
