@@ -96,3 +96,19 @@ def test_gpu_check_measures_the_planned_step(cinema_models, tmp_path):
     step = step_of(config, 2, size=(9, 32, 48))
     assert measure(step, torch.device("cpu"), steps=1) > 0
     assert step_flops(step_of(config, 4, size=(9, 32, 48))) > step_flops(step) > 0
+
+
+def test_gpu_check_measures_a_wan_step(wan_models, tmp_path):
+    """The Wan rows of `make gpu-check`: the same measuring path on the tiny Wan2.1 base, its FLOPs from its base
+    (self-attention over video and references, cross-attention to 512 text tokens), and the real configs it names."""
+    from model.train.gpu_check import TRANSFORMERS, config_step, measure, step_flops
+
+    torch.set_num_threads(1)
+    config = tiny_wan_train_config(wan_models, tmp_path, tmp_path / "run", precision="bf16", gradient_checkpointing=True)
+    step = step_of(config, 2, size=(9, 32, 48))
+    assert measure(step, torch.device("cpu"), steps=1) > 0
+    assert step_flops(step_of(config, 4, size=(9, 32, 48))) > step_flops(step) > 0
+    real = {name: config_step(path, name, 4) for name, path in TRANSFORMERS.items() if name.startswith("Wan-AI/")}
+    assert [(s.frames, s.height, s.width, s.transformer["in_channels"]) for s in real.values()] == [(81, 480, 832, 16), (121, 704, 1280, 48)]
+    # Wan2.1-1.3B at 81 x 480 x 832 with 4 references: 25 latent frames of 30 x 52 tokens, 39,000 tokens.
+    assert step_flops(real["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"]) == pytest.approx(4 * 30 * 2 * (39000 * (6 * 1536**2 + 2 * 1536 * 8960) + 512 * 2 * 1536**2 + 2 * 39000**2 * 1536 + 2 * 39000 * 512 * 1536))
