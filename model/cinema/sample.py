@@ -10,6 +10,9 @@ guidance contrasts the full condition with the unconditional one the training dr
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from manifests.exits import UsageError, command
 from model.cinema.bases.cogvideox import CogVideoXBase
 from model.cinema.bases.wan import WanBase
 from model.cinema.checkpoint import model_config
@@ -129,7 +133,31 @@ def export_mp4(frames: list[Image.Image], path: Path, fps: int) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> Path:
+def sample_name(checkpoint: Path, args: argparse.Namespace) -> str:
+    """The output's name: the checkpoint, the seed and a digest of everything else that changes the
+    video (prompt, references, size, steps), so a second prompt never overwrites the first."""
+    asked = [args.prompt, args.refs, args.frames, args.height, args.width, args.steps, args.guidance, args.scheduler]
+    return f"{checkpoint.name}-seed{args.seed}-{hashlib.sha1(json.dumps(asked).encode()).hexdigest()[:10]}.mp4"
+
+
+def append_sample(out: Path, prompt: str, refs: list[Path], kinds: list[str], labels: list[str]) -> Path:
+    """One line of `samples.jsonl` beside the video, the file `make eval` reads."""
+    listing = out.parent / "samples.jsonl"
+    references = [{"image": str(ref.resolve()), "kind": kind, "label": label} for ref, kind, label in zip(refs, kinds, labels)]
+    with listing.open("a") as f:
+        f.write(json.dumps({"video": out.name, "prompt": prompt, "references": references}) + "\n")
+    return listing
+
+
+def _per_reference(value: str | None, refs: list[Path], default: str, what: str) -> list[str]:
+    values = value.split(",") if value else [default] * len(refs)
+    if len(values) != len(refs):
+        raise UsageError(f"--{what} gives {len(values)} value(s) for {len(refs)} reference(s)")
+    return values
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.cinema.sample", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder (RUN/checkpoints/step-N)")
     p.add_argument("--refs", required=True, help="comma-separated reference images")
@@ -141,11 +169,23 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--guidance", type=float, default=6.0)
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="default: the checkpoint's (ddim/dpm: CogVideoX; unipc/euler: Wan)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="default: RUN/samples/<checkpoint>-seed<seed>.mp4")
+    p.add_argument("--kinds", help="kind of each reference for `make eval` (human, face, object; default object)")
+    p.add_argument("--labels", help="label of each reference for `make eval` (default: object)")
+    p.add_argument("--out", type=Path, help="default: RUN/samples/<checkpoint>-seed<seed>-<digest of prompt, refs, ...>.mp4")
     args = p.parse_args(argv)
+    if not (args.checkpoint / "model.yaml").is_file():
+        raise UsageError(f"no checkpoint at {args.checkpoint} (no model.yaml there); train one first (make train), or name one with CKPT=RUN/checkpoints/step-N")
+    refs = [Path(path) for path in args.refs.split(",") if path]
+    missing = [str(ref) for ref in refs if not ref.is_file()]
+    if missing:
+        raise UsageError(f"reference image not found: {', '.join(missing)}")
+    kinds = _per_reference(args.kinds, refs, "object", "kinds")
+    labels = _per_reference(args.labels, refs, "object", "labels")
+    if bad := [k for k in kinds if k not in ("human", "face", "object")]:
+        raise UsageError(f"--kinds: {bad[0]!r} is not one of human, face, object")
     pipe = CinemaPipeline.from_pretrained(args.checkpoint, args.scheduler)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    references = [on_white(Path(path).read_bytes()) for path in args.refs.split(",") if path]
+    references = [on_white(ref.read_bytes()) for ref in refs]
     frames = pipe(
         prompt=args.prompt,
         reference_images=references,
@@ -156,10 +196,11 @@ def main(argv: list[str] | None = None) -> Path:
         guidance_scale=args.guidance,
         generator=torch.Generator().manual_seed(args.seed),
     ).frames[0]
-    out = args.out or args.checkpoint.parent.parent / "samples" / f"{args.checkpoint.name}-seed{args.seed}.mp4"
+    out = args.out or args.checkpoint.parent.parent / "samples" / sample_name(args.checkpoint, args)
     print(export_mp4(frames, out, pipe.model.base.native(pipe.model.vae.vae.config).fps))
-    return out
+    print(f"listed in {append_sample(out, args.prompt, refs, kinds, labels)} (make eval SAMPLES=...)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

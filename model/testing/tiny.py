@@ -52,12 +52,14 @@ QWEN_SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-# The message layout of Qwen's own template, cut down to what the encoder sends (text and images).
+# The message layout of Qwen's own template, cut down to what the encoder and the captioner send
+# (text, images, one video).
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -92,10 +94,12 @@ def _qwen_processor(family: str, tokenizer):
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     processor_class = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}[family]
+    # The preprocessing sizes of Qwen/Qwen2.5-VL-3B-Instruct, so tiny runs pay the real processor cost
+    # (callers pass their own frame sizes; these are what a call without them gets).
     return processor_class(
-        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+        image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 16384),
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28, cap_pixels_per_frame=True),
         chat_template=QWEN_CHAT_TEMPLATE,
     )
 
@@ -377,13 +381,21 @@ def build_aesthetic_head(out: Path) -> None:
     torch.save(AestheticHead(embed_dim=32).state_dict(), out / "aesthetic-model.pth")
 
 
+# BERT's ids that GroundingDINO hard-codes (its phrase masks split the prompt at [CLS], [SEP], "." and "?").
+BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
 def _bert_tokenizer():
+    """A WordPiece vocabulary of the corpus with BERT's special tokens at bert-base-uncased's ids."""
     from transformers import BertTokenizerFast
 
     words = sorted({w.strip(".,;:!?'\"()").lower() for line in CORPUS for w in line.split()} - {""})
     letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "person", "face"]
-    tokens += [w for w in words if w not in tokens] + list(letters) + [f"##{c}" for c in letters]
+    plain = ["person", "face"] + [w for w in words if w not in ("person", "face")] + list(letters) + [f"##{c}" for c in letters]
+    at = {i: t for t, i in BERT_SPECIAL_IDS.items()}
+    free = (i for i in range(max(at) + 1) if i not in at)
+    at.update(zip(free, plain))
+    tokens = [at.get(i, f"[unused{i}]") for i in range(max(at) + 1)]
     return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)  # vocab=: see ENVIRONMENT.md
 
 
@@ -423,6 +435,8 @@ def build_grounding_dino(out: Path) -> None:
     )
     torch.manual_seed(SEED)
     GroundingDinoForObjectDetection(config).save_pretrained(out)
+    # Smaller than the real 800 / 1333, which costs the tiny model about 0.5 s per (frame, label) on a CPU; the
+    # CPU benchmark (bench/curation_cpu.py) measures the preprocessing at the real sizes.
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 224, "longest_edge": 320})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from manifests.exits import command
 from model.cinema.bases import base_named
 from model.cinema.model import CinemaConfig, PartRef
 from model.train.config import TrainConfig, load_train_config
@@ -444,7 +446,8 @@ def with_bench_section(markdown: str, section: str) -> str:
     return markdown[: markdown.index(PLAN_HEADING)] + section
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.train.plan", description=__doc__.splitlines()[0])
     p.add_argument("config", type=Path, help="YAML training config (configs/train_*.yaml)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs the full fine-tune is sharded over")
@@ -452,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     args = p.parse_args(argv)
     print(plan_table(load_train_config(args.config, args.set), args.gpus, args.references))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -47,6 +47,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from manifests.config_io import provenance
+from manifests.exits import command
 from model.cinema import checkpoint
 from model.cinema.aligner import alignment_loss
 from model.cinema.mllm import MLLMStates
@@ -528,10 +529,12 @@ class Trainer:
         acc.wait_for_everyone()
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, required=True, help="YAML training config (configs/train_*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     args = p.parse_args(argv)
     Trainer(load_train_config(args.config, args.set)).fit()
+    return 0
 
