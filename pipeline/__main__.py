@@ -19,6 +19,7 @@ from manifests.filters import FilterConfig
 from manifests.report import write_report
 from model.hub import MissingWeights, require, resolve_file
 from pipeline.config import RunConfig, load_config, write_run_config
+from pipeline.placement import PlanError
 from pipeline.registry import STAGES
 from pipeline.runner import run_chain, start_ray_soon, stop_ray
 from pipeline.summary import summarize
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None, keep_ray: bool = True) -> int:
     except RunInUse as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_RUN_IN_USE
+    except PlanError as error:  # overrides that ask for more GPUs than the cluster has
+        print(f"error: {error}; set fewer `gpus` or `actors`", file=sys.stderr)
+        return 2
     if failed:
         print(f"{failed} input(s) failed; each has a row in {run}/manifests/errors", file=sys.stderr)
         return EXIT_FAILED_INPUTS
