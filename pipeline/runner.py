@@ -35,8 +35,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from manifests import store, views
+from manifests.exits import STORAGE_ERRNOS
 from manifests.filters import RULES, predicate
-from pipeline import placement
+from pipeline import finished, placement
 from pipeline.config import RunConfig
 from pipeline.pool import ActorPool
 from stages.base import FINAL_ERRORS, Row, Stage, tables
@@ -47,6 +48,7 @@ PREPARE_CPUS = 0.5
 QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits on decoding
 COMPACT_PARTS = 256  # a table with more parts than this is compacted while the run goes on
 COMPACT_EVERY_S = 60.0
+ASKED_KEYS = 100_000  # inputs of the final asks a stage keeps, to check at its end that none is pending
 POLL_S = 2.0  # at least this long between two asks of a stage whose inputs are still being made
 
 
@@ -272,12 +274,24 @@ class Batch:
     order: int = 0  # when it was sent, among the stage's batches
 
 
-def pending_sql(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path, retry_errors: bool) -> str:
-    """The stage's inputs that are neither done, nor failed (unless retried), nor in flight."""
-    key = stage_cls.input_key
+def deciding(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path) -> str:
+    """SQL condition on the input `i` for being one of the stage's inputs at all: its needs and
+    the filter rules that can be evaluated in this chain."""
     conditions = [stage_cls.needs or "TRUE"]
     if stage_cls.reads == "candidates":
         conditions.append(views.where(run, stage_cls.filters, config.filter, scoring=chain))
+    return " AND ".join(f"({c})" for c in conditions)
+
+
+def pending_sql(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path, retry_errors: bool) -> str:
+    """The stage's inputs that are neither done, nor failed (unless retried), nor in flight."""
+    return pending_query(stage_cls, run, deciding(stage_cls, config, chain, run), retry_errors)
+
+
+def pending_query(stage_cls: type[Stage], run: Path, decides: str, retry_errors: bool, only: str = "TRUE") -> str:
+    """`pending_sql` for a given `deciding` condition, restricted to the inputs meeting `only`."""
+    key = stage_cls.input_key
+    conditions = [decides, only]
     conditions.append(f'NOT EXISTS (SELECT 1 FROM {store.scan(run, stage_cls.writes)} o WHERE o."{key}" = i."{key}")')
     if not retry_errors:
         conditions.append(
@@ -313,7 +327,13 @@ class StageRun:
         self.cpus: float | None = None
         self.results = 0  # batches finished: a stage after this one asks again only when it grew
         self.upstream_seen = -1
-        self.sql: str | None = None
+        self.decides: str | None = None  # `deciding`, fixed for the run at the first ask
+        self.tables: list[str] = []  # the tables that decide its inputs (`finished.input_tables`)
+        self.digest = ""
+        self.record = finished.load(run, stage_cls.name)
+        self.final_parts: dict[str, list[str]] | None = None  # their parts when the last final ask opened
+        self.asked: set[str] | None = set()  # inputs the final asks gave or found in flight; None: too many, or planned
+        self.recorded = False  # `record` holds for the tables as they are now
 
     # -- inputs
     def upstream_done(self) -> bool:
@@ -336,17 +356,32 @@ class StageRun:
         self.upstream_seen = self.upstream_results()
         if self.cls.reads == "sources":
             return self._sources()
-        self.sql = self.sql or pending_sql(self.cls, self.config, self.chain, self.run, self.retry_errors)
-        sql = self.sql
+        if self.decides is None:
+            self.decides = deciding(self.cls, self.config, self.chain, self.run)
+            self.tables = finished.input_tables(self.cls, self.decides)
+            full = pending_query(self.cls, self.run, self.decides, self.retry_errors)
+            self.digest = finished.digest(self.run, full, getattr(self.config, self.cls.name))
+            if self.record is not None and self.record.digest != self.digest:
+                self.record = None
         inflight = self._inflight_keys()
+        if self.final_poll and self.asked is not None:
+            self.asked.update(inflight.column("key").to_pylist())
 
-        def execute() -> pa.RecordBatchReader:
+        def execute() -> pa.RecordBatchReader | None:
+            parts = finished.snapshot(self.run, self.tables)  # here: a part quarantined by the last try is gone
+            if self.final_poll:
+                self.final_parts = parts
+            only = finished.restriction(self.run, self.cls, self.record, parts)
+            if only == "FALSE":  # nothing the inputs depend on changed since the record was written
+                return None
             con = views.connect(self.run)
             con.register("_inflight", inflight)
-            return con.sql(sql).to_arrow_reader(4096)
+            return con.sql(pending_query(self.cls, self.run, self.decides, self.retry_errors, only or "TRUE")).to_arrow_reader(4096)
 
         started = time.perf_counter()
         reader = store.guarded(self.run, execute)
+        if reader is None:
+            return iter(())
         self.next_poll = time.monotonic() + max(POLL_S, 10 * (time.perf_counter() - started))  # asking costs the driver at most a tenth
         rows = (row for batch in reader for row in batch.to_pylist())
         stage = build(self.cls, self.config, self.chain, str(self.run))
@@ -400,6 +435,7 @@ class StageRun:
                 self.reader = self._open()
             try:
                 items.append(next(self.reader))
+                self.remember(items[-1])
             except StopIteration:
                 self.reader = None
                 if not self.final_poll:
@@ -407,6 +443,40 @@ class StageRun:
                 break
         self.pulled = []
         return items
+
+    def remember(self, item: Row) -> None:
+        """Keep the key of an input a final ask gave: when the stage ends, only these can be pending."""
+        if not self.final_poll or self.asked is None:
+            return
+        if self.cls.barrier or len(self.asked) >= ASKED_KEYS:  # planned items are not input rows
+            self.asked = None
+        else:
+            self.asked.add(str(item[self.cls.input_key]))
+
+    def record_finished(self) -> None:
+        """Write the stage's `finished` record when nothing is pending, checked on the inputs it
+        was given since its last ask, over tables that have not changed since."""
+        if self.cls.reads == "sources" or self.asked is None or self.final_parts is None:
+            return
+        if finished.snapshot(self.run, self.tables) != self.final_parts:
+            return
+        if self.asked:
+            sql = pending_query(self.cls, self.run, self.decides, self.retry_errors, f'CAST(i."{self.cls.input_key}" AS VARCHAR) IN (SELECT key FROM _asked)')
+            asked = pa.table({"key": pa.array(sorted(self.asked), pa.string())})
+
+            def execute() -> int:
+                con = views.connect(self.run)
+                con.register("_inflight", pa.table({"key": pa.array([], pa.string())}))
+                con.register("_asked", asked)
+                return len(con.sql(f"SELECT 1 FROM ({sql}) LIMIT 1").fetchall())
+
+            if store.guarded(self.run, execute):
+                return
+        record = finished.Record(digest=self.digest, parts=self.final_parts)
+        if self.record is None or self.record.parts != record.parts:
+            finished.save(self.run, self.cls.name, record)
+            self.record = record
+        self.recorded = True
 
     def _inflight_keys(self) -> pa.Table:
         """Inputs sent to workers and not back yet, or taken for the next batch (a bounded number): no ask may return them again."""
@@ -494,6 +564,9 @@ class StageRun:
         except ray.exceptions.ActorUnavailableError as exc:  # restarting: the batch it ran, or one queued behind
             self.pool.unavailable(batch, exc)
         except ray.exceptions.RayError as exc:  # the worker died, or failed outside the stage's own code
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:  # the run's disk: end the run, no error row
+                raise cause from None
             if batch.actor is not None and isinstance(exc, ray.exceptions.ActorDiedError):
                 self.pool.ended(batch.actor)
             self.failed(batch, exc)
@@ -538,13 +611,14 @@ class StageRun:
         if self.finished or self.inflight or self.retry or self.reader is not None or not self.final_poll:
             return
         self.finished = True
+        self.record_finished()
         for actor in self.pool.actors if self.pool else []:
             import ray
 
             ray.kill(actor)
         self.report.actors = len(self.pool.actors) if self.pool else 0
         if self.first_submit is None:
-            self.report.done_before = self.done_count()
+            self.report.done_before = self.done_before()
             print(f"{self.cls.name}: nothing to do ({self.report.done_before} inputs done before)")
             return
         self.report.seconds = time.perf_counter() - self.first_submit
@@ -556,6 +630,17 @@ class StageRun:
             self.reader = None
             self.final_poll = False
             self.next_poll = 0.0
+
+    def done_before(self) -> int:
+        """Inputs done, from the stage's record while its output has the parts it had when counted
+        (a count over the whole output table takes seconds at ten million windows)."""
+        if not self.recorded:
+            return self.done_count()
+        output = finished.snapshot(self.run, [self.cls.writes])[self.cls.writes]
+        if self.record.output != output or self.record.done is None:
+            self.record = self.record.model_copy(update={"output": output, "done": self.done_count()})
+            finished.save(self.run, self.cls.name, self.record)
+        return self.record.done
 
     def done_count(self) -> int:
         key = self.cls.input_key
