@@ -41,7 +41,7 @@ class CaptionConfig(ModelStageConfig):
     n_frames: int = 4  # even: Qwen's temporal patches take frames in pairs
     max_side: int = 448  # frames are scaled down to this longest side before the processor
     max_pixels: int = 448 * 448  # per frame, for the Qwen processor
-    max_new_tokens: int = 256
+    max_new_tokens: int = 320  # a caption paragraph (about 120 tokens) and the JSON line (up to about 180)
     max_subjects: int = 6
 
     def weights(self) -> dict[str, tuple[str, str | None]]:
