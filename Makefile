@@ -33,9 +33,10 @@ setup: .venv/.installed
 tiny-models: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) clip aesthetic_head qwen2_5_vl grounding_dino sam
 
-# The full profile's checkpoints, into the Hugging Face cache (needs internet).
+# The full profile's checkpoints, into the Hugging Face cache (needs internet); the training models are
+# CONFIG's (make weights CONFIG=configs/train_wan_1_3b.yaml), only the folders their loaders read.
 weights: setup
-	$(PY) -m pipeline weights
+	$(PY) -m pipeline weights --set encode.train_config=$(CONFIG)
 
 demo: PROFILE = tiny
 # goldeneye's two talking faces move little (motion 0.16 and 0.26): let them through to show faces
@@ -100,7 +101,7 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow"
 
 # Each bench/NAME.py writes its section to bench/results/NAME.md; bench.assemble joins them into BENCHMARKS.md.
-BENCHES := model learned train real_models scale references curation caption
+BENCHES := model learned train real_models scale references curation caption filters
 bench: setup tiny-models
 	for name in $(BENCHES); do HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m bench.$$name || exit $$?; done
 	$(PY) -m bench.assemble

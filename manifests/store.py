@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from manifests.schemas import TABLES, spec
 T = TypeVar("T")
 SCHEMA_PREFIX = "part-00000000000000000000-schema-"
 QUARANTINE = "quarantine"
+MEMORY_LIMIT = "1GB"  # per connection; a query over ten million windows needs no more
 FINISHED = "finished"  # the runner's records of stages with nothing left to do (pipeline/finished.py)
 
 
@@ -121,9 +123,18 @@ def latest(run: Path, table: str, key: Sequence[str] | None = None, files: Seque
     )
 
 
+def database() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose memory does not grow with the run: past MEMORY_LIMIT its joins,
+    sorts and aggregates spill to a temporary folder instead (DuckDB's default is most of RAM)."""
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / f'cinema-duckdb-{uuid.uuid4().hex}'}'")  # its own: DuckDB removes it at close
+    return con
+
+
 def connect(run: Path) -> duckdb.DuckDBPyConnection:
     """A connection where every table is a view over its parts (nothing is loaded)."""
-    con = duckdb.connect()
+    con = database()
     for name in TABLES:
         ensure_table(run, name)
         con.execute(f"CREATE VIEW {name} AS {latest(run, name)}")
@@ -204,7 +215,7 @@ def read_raw(run: Path, table: str) -> pa.Table:
     """Every written row, duplicates included, in write order."""
     columns = ", ".join(f'"{c}"' for c in spec(table).schema.names)
     sql = f"SELECT {columns} FROM {scan(run, table)} ORDER BY filename, file_row_number"
-    return guarded(run, lambda: duckdb.connect().sql(sql).to_arrow_table()).cast(spec(table).schema)
+    return guarded(run, lambda: database().sql(sql).to_arrow_table()).cast(spec(table).schema)
 
 
 def count(run: Path, table: str) -> int:
@@ -227,7 +238,7 @@ def compact(run: Path, table: str) -> int:
         order = ", ".join(f'"{k}"' for k in spec(table).key)
         sql = f"SELECT * FROM ({latest(run, table, spec(table).identity, found)}) ORDER BY {order}"
         with atomic_path(run, final) as tmp:
-            duckdb.connect().execute(f"COPY ({sql}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+            database().execute(f"COPY ({sql}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")
         return found
 
     merged = guarded(run, merge)

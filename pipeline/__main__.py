@@ -70,6 +70,7 @@ def download_weights(config: RunConfig) -> None:
     refs = {**model_refs(config, list(STAGES)), **EvalConfig().weights()}
     refs.update({name: (part.ref, None) for name, part in parts.items()})
     folders = {name: [f"{part.subfolder}/*" if part.subfolder else "*"] for name, part in parts.items()}
+    folders["train.transformer"].append("model_index.json")  # what the base refuses by (Wan2.2-A14B, I2V)
     files = {"aesthetic.clip": CLIP_FILES, "subjects.clip": CLIP_FILES, "eval.clip": CLIP_FILES, "encode.t5": T5_FILES, **folders}
     for name, (ref, filename) in refs.items():
         if Path(ref).expanduser().exists():
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     curate.add_argument("--extensions", help="comma-separated file extensions taken as videos (default: probe.extensions)")
     weights = sub.add_parser("weights", help="download the models of a profile (needs internet)")
     weights.add_argument("--config", type=Path, help="YAML config file naming other models")
+    weights.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (encode.train_config=...)")
     stage = sub.add_parser("stage", help="run one stage of an existing run (on a cluster with RAY_ADDRESS)")
     stage.add_argument("name", choices=list(STAGES))
     stage.add_argument("--run", type=Path, required=True, help="run folder")
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None, keep_ray: bool = True) -> int:
     stops while the summary and the report are written; tests keep one Ray for all their runs."""
     args = _parser().parse_args(argv)
     if args.command == "weights":
-        download_weights(load_config(args.config))
+        download_weights(load_config(args.config, args.set))
         return 0
     cli = {"workers": args.workers} if args.workers is not None else {}
     if args.command == "curate":

@@ -32,6 +32,8 @@ BASE = {"candidates": ["videos", "scenes"]}  # the view's rows: a window of a vi
 class Record(BaseModel):
     digest: str
     parts: dict[str, list[str]]  # table -> its part names, schema parts included
+    output: list[str] = []  # the output table's parts when `done` was counted
+    done: int | None = None  # inputs done then, shown by a rerun with nothing to do
 
 
 def input_tables(stage_cls: type[Stage], conditions: str) -> list[str]:

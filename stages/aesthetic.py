@@ -48,7 +48,7 @@ class Aesthetic(Stage):
     writes = "aesthetic"
     input_key = "clip_id"
     filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera")
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=3)  # CLIP ViT-L/14 + head in bf16, 32 frames
     batch_size = 8
     Config = AestheticConfig
 

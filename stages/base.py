@@ -48,8 +48,8 @@ class BadModelOutput(Exception):
 @dataclass(frozen=True)
 class Resources:
     cpus: float = 1.0
-    gpus: float = 0.0
     uses_model: bool = False  # run as an actor pool that loads the model once per actor
+    gpu_memory_gb: float = 0.0  # a model actor's GPU memory at the full profile (weights and batch); 0: a CPU model
 
 
 Row = dict[str, Any]

@@ -68,7 +68,7 @@ class Caption(Stage):
     input_key = "clip_id"
     filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
     needs = "clip_path IS NOT NULL"
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=14)  # Qwen2.5-VL-3B in bf16 (7.5 GB) and a batch's frames and cache
     batch_size = 4
     Config = CaptionConfig
 

@@ -60,7 +60,7 @@ class Encode(Stage):
     reads = "shards"
     writes = "encoded"
     input_key = "shard"
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=28)  # T5-XXL + Qwen2.5-VL-3B + CogVideoX VAE in bf16, a clip's latents
     Config = EncodeConfig
 
     def setup(self) -> None:

@@ -281,7 +281,7 @@ class Identities(Stage):
                     if sample is None:
                         sample = [thumbnail(image) for _, image in clip_frames(self.run_dir, item["clip_id"], item["clip_path"], item["n_frames"], cfg.copy_frames)]
                     source = self.source_frame(candidate)
-                    candidate["copy_psnr"] = max(psnr(source, frame) for frame in sample)
+                    candidate["copy_psnr"] = round(max(psnr(source, frame) for frame in sample), 1)  # x264 clip files differ in the last bits run to run
                     if candidate["copy_psnr"] > cfg.copy_max_psnr:
                         continue
                 picked.append(candidate)

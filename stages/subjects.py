@@ -293,7 +293,7 @@ class Subjects(Stage):
     input_key = "clip_id"
     filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm")
     needs = "clip_path IS NOT NULL AND subjects_json IS NOT NULL"
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=5)  # GroundingDINO-T + SAM-B + CLIP-L in bf16, 800x1333 inputs
     batch_size = 2
     Config = SubjectsConfig
 

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from conftest import REAL, ROOT, manifests_cli, pipeline_cli, run_cli, subprocess_env
 
@@ -259,3 +261,37 @@ def test_exit_codes_through_python_m_and_make(tmp_path):
     made = _make("sample", "PROFILE=tiny", f"CONFIG={ROOT / 'configs' / 'train_tiny.yaml'}", "REFS=a.png", "PROMPT=two people",
                  f"CKPT={tmp_path / 'checkpoints' / 'step-1'}")  # fmt: skip
     assert made.returncode == 2 and "no checkpoint at" in made.stderr and "exit code 2 from the tool" in made.stderr, made.stderr
+
+
+def _damage_one_packet(source: Path, target: Path) -> int:
+    """A copy of `source` whose middle video packet is noise; returns the source's frame count."""
+    container = av.open(str(source))
+    spans = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    container.close()
+    data = bytearray(source.read_bytes())
+    pos, size = spans[len(spans) // 2]
+    data[pos : pos + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    target.write_bytes(bytes(data))
+    return len(spans)
+
+
+def test_a_damaged_packet_a_fifo_and_a_playlist(tmp_path):
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    src.mkdir(), outside.mkdir()
+    shutil.copy(REAL / "carphone_pristine.mp4", src / "good.mp4")
+    n_frames = _damage_one_packet(REAL / "bikes.mp4", src / "damaged.mp4")
+    shutil.copy(REAL / "bikes.mp4", outside / "secret.mp4")
+    (src / "list.m3u8").write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\n../outside/secret.mp4\n#EXT-X-ENDLIST\n")
+    os.mkfifo(src / "pipe.mp4")
+    run = tmp_path / "run"
+    result = pipeline_cli("curate", src, "--out", run, *PROBE_SCENES, "--extensions", "mp4,m3u8")
+    assert result.code == 3, result.out + result.err
+    videos = {Path(v["path"]).name: v for v in store.read_table(run, "videos").to_pylist()}
+    assert set(videos) == {"good.mp4", "damaged.mp4"}  # nothing from outside SRC
+    scenes = store.read_table(run, "scenes").to_pylist()
+    decoded = sum(s["n_frames"] for s in scenes if s["video_id"] == videos["damaged.mp4"]["video_id"])
+    assert n_frames - 2 <= decoded < n_frames  # the bad packet's frame is skipped, the rest kept
+    errors = {Path(e["key"]).name: e for e in store.read_table(run, "errors").to_pylist()}
+    assert set(errors) == {"list.m3u8", "pipe.mp4"}
+    assert "playlist" in errors["list.m3u8"]["message"] and "not a regular file" in errors["pipe.mp4"]["message"]
+    assert all(e["error_type"] == "bad_input" and e["attempts"] == 1 for e in errors.values())

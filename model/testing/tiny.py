@@ -492,6 +492,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "arcface": build_arcface,
     "wan2_1": partial(build_wan, layout="2.1"),
     "wan2_2": partial(build_wan, layout="2.2"),
+    # The toy-world proof on the Wan base: twice as wide (text stays 512 positions, in cross-attention).
+    "wan_toy": partial(build_wan, layout="2.1", heads=4),
 }
 
 

@@ -63,7 +63,6 @@ class Base(ABC):
     transformer_classes: ClassVar[tuple[str, ...]]  # `_class_name`s of its transformer folders
     latent_dtype_follows_transformer: ClassVar[bool]  # else the sampler keeps its latents in fp32
     scheduler_names: ClassVar[dict[str, str]]  # CLI name -> scheduler class the sampler can swap in
-    files: ClassVar[list[str]]  # what the loaders read of a full checkpoint (`make weights`)
 
     @abstractmethod
     def check(self, transformer: dict, release: dict | None) -> None:

@@ -43,7 +43,6 @@ class CogVideoXBase(Base):
     transformer_classes = ("CogVideoXTransformer3DModel", "CinemaTransformer3DModel")
     latent_dtype_follows_transformer = True
     scheduler_names = {"ddim": "CogVideoXDDIMScheduler", "dpm": "CogVideoXDPMScheduler"}
-    files = ["transformer/*", "vae/*", "scheduler/*", "tokenizer/*", "text_encoder/*"]
 
     def check(self, transformer: dict, release: dict | None) -> None:
         """The DiT checks its own layout when it runs (`CinemaTransformer3DModel._check_layout`)."""

@@ -54,7 +54,6 @@ class WanBase(Base):
     transformer_classes = ("WanTransformer3DModel", "CinemaWanTransformer3DModel")
     latent_dtype_follows_transformer = False
     scheduler_names = {"unipc": "UniPCMultistepScheduler", "euler": "FlowMatchEulerDiscreteScheduler"}
-    files = ["transformer/*", "vae/*", "scheduler/*", "tokenizer/*", "text_encoder/*"]
 
     def check(self, transformer: dict, release: dict | None) -> None:
         if release is not None:
