@@ -68,9 +68,11 @@ sample: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.cinema.sample --checkpoint "$(CKPT)" --refs "$(REFS)" --prompt "$(PROMPT)" $(SAMPLE_ARGS)
 
 # On a CUDA machine: real-size step time, MFU and peak memory of CogVideoX-2B and 5B (random
-# weights) beside model.train.plan's estimate, in under 10 minutes; fails at once without CUDA.
+# weights) beside model.train.plan's estimate, in under 10 minutes; then the curation models on one
+# GPU (clips/s per stage against its bare models, bench/gpu-curation.md), in under 5; fails at once without CUDA.
 gpu-check: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.train.gpu_check
+	HF_HUB_OFFLINE=1 $(PY) -m model.curation.gpu_check
 
 cinema-tiny-models: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) qwen2_5_vl cogvideox_2b
