@@ -96,15 +96,11 @@ test: setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow"
 
-# Each benchmark writes its section to bench/*.md; the last step joins them into BENCHMARKS.md.
+# Each bench/NAME.py writes its section to bench/results/NAME.md; bench.assemble joins them into BENCHMARKS.md.
+BENCHES := model learned train real_models scale references curation
 bench: setup tiny-models
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench.model
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_learned
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench.train
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m model.bench.real
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_scale
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench_references
-	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pipeline.bench
+	for name in $(BENCHES); do HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m bench.$$name || exit $$?; done
+	$(PY) -m bench.assemble
 
 clean:
 	rm -rf runs/demo .pytest_cache

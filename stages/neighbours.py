@@ -7,7 +7,7 @@ graph index (HNSW): the question is a fixed-radius one (all pairs under a thresh
 nearest), which IVF answers cell by cell in plain numpy with memory equal to the vectors, no new
 dependency; and it is SemDeDup's scheme (k-means clusters, then pairwise within each). A pair is
 missed only when its two vectors share none of their `probes` nearest cells; recall against
-exact search is measured in bench/references.md (pipeline/bench_references.py).
+exact search is measured in bench/results/references.md (bench/references.py).
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def test_t5_targets_match_the_cogvideox_pipeline(cinema_tiny):
 
 @pytest.mark.slow
 def test_pretraining_raises_held_out_cosine_well_above_initialisation(cinema_tiny):
-    from model.bench.model import pretrain_aligner
+    from bench.model import pretrain_aligner
 
     probe = pretrain_aligner(cinema_tiny, steps=200)
     print(f"held-out cosine: {probe.cosine_before:.3f} -> {probe.cosine_after:.3f} in {probe.seconds:.1f} s")

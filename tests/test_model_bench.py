@@ -1,11 +1,11 @@
-"""model/bench/model.py: the token count formula and the measuring helpers the benchmark rests on."""
+"""bench/model.py: the token count formula and the measuring helpers the benchmark rests on."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.bench.model import cpu_peak_bytes, dit_flops, token_counts
+from bench.model import cpu_peak_bytes, dit_flops, token_counts
 
 
 @pytest.mark.parametrize("references", [0, 1, 2, 4])
@@ -50,7 +50,7 @@ def test_cpu_peak_counts_live_tensors():
 
 def test_gpu_rows_run_end_to_end_on_a_tiny_layout(monkeypatch):
     """The GPU section cannot run here; its code path runs on CPU with the CUDA calls stubbed out."""
-    from model.bench import model as bench
+    from bench import model as bench
 
     for name in ["synchronize", "reset_peak_memory_stats", "empty_cache"]:
         monkeypatch.setattr(torch.cuda, name, lambda: None)

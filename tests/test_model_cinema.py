@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from model_fixtures import cinema_tiny, images, one_thread  # noqa: F401  (fixtures)
 from PIL import Image
 
-from model.bench.model import tiny_config
+from bench.model import tiny_config
 from model.cinema.model import CinemaConfig, CinemaModel, PartRef, letterbox
 from model.hub import MissingWeights
 from model.testing.tiny import TINY_VIDEO_SHAPE

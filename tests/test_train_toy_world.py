@@ -58,7 +58,7 @@ def test_references_not_the_caption_decide_the_subject(toy_models, tmp_path, one
 
 @pytest.mark.slow
 def test_binding_world_is_measured_on_generated_videos(toy_models, tmp_path, one_thread):
-    result = run_binding_world(toy_models, tmp_path, steps=1000)  # the instrument, not the result: bench/train.md trains 1500
+    result = run_binding_world(toy_models, tmp_path, steps=1000)  # the instrument, not the result: bench/results/train.md trains 1500
 
     assert statistics.median(result.losses[-10:]) < 0.75 * statistics.median(result.losses[:5]), result.losses
     # The metric tells the four outcomes apart: the world's own clip of each outcome, through the VAE

@@ -35,7 +35,7 @@ class CinemaTransformer3DModel(CogVideoXTransformer3DModel):
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
         """Predict for the video latents (batch, frames, C, h, w); `references[i]` is (n_i, C, h, w).
 
-        Samples with different reference counts are run in groups of equal count (see `bench/model.md`
+        Samples with different reference counts are run in groups of equal count (see `bench/results/model.md`
         for the measurement against padding with an attention mask).
         """
         timestep = torch.as_tensor(timestep, device=hidden_states.device).expand(hidden_states.shape[0])

@@ -7,7 +7,7 @@ Per model it measures step time, MFU (model FLOPs of forward + backward over the
 and peak memory, and prints them beside `model.train.plan`'s estimate for the same step on one GPU.
 The plans run in CPU processes while the GPU measures, with the torch of the machine: plan with
 the project's pinned torch (`python -m model.train.plan`), since other versions' memory trackers
-count differently. Writes `bench/gpu.md`, which `make bench` joins into BENCHMARKS.md.
+count differently. Writes `bench/results/gpu.md`, which `make bench` joins into BENCHMARKS.md.
 Fails at once without CUDA.
 """
 
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
     text = "\n".join(lines) + "\n"
     print("\n" + text, flush=True)
-    Path("bench").mkdir(exist_ok=True)
-    Path("bench/gpu.md").write_text(text)
+    Path("bench/results").mkdir(parents=True, exist_ok=True)
+    Path("bench/results/gpu.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -393,7 +393,7 @@ PLAN_HEADING = "### Memory plan at real size (`python -m model.train.plan config
 
 
 def bench_section(config_file: Path = Path("configs/train_full.yaml"), gpus: int = 8) -> str:
-    """The memory plan's section of bench/train.md: every BENCH_PLANS setting with 0..4 references."""
+    """The memory plan's section of bench/results/train.md: every BENCH_PLANS setting with 0..4 references."""
     import platform
 
     lines = [
@@ -403,7 +403,7 @@ def bench_section(config_file: Path = Path("configs/train_full.yaml"), gpus: int
         "(full fine-tune) or MemTracker (LoRA) over two optimizer steps, AdamW state included; flash attention as on "
         "the GPU; the EMA of the trained weights (fp32, sharded as they are) added. Goal: 5B full fine-tune on 8 x 80 GB and LoRA on 1 x 80 GB, with headroom. The tiny model's "
         "estimates (FSDP2 and LoRA) are within 15% of measured CPU runs (`tests/test_train_plan.py`); on an H200 the "
-        "plan of one GPU's 5B and 2B full fine-tune step came within 0.5% of the measured peak (bench/gpu.md). Not "
+        "plan of one GPU's 5B and 2B full fine-tune step came within 0.5% of the measured peak (bench/results/gpu.md). Not "
         "planned: ZeRO-2, which keeps the whole bf16 weights on every GPU (5B: 10.4 GiB), where FSDP2 gathers one "
         "block at a time.",
     ]
@@ -414,7 +414,7 @@ def bench_section(config_file: Path = Path("configs/train_full.yaml"), gpus: int
 
 
 def with_bench_section(markdown: str, section: str) -> str:
-    """bench/train.md with `section` in place of its memory plan's section (its last); the rest kept."""
+    """bench/results/train.md with `section` in place of its memory plan's section (its last); the rest kept."""
     return markdown[: markdown.index(PLAN_HEADING)] + section
 
 

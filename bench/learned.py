@@ -1,10 +1,10 @@
-"""`python -m pipeline.bench_learned`: per-clip time of each model stage, split by phase, at batch 1 and 8.
+"""`python -m bench.learned`: per-clip time of each model stage, split by phase, at batch 1 and 8.
 
 Phases: decode + resize (the stage's `prepare`, which the runner runs in CPU tasks apart from
 the model actors), processor (tensorising inside the actor), model forward, postprocessing.
 Inputs are the real sample clips curated with profile tiny (random-initialised tiny models of
 the real classes), so the numbers say where time goes, not what real-size models cost. Writes
-`bench/learned.md`.
+`bench/results/learned.md`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.sections import ROOT, section_path, write_section
 from manifests import views
 from model.testing.tiny import ensure
 from pipeline.__main__ import main as pipeline_main
@@ -24,7 +25,6 @@ from pipeline.registry import STAGES
 from stages.clips import Clips
 from stages.scenes import Scenes
 
-ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "tests/data/real"
 MODELS = ["clip", "aesthetic_head", "qwen2_5_vl", "grounding_dino", "sam"]
 PHASES = ["decode + resize", "processor", "forward", "postprocess"]
@@ -87,8 +87,8 @@ def kept_table(run: Path, config, clips: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench_learned", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "learned.md")
+    p = argparse.ArgumentParser(prog="python -m bench.learned", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=section_path("learned"))
     p.add_argument("--clips", type=int, default=8, help="clips timed per setting (the sample clips repeated)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-learned-"))
@@ -129,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         "sizes, random weights, on a GPU): not measured; this session had no GPU.",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    out = write_section("learned", "\n".join(lines), args.out)
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`make bench` scale section: the run folder's costs at 10k to 1M clip windows, on synthetic runs.
+"""`python -m bench.scale`: the run folder's costs at 10k to 1M clip windows, on synthetic runs.
 
 `synthesize` writes every table through the project's own writer (`manifests.store.write_part`)
 with realistic column sizes (subject masks as RLE JSON of a few KB), 10 windows per video, as a
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from bench.sections import ROOT, section_path, write_section
 from manifests import store
 from pipeline.config import load_config, write_run_config
 
-ROOT = Path(__file__).resolve().parent.parent
 WINDOWS_PER_VIDEO = 10
 CHUNK = 100_000  # rows per part: what compaction leaves, in pieces the generator can hold
 
@@ -166,7 +166,7 @@ def short_videos(folder: Path, count: int, frames: int = 24) -> list[Path]:
     offsets (overlapping, but each starts elsewhere, so each is its own content)."""
     from fractions import Fraction
 
-    from pipeline.bench import FOLDER_VIDEOS, video_row
+    from bench.curation import FOLDER_VIDEOS, video_row
     from stages.video import encode_mp4, iter_frames
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ def section(results: list[dict]) -> str:
         "## Run folder at scale (issue 10)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; synthetic runs from "
-        "`pipeline/bench_scale.py` (10 windows per video, half of them clips with captions and 3 subjects each, "
+        "`bench/scale.py` (10 windows per video, half of them clips with captions and 3 subjects each, "
         "masks as RLE JSON), each step in its own process: wall seconds / peak RSS in GB. Other jobs on the machine add noise.",
         "",
         "| step | " + " | ".join(f"{r['windows']:,} windows" for r in results) + " | growth: seconds per million windows (two largest runs) |",
@@ -234,7 +234,7 @@ def section(results: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--windows", default="10000,100000,1000000", help="comma-separated sizes")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "scale.md")
+    p.add_argument("--out", type=Path, default=section_path("scale"))
     p.add_argument("--real-files", type=int, default=500, help="files in the real-pipeline run (0: skip it)")
     args = p.parse_args()
     results = []
@@ -252,8 +252,8 @@ def main() -> None:
             text += real_section(real_run(args.real_files, folder))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    args.out.write_text(text)
-    print(args.out.read_text())
+    print(text)
+    print(f"wrote {write_section('scale', text, args.out)}")
 
 
 if __name__ == "__main__":

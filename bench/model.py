@@ -1,4 +1,4 @@
-"""`python -m model.bench.model`: what CINEMA's model costs, written as Markdown to `bench/model.md`.
+"""`python -m bench.model`: what CINEMA's model costs, written as Markdown to `bench/results/model.md`.
 
 At tiny size on this machine's CPU: forward+backward time and peak tensor memory against the
 number of references, reference batching by groups against padding, and AlignerNet pre-training
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.sections import section_path, write_section
 from model.cinema.aligner import AlignerNet, alignment_loss, masked_cosine
 from model.cinema.dit import CinemaTransformer3DModel
 from model.cinema.mllm import MLLMEncoder
@@ -424,15 +425,15 @@ def report(tiny: Path, repeats: int) -> str:
     else:
         lines.append(
             "No GPU in this session: the CogVideoX-2B and 5B rows (random weights, 45 frames of 480x720, bf16, "
-            "gradient checkpointing: step time, peak memory, MFU) are not measured. `python -m model.bench.model` "
+            "gradient checkpointing: step time, peak memory, MFU) are not measured. `python -m bench.model` "
             "measures them where CUDA is available."
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.bench.model", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/model.md"))
+    parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=section_path("model"))
     parser.add_argument("--tiny", type=Path, help="tiny model folder (built into a temporary folder if absent)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
@@ -441,9 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         tiny = ensure(args.tiny or Path(scratch), ["qwen2_5_vl", "cogvideox_2b", "cogvideox_5b"])
         text = report(tiny, args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
     print(text)
+    print(f"wrote {write_section('model', text, args.out)}")
 
 
 if __name__ == "__main__":

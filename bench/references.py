@@ -4,7 +4,7 @@ Synthetic face embeddings with dlib's geometry (128-D; one person's faces about 
 people about 0.95, threshold 0.6): identities appear in a few videos each, ten faces per video.
 Times `stages.identities.blocked_pairs` + `stages.neighbours.components` (the identities stage's
 numerical core) at each size; recall is the share of truly linked pairs (same identity) that end in
-one identity, and of the pairs exact search finds on a subset. Writes `bench/references.md`.
+one identity, and of the pairs exact search finds on a subset. Writes `bench/results/references.md`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bench.model import machine
+from bench.model import machine
+from bench.sections import section_path, write_section
 from stages.identities import blocked_pairs
 from stages.neighbours import components, pairs_within, radius_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
 RADIUS = 0.6
 FACES_PER_VIDEO = 10
 FACES_PER_IDENTITY = 20
@@ -82,7 +82,7 @@ def report(sizes: list[int], exact_n: int) -> str:
     lines = [
         "## Identities at scale: blocking by video + IVF",
         "",
-        f"Machine: {machine()}. `python -m pipeline.bench_references`. Synthetic 128-D face embeddings with dlib's",
+        f"Machine: {machine()}. `python -m bench.references`. Synthetic 128-D face embeddings with dlib's",
         f"geometry (same person ~0.35 apart, two people ~0.95, threshold {RADIUS}); {FACES_PER_VIDEO} faces per video,",
         f"{FACES_PER_IDENTITY} per identity over {VIDEOS_PER_IDENTITY} videos. Exact inside each video, IVF (k-means cells of",
         "~512, each vector in its 2 nearest cells) on one mean vector per within-video group across videos.",
@@ -112,12 +112,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100000,1000000", help="subject counts, comma-separated")
     parser.add_argument("--exact", type=int, default=30000, help="vectors in the exact-search baseline")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "references.md")
+    parser.add_argument("--out", type=Path, default=section_path("references"))
     args = parser.parse_args()
     text = report([int(s) for s in args.sizes.split(",")], args.exact)
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(text)
     print(text)
+    print(f"wrote {write_section('references', text, args.out)}")
 
 
 if __name__ == "__main__":

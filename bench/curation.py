@@ -1,8 +1,8 @@
-"""`make bench`: curation speed as ratios against baselines measured in the same run.
+"""`python -m bench.curation`: curation speed as ratios against baselines measured in the same run.
 
 Baselines: decode-only PyAV (the physical limit of a decode-bound stage) and PySceneDetect's own
 command line. Each time is the best of a few repeats, so other load on the machine inflates it
-least. `--assemble` joins every bench/*.md section into BENCHMARKS.md.
+least. Writes `bench/results/curation.md`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import av
 
+from bench.sections import ROOT, write_section
 from stages.aesthetic import AestheticConfig
 from stages.motion import MotionConfig
 from stages.probe import Probe, ProbeConfig
@@ -28,7 +29,6 @@ from stages.scenes import Scenes, ScenesConfig
 from stages.screen import ScreenConfig
 from stages.video import open_video
 
-ROOT = Path(__file__).resolve().parent.parent
 FOLDER_VIDEOS = ["tests/data/pyscenedetect/testvideo.mp4", "tests/data/pyscenedetect/fades.mp4",
                  "tests/data/pyscenedetect/goldeneye-vfr-drop3.mp4", "tests/data/pyscenedetect/counter.mp4",
                  "tests/data/real/bikes.mp4", "tests/data/real/carphone_pristine.mp4"]
@@ -206,7 +206,7 @@ def measure() -> str:
         "## Curation: one streaming pass (issues 2 and 11)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, PyAV {av.__version__}. "
-        f"Files: the {len(files)} videos of `pipeline/bench.py` FOLDER_VIDEOS ({frames} frames, 352x288 to 1280x720). "
+        f"Files: the {len(files)} videos of `bench/curation.py` FOLDER_VIDEOS ({frames} frames, 352x288 to 1280x720). "
         f"Best of {REPEATS} runs each unless said. Other processes on the machine add noise; ratios are taken within one run.",
         "",
         "| one worker, all files one after the other | seconds | ratio to decode-only |",
@@ -246,24 +246,11 @@ def measure() -> str:
     return "\n".join(lines)
 
 
-def assemble() -> Path:
-    sections = sorted((ROOT / "bench").glob("*.md"))
-    head = "# Benchmarks\n\nProduced by `make bench`; each section names its machine. Ratios compare runs made in the same session.\n\n"
-    out = ROOT / "BENCHMARKS.md"
-    out.write_text(head + "\n".join(p.read_text() for p in sections))
-    return out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--assemble", action="store_true", help="only join bench/*.md into BENCHMARKS.md")
-    args = parser.parse_args()
-    if not args.assemble:
-        text = measure()
-        (ROOT / "bench").mkdir(exist_ok=True)
-        (ROOT / "bench" / "curation.md").write_text(text)
-        print(text)
-    print(f"wrote {assemble()}")
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    text = measure()
+    print(text)
+    print(f"wrote {write_section('curation', text)}")
 
 
 if __name__ == "__main__":

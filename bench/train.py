@@ -1,4 +1,4 @@
-"""`python -m model.bench.train`: what a training step costs, and whether training learns; writes `bench/train.md`.
+"""`python -m bench.train`: what a training step costs, and whether training learns; writes `bench/results/train.md`.
 
 At tiny size on this CPU, on shards of the shipped real footage: the trainer's step time and peak
 memory on raw and on cached (`make encode`) shards, and the data loader's batches per second with
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository (this file: model/bench/train.py)
+from bench.sections import ROOT, section_path, write_section
+
 sys.path.insert(0, str(ROOT / "tests"))  # the fixtures that write shards through the shard stage
 
 
@@ -101,7 +102,7 @@ def binding_section(result) -> str:
 
 
 def with_binding_section(markdown: str, section: str) -> str:
-    """bench/train.md with the binding world's section put in place of the old one, just before the memory plan."""
+    """bench/results/train.md with the binding world's section put in place of the old one, just before the memory plan."""
     from model.train.plan import PLAN_HEADING
 
     plan = markdown.index(PLAN_HEADING)
@@ -126,7 +127,7 @@ def run_binding(tmp: Path):
 
 def main() -> None:
     if sys.argv[1:] == ["--binding-only"]:  # the binding world's section alone, trained again; the rest kept
-        out = ROOT / "bench" / "train.md"
+        out = section_path("train")
         with tempfile.TemporaryDirectory() as tmp:
             section = binding_section(run_binding(Path(tmp)))
         out.write_text(with_binding_section(out.read_text(), section))
@@ -136,7 +137,7 @@ def main() -> None:
         from model.train.plan import bench_section, with_bench_section
 
         section = bench_section(ROOT / "configs" / "train_full.yaml")  # minutes: the file is read after, as it is then
-        out = ROOT / "bench" / "train.md"
+        out = section_path("train")
         out.write_text(with_bench_section(out.read_text(), section))
         return
     from train_fixtures import CINEMA_MODELS, real_samples, tiny_train_config, write_shard
@@ -201,10 +202,9 @@ def main() -> None:
         "",
         binding_section(binding),
     ]
-    out = ROOT / "bench" / "train.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n" + bench_section(ROOT / "configs" / "train_full.yaml"))
-    print(out.read_text())
+    text = "\n".join(lines) + "\n" + bench_section(ROOT / "configs" / "train_full.yaml")
+    print(text)
+    print(f"wrote {write_section('train', text)}")
 
 
 if __name__ == "__main__":

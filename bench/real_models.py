@@ -1,5 +1,5 @@
-"""`python -m model.bench.real`: per-frame CPU cost of the real packaged models, and TransNetV2 against
-PySceneDetect on real footage. Writes `bench/real_models.md`.
+"""`python -m bench.real_models`: per-frame CPU cost of the real packaged models, and TransNetV2 against
+PySceneDetect on real footage. Writes `bench/results/real_models.md`.
 
 Each model runs on frames of the shipped footage at the size its stage gives it: faces (dlib HOG
 detection, landmarks, 128-D embedding) on key frames at source size, text area (PP-OCRv4
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bench.model import machine
+from bench.model import machine
+from bench.sections import ROOT, section_path, write_section
 from model.curation.faces import FaceModel
 from model.curation.nsfw import NsfwScorer
 from model.curation.ocr import TextArea
@@ -25,7 +26,6 @@ from stages.scenes import detect_cuts
 from stages.screen import scaled_size
 from stages.video import iter_frames
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository (this file: model/bench/real.py)
 FOOTAGE = [ROOT / "tests/data/real/carphone_pristine.mp4", ROOT / "tests/data/pyscenedetect/goldeneye-vfr-drop3.mp4", ROOT / "tests/data/real/bikes.mp4"]
 SHOTS = [ROOT / "tests/data/real/bikes.mp4", ROOT / "tests/data/pyscenedetect/goldeneye-vfr-drop3.mp4", ROOT / "tests/data/pyscenedetect/testvideo.mp4"]
 
@@ -89,7 +89,7 @@ def report() -> str:
         [
             "## Real packaged models (faces, text area, NSFW, TransNetV2)",
             "",
-            f"Machine: {machine()}. `python -m model.bench.real`; every 10th frame of each video, after one warm-up call.",
+            f"Machine: {machine()}. `python -m bench.real_models`; every 10th frame of each video, after one warm-up call.",
             "",
             "Per-frame CPU cost:",
             "",
@@ -105,12 +105,11 @@ def report() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "real_models.md")
+    parser.add_argument("--out", type=Path, default=section_path("real_models"))
     args = parser.parse_args()
     text = report()
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(text)
     print(text)
+    print(f"wrote {write_section('real_models', text, args.out)}")
 
 
 if __name__ == "__main__":
