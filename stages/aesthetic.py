@@ -47,8 +47,8 @@ class Aesthetic(Stage):
     reads = "candidates"
     writes = "aesthetic"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion")
-    resources = Resources(cpus=1.0, uses_model=True)
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera")
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=3)  # CLIP ViT-L/14 + head in bf16, 32 frames
     batch_size = 8
     Config = AestheticConfig
 

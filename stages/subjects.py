@@ -63,7 +63,10 @@ class SubjectsConfig(ModelStageConfig):
     face_embedder_file: str = "backbone.pth"
     face_detect_short_side: int = 288  # frames with a shorter short side are upsampled for the face detector
     face_detect_max_short_side: int = 540  # frames with a longer short side are shrunk to it for the face detector
-    face_min_score: float = 0.0  # dlib HOG score
+    face_min_score: float = 0.0  # dlib HOG score (real faces measured as low as 0.014: the checks below do the work)
+    face_min_side: float = 24.0  # pixels of the detected box
+    face_min_sharpness: float = 30.0  # variance of the Laplacian of the box at 112x112 (measured: blurred figures <= 5, faces >= 90)
+    face_min_confirmation: float = 0.6  # dlib CNN on the crop (measured: faces >= 0.66, a drawn robot face <= 0.49)
     face_margin: float = 0.4  # of the face box size, added on every side of the crop
     face_same_distance: float = SAME_PERSON_DISTANCE  # embeddings closer than this are one identity
     max_faces: int = 4
@@ -280,9 +283,9 @@ class Subjects(Stage):
     reads = "candidates"
     writes = "subjects"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm")
     needs = "clip_path IS NOT NULL AND subjects_json IS NOT NULL"
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=5)  # GroundingDINO-T + SAM-B + CLIP-L in bf16, 800x1333 inputs
     batch_size = 2
     Config = SubjectsConfig
 
@@ -404,7 +407,10 @@ class Subjects(Stage):
         """Faces in one key frame (CPU: dlib): a margin box (the crop), the box as its mask, and the identity embedding."""
         cfg = self.config
         faces = face_model(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side, cfg.face_detect_max_short_side)
-        found = [f for f in faces.detect(image) if f.score >= cfg.face_min_score][: cfg.max_faces * 2]
+        found = [
+            f for f in faces.detect(image)
+            if faces.plausible(image, f, cfg.face_min_score, cfg.face_min_side, cfg.face_min_sharpness, cfg.face_min_confirmation)
+        ][: cfg.max_faces * 2]  # fmt: skip
         if not found:
             return []
         embeddings = faces.embed(image, found)

