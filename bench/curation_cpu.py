@@ -81,8 +81,8 @@ def main() -> None:
     lines = [
         "## Curation: CPU work out of the GPU actors (subjects)",
         "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other work while measured "
-        f"(best of {REPEAT}). Seconds per clip (3 key frames, 7 labels). Before: all of it ran inside the GPU actor (1 CPU). "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.0f} when it ended "
+        f"(shared with other work: best of {REPEAT}). Seconds per clip (3 key frames, 7 labels). Before: all of it ran inside the GPU actor (1 CPU). "
         "Now: none of it does; it runs in CPU tasks (`prepare` before, `finish` after), which Ray spreads over every core.",
         "",
         "| frames | work | in the actor before (s) | in CPU tasks now (s) |",
