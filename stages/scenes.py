@@ -15,8 +15,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import cv2
 import scenedetect
 from scenedetect.common import FrameTimecode, Timecode
+from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
 
 from stages.base import BadInput, Row, Stage, StageConfig
@@ -26,9 +28,41 @@ from stages.video import WINDOW_FPS, Converter, FrameGrid, decode, keep_window_f
 
 CLIP_NAMESPACE = uuid.UUID("6f1c5b0e-3d7a-5c8e-9a41-2b7e0c9d4f10")
 
+class OneCallDistances:
+    """ContentDetector's frame score (also AdaptiveDetector's), each mean pixel distance in one OpenCV
+    call instead of PySceneDetect's four NumPy passes over the frame: the same integer sums, so the
+    same scores and cuts, at a third of the detector's cost."""
+
+    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img) -> float:
+        hue, sat, lum = cv2.split(cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV))
+        edges = self._detect_edges(lum) if self._weights.delta_edges > 0.0 else None
+        last, self._last_frame = self._last_frame, ContentDetector._FrameData(hue, sat, lum, edges)
+        if last is None:
+            return 0.0
+
+        def distance(a, b) -> float:
+            return cv2.norm(a, b, cv2.NORM_L1) / float(a.shape[0] * a.shape[1])
+
+        components = ContentDetector.Components(
+            delta_hue=distance(hue, last.hue),
+            delta_sat=distance(sat, last.sat),
+            delta_lum=distance(lum, last.lum),
+            delta_edges=0.0 if edges is None or last.edges is None else distance(edges, last.edges),
+        )
+        return sum(c * w for c, w in zip(components, self._weights, strict=True)) / sum(abs(w) for w in self._weights)
+
+
+class FastContentDetector(OneCallDistances, scenedetect.ContentDetector):
+    pass
+
+
+class FastAdaptiveDetector(OneCallDistances, scenedetect.AdaptiveDetector):
+    pass
+
+
 DETECTORS = {
-    "adaptive": scenedetect.AdaptiveDetector,
-    "content": scenedetect.ContentDetector,
+    "adaptive": FastAdaptiveDetector,
+    "content": FastContentDetector,
     "threshold": scenedetect.ThresholdDetector,
     "hash": scenedetect.HashDetector,
     "histogram": scenedetect.HistogramDetector,
