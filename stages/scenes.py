@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import cv2
 import scenedetect
+from pydantic import Field
 from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
@@ -74,7 +75,7 @@ class ScenesConfig(StageConfig):
     # Cosmos-Curate; real weights from its package; finds fades, costs about 7-11x more here)
     detector: Literal["adaptive", "content", "threshold", "hash", "histogram", "transnetv2"] = "adaptive"
     params: dict[str, Any] = {}  # keyword arguments of the detector, e.g. {"adaptive_threshold": 3.0} or {"threshold": 0.5}
-    max_clip_s: float = 10.0  # longer shots are cut into equal windows no longer than this
+    max_clip_s: float = Field(10.0, gt=0)  # longer shots are cut into equal windows no longer than this
 
 
 def clip_id(video_id: str, start_frame: int, end_frame: int) -> str:

@@ -44,14 +44,35 @@ def open_video(path: str | Path | BinaryIO, threads: bool = True) -> tuple[av.co
 
 
 DECODED: Counter = Counter()  # frames decoded per source in this process: what "decode once" is measured by
+SKIPPED: Counter = Counter()  # damaged packets the decoder refused, per source, skipped
 
 
 def decode(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
-    """The one place frames come out of FFmpeg, counted per source."""
-    name = container.name
-    for frame in container.decode(stream):
-        DECODED[name] += 1
-        yield frame
+    """The one place frames come out of FFmpeg, counted per source.
+
+    A packet the decoder refuses as invalid (a damaged one) is skipped and counted, so one bad
+    packet does not lose the whole video; every decode of the file skips the same packets, so
+    frame indices agree between stages. Any other decode error is the file's, and final: a
+    BadInput naming the file and the place.
+    """
+    name, decoded = container.name, 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+            frames = packet.decode()
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            SKIPPED[name] += 1
+            continue
+        except av.error.FFmpegError as error:
+            place = f"after {decoded} frames of this pass" if decoded else "at the first frame of this pass"
+            raise BadInput(f"{name}: cannot be decoded {place}: {error.strerror or error}") from None
+        for frame in frames:
+            DECODED[name] += 1
+            decoded += 1
+            yield frame
 
 
 def _pts(frame: av.VideoFrame) -> int:
