@@ -1,8 +1,8 @@
 """scenes: shot boundaries on our own decode (PySceneDetect's detectors or TransNetV2), cut into clip windows.
 
-Frames reach a PySceneDetect detector exactly as its own PyAV path gives them, so its golden cuts
-reproduce; what we add is exact frame indices and pts for every boundary, so later stages decode
-the same frames. The same single decode of the source feeds the motion grid (see `Scenes`).
+Frames reach a PySceneDetect detector as its own PyAV path gives them (bgr24 at its automatic
+downscale, though converted by swscale straight at that size), so its golden cuts reproduce; what
+we add is exact frame indices and pts for every boundary, so later stages decode the same frames. The same single decode of the source feeds the motion grid (see `Scenes`).
 """
 
 from __future__ import annotations
@@ -83,17 +83,17 @@ def clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
 
 
 class PySceneDetect:
-    """A PySceneDetect detector, fed frames exactly as its own PyAV path prepares them (bgr24, the
-    same automatic downscale and interpolation, pts timecodes), so its golden cuts reproduce."""
+    """A PySceneDetect detector, fed frames as its own PyAV path prepares them (bgr24, the same
+    automatic downscale, pts timecodes), so its golden cuts reproduce."""
 
     def __init__(self, name: str, params: dict[str, Any], stream):
         self.detector = DETECTORS[name](**params)
         self.rate = stream.guessed_rate or stream.average_rate
         self.factor = compute_downscale_factor(stream.width)
         size = (max(1, round(stream.width / self.factor)), max(1, round(stream.height / self.factor)))
-        # swscale converts only the pixels the detector reads: OpenCV's linear downscale of a full-size
-        # frame samples about one source pixel per output pixel, as swscale's point scaler does
-        # (the same bytes at whole factors, the same golden cuts at the others)
+        # swscale converts just the pixels the detector reads, with its point scaler: PySceneDetect's
+        # OpenCV linear downscale of the full frame also takes about one source pixel per output pixel
+        # (swscale's area or bilinear averaging smooths the frames and moves golden cuts)
         self.image = Converter("bgr24", size if self.factor > 1.0 else None, "POINT")
         self.cut_s: list[float] = []
         self.timecode = None
