@@ -103,7 +103,7 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow"
 
 # Each bench/NAME.py writes its section to bench/results/NAME.md; bench.assemble joins them into BENCHMARKS.md.
-BENCHES := model learned train wan real_models scale references curation curation_cpu caption filters
+BENCHES := model learned train wan real_models scale references curation curation_cpu scenes caption filters
 bench: setup tiny-models
 	for name in $(BENCHES); do HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m bench.$$name || exit $$?; done
 	$(PY) -m bench.assemble
