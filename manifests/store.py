@@ -32,7 +32,7 @@ from manifests.schemas import TABLES, spec
 T = TypeVar("T")
 SCHEMA_PREFIX = "part-00000000000000000000-schema-"
 QUARANTINE = "quarantine"
-MEMORY_LIMIT = "1GB"  # per connection; a query over ten million windows needs no more
+MEMORY_LIMIT = "2GB"  # per connection: with Python and Arrow around it, a command stays under 3 GB
 GROUP_BYTES = 32 * 2**20
 FINISHED = "finished"  # the runner's records of stages with nothing left to do (pipeline/finished.py)
 
