@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from manifests.filters import VLM_CHECKS
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -70,6 +72,10 @@ TABLES: dict[str, TableSpec] = {
             F("score", pa.float64()),  # mean flow magnitude, in % of the frame diagonal per second
             F("flow_mean_px", pa.float64()),  # mean flow magnitude per sampled pair, pixels
             F("static_share", pa.float64()),  # share of patches that do not move
+            F("camera_motion", pa.string()),  # static / pan_tilt / zoom / shake / other (stages.motion)
+            F("pan_px", pa.float64()),  # global translation per sampled pair, pixels at flow resolution
+            F("zoom_px", pa.float64()),  # global zoom per pair, pixels of motion at the frame's inner border
+            F("residual_px", pa.float64()),  # motion the global fit leaves: things moving in the scene (~0: a still image)
             F("n_pairs", pa.int32()),
             F("method", pa.string()),
         ),
@@ -83,14 +89,18 @@ TABLES: dict[str, TableSpec] = {
             F("model", pa.string()),  # ends in "(random weights)" for the tiny profile
             F("random_weights", pa.bool_()),
             F("embedding", pa.list_(pa.float32())),  # mean of the frames' unit CLIP embeddings, unit length (dedup)
+            F("dtype", pa.string()),  # the model's precision: bfloat16 on a GPU, float32 on the CPU
         ),
         _spec(
             "screen",
             ("clip_id",),
             F("clip_id", pa.string()),
-            F("text_area", pa.float64()),  # largest share of a sampled frame covered by text boxes
-            F("text_area_mean", pa.float64()),
+            F("text_area", pa.float64()),  # median over sampled frames of the share under recognised text
+            F("text_area_max", pa.float64()),
+            F("text_content", pa.float64()),  # median over frames of text area / area with any detail (1: all text)
+            F("text_detected", pa.float64()),  # largest share under detector boxes, recognised or not (for comparison)
             F("nsfw_score", pa.float64()),  # highest explicit-nudity confidence over sampled frames
+            F("sharpness", pa.float64()),  # median over frames of the variance of the Laplacian (low: blurred)
             F("n_frames", pa.int32()),
             F("text_model", pa.string()),
             F("nsfw_model", pa.string()),
@@ -120,6 +130,12 @@ TABLES: dict[str, TableSpec] = {
             F("model", pa.string()),
             F("prompt_version", pa.string()),  # model/curation/prompts/<version>.txt
             F("random_weights", pa.bool_()),
+            # from caption_v2 on (null on older rows): how the one answer came out and what it cost
+            F("answer", pa.string()),  # ok / truncated (hit max_new_tokens) / unparsable (no valid JSON line)
+            F("output_tokens", pa.int64()),
+            F("model_s", pa.float64()),  # its share of its batch's generate time, in GPU-seconds on CUDA
+            F("dtype", pa.string()),  # the model's: bfloat16 on CUDA, float32 on the CPU
+            *(F(f"reject_{name}", pa.bool_()) for name in VLM_CHECKS),  # the answer's reject checks, null when unparsable
         ),
         _spec(
             "subjects",
@@ -143,6 +159,7 @@ TABLES: dict[str, TableSpec] = {
             F("labels", pa.list_(pa.string())),  # every label it was detected under, the kept `label` first
             F("quality", pa.float64()),  # reference quality in [0, 1]: size, sharpness, detector score, frontal (faces)
             F("rank", pa.int32()),  # by quality among the clip's subjects of its kind, 0 best
+            F("dtype", pa.string()),  # GroundingDINO, SAM and CLIP's precision (bfloat16 on a GPU); faces: dlib's float32
         ),
         _spec(
             "dedup",
@@ -173,6 +190,7 @@ TABLES: dict[str, TableSpec] = {
             F("n_references", pa.int32()),
             F("references_json", pa.string()),  # per reference: source clip, frame, identity, similarity, policy, copy check
             F("dropped_json", pa.string()),  # {reason: count} of subjects left without a reference
+            F("inputs_digest", pa.string()),  # of what the row was computed from: a rerun rewrites the row when it changes
         ),
         _spec(
             "shards",

@@ -13,7 +13,6 @@ filters down into the scan; `compact` merges many small parts into one, atomical
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import tempfile
 import time
@@ -94,9 +93,21 @@ def has_rows(run: Path, table: str) -> bool:
     return bool(parts(run, table))
 
 
+def literal(text: str | Path) -> str:
+    """A SQL string literal: a path with a quote in it (`runs/it's here`) is never pasted bare."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def path_literal(path: Path, pattern: str = "") -> str:
+    """A SQL literal of a file path for DuckDB's readers, which take every path as a glob: the
+    path's own `[`, `*` and `?` (`runs/glob[1]`) match only themselves; `pattern` is appended as a glob."""
+    escaped = str(path).replace("[", "[[]").replace("*", "[*]").replace("?", "[?]")
+    return literal(f"{escaped}/{pattern}" if pattern else escaped)
+
+
 def scan(run: Path, table: str, files: Sequence[Path] | None = None) -> str:
     """SQL for every written row, with the file and row it came from (for last-write-wins)."""
-    source = f"'{table_dir(run, table)}/part-*.parquet'" if files is None else "[" + ", ".join(f"'{p}'" for p in files) + "]"
+    source = path_literal(table_dir(run, table), "part-*.parquet") if files is None else "[" + ", ".join(map(path_literal, files)) + "]"
     return f"read_parquet({source}, union_by_name = true, filename = true, file_row_number = true)"
 
 
@@ -137,23 +148,36 @@ def connect(run: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-_PART = re.compile(r"'([^']*/manifests/[^'/]+/part-[^'/]+\.parquet)'")
+QUERY_MISTAKES = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)  # the SQL, never the data
 
 
 def guarded(run: Path, action: Callable[[], T]) -> T:
     """Run a query; a part that cannot be read is quarantined and the query runs again.
 
-    Its rows are then missing from the table, so the stage that wrote them finds their inputs
-    pending again and recomputes them.
+    Which part is damaged is found by reading them (those the error names first), whatever the
+    error says. Its rows are then missing from the table, so the stage that wrote them finds their
+    inputs pending again and recomputes them.
     """
     while True:
         try:
             return action()
         except duckdb.Error as error:
-            found = _PART.search(str(error))
-            if not found or not Path(found.group(1)).is_file():
+            damaged = None if isinstance(error, QUERY_MISTAKES) else unreadable_part(run, str(error))
+            if damaged is None:
                 raise
-            quarantine(run, Path(found.group(1)), str(error))
+            quarantine(run, damaged, str(error))
+
+
+def unreadable_part(run: Path, message: str) -> Path | None:
+    """The first part of the run that does not read whole, trying those named in `message` first."""
+    found = [p for table in TABLES for p in sorted(table_dir(run, table).glob("part-*.parquet"), reverse=True)]
+    for part in sorted(found, key=lambda p: str(p) not in message):
+        try:
+            for _ in pq.ParquetFile(part).iter_batches():
+                pass
+        except (pa.ArrowException, OSError):
+            return part
+    return None
 
 
 def quarantine(run: Path, part: Path, reason: str) -> Path:
@@ -225,7 +249,7 @@ def compact(run: Path, table: str) -> int:
         rows = sum(m.num_rows for m in metas)
         size = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
         with atomic_path(run, final) as tmp:
-            database().execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {group_rows(rows, size)})")
+            database().execute(f"COPY ({sql}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {group_rows(rows, size)})")
         return found
 
     merged = guarded(run, merge)

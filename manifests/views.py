@@ -15,12 +15,12 @@ import duckdb
 import pyarrow as pa
 
 from manifests import store
-from manifests.filters import RULES, FilterConfig, predicate
+from manifests.filters import RULES, FilterConfig, applies, predicate, scored_in
 
 CANDIDATES = """
 CREATE VIEW candidates AS
 SELECT s.*, s.n_frames / v.fps AS duration_s,
-       v.path AS video_path, v.fps, v.width, v.height, v.rotation,
+       v.path AS video_path, v.fps, v.bytes AS video_bytes, v.duration_s AS video_duration_s, v.width, v.height, v.rotation,
        m.score AS motion_score, a.score AS aesthetic_score, a.score_min AS aesthetic_min,
        c.path AS clip_path, c.bytes AS clip_bytes,
        cap.caption, cap.subjects_json, cap.model AS caption_model, cap.prompt_version,
@@ -72,7 +72,7 @@ def active_rules(run: Path, rules: Sequence[str], scoring: Sequence[str] = ()) -
     active = []
     for rule in rules:
         stage = RULES[rule][0]
-        if stage is None or stage in scoring or store.has_rows(run, stage) or _has_errors(run, stage):
+        if stage is None or stage in scoring or store.has_rows(run, scored_in(stage)) or _has_errors(run, stage):
             active.append(rule)
     return active
 
@@ -107,7 +107,7 @@ def funnel(run: Path, config: FilterConfig | None = None) -> list[tuple[str, int
     """
     config = config or FilterConfig()
     steps, conditions = ["windows"], ["TRUE"]
-    for rule in active_rules(run, list(RULES)):
+    for rule in (r for r in active_rules(run, list(RULES)) if applies(r, config)):
         steps.append(f"filter: {rule}")
         conditions.append(f"{conditions[-1]} AND {predicate(rule, config)}")
     for table, done in LATER_STAGES.items():

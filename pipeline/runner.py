@@ -35,9 +35,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from manifests import store, views
+from manifests.exits import STORAGE_ERRNOS
 from manifests.filters import RULES, predicate
-from pipeline import finished
+from pipeline import finished, placement
 from pipeline.config import RunConfig
+from pipeline.pool import ActorPool
 from stages.base import FINAL_ERRORS, Row, Stage, tables
 from stages.kept import FRAMES, kept_clip_ids, kept_file
 from stages.probe import walk
@@ -178,10 +180,12 @@ class ModelWorker:
     """Actor body for model stages: `setup` (the model load) runs once per actor; `process` runs
     the model only, and returns its rows for `finish_batch` to finish and write on a CPU."""
 
-    def __init__(self, job: tuple, gpus: float):
+    def __init__(self, job: tuple):
+        from model.curation.device import device
+
         stage_cls, self.config, chain, run = job
         self.stage = build(stage_cls, self.config, chain, run)
-        if not gpus:  # the CPU models of a chain share the cores
+        if device() == "cpu":  # the CPU models of a chain share the cores
             import torch
 
             from pipeline.registry import STAGES
@@ -189,6 +193,10 @@ class ModelWorker:
             models = sum(1 for name in chain if STAGES[name].resources.uses_model)
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, models)))
         self.stage.setup()
+
+    def ready(self) -> bool:
+        """Answers once the actor (re)started: the driver picks it again."""
+        return True
 
     def process(self, prepared: tuple[list[Row], list[Row]]) -> tuple[dict[str, list[Row]], list[Row], float]:
         ready, failed = prepared
@@ -261,7 +269,9 @@ def warm_up_worker() -> None:
 class Batch:
     items: list[Row]
     attempt: int = 1  # how often these items have been sent to a worker
-    actor: int | None = None  # the model actor it was sent to
+    actor: int | None = None  # the model actor it was sent to (set by ActorPool.sent)
+    life: int = 0  # which life of that actor
+    order: int = 0  # when it was sent, among the stage's batches
 
 
 def deciding(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path) -> str:
@@ -299,8 +309,8 @@ class StageRun:
     """One stage of a running chain, as the driver sees it: a stream of pending inputs and batches in flight."""
 
     def __init__(self, stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path,
-                 upstream: list[StageRun], retry_errors: bool, position: int, started: float):  # fmt: skip
-        self.cls, self.config, self.chain, self.run = stage_cls, config, chain, run
+                 upstream: list[StageRun], retry_errors: bool, position: int, started: float, placer: placement.Placer):  # fmt: skip
+        self.cls, self.config, self.chain, self.run, self.placer = stage_cls, config, chain, run, placer
         self.upstream, self.retry_errors, self.position, self.started = upstream, retry_errors, position, started
         self.report = StageReport(stage_cls.name)
         self.inflight: dict = {}  # ObjectRef -> Batch
@@ -309,8 +319,8 @@ class StageRun:
         self.next_poll = 0.0
         self.final_poll = False  # the current reader was opened after every stage before this one ended
         self.finished = False
-        self.actors: list = []
-        self.actor_load: dict[int, int] = {}
+        self.pool: ActorPool | None = None  # model stages' actors, once started
+        self.pulled: list[Row] = []  # inputs taken from the stream for the batch being made
         self.job = None
         self.bar: tqdm | None = None
         self.first_submit: float | None = None
@@ -412,8 +422,12 @@ class StageRun:
         return self.upstream_done() or self.upstream_results() > self.upstream_seen
 
     def pull(self, n: int) -> list[Row]:
-        """Up to n pending inputs; opens a new stream when the last is used up and asking again may find more."""
-        items: list[Row] = []
+        """Up to n pending inputs; opens a new stream when the last is used up and asking again may find more.
+
+        The inputs taken so far count as in flight for that new stream: they are neither written
+        nor sent yet, and an ask that did not see them in flight answered them again (issue 24:
+        a stream that ran out in the middle of a batch gave a stage the same windows twice)."""
+        items = self.pulled = []
         while len(items) < n:
             if self.reader is None:
                 if not self.may_ask():
@@ -427,6 +441,7 @@ class StageRun:
                 if not self.final_poll:
                     continue
                 break
+        self.pulled = []
         return items
 
     def remember(self, item: Row) -> None:
@@ -464,8 +479,8 @@ class StageRun:
         self.recorded = True
 
     def _inflight_keys(self) -> pa.Table:
-        """Inputs sent to workers and not back yet (a bounded number): no ask may return them again."""
-        batches = [*self.inflight.values(), *self.retry]
+        """Inputs sent to workers and not back yet, or taken for the next batch (a bounded number): no ask may return them again."""
+        batches = [*self.inflight.values(), *self.retry, Batch(self.pulled)]
         return pa.table({"key": pa.array([str(i[self.cls.input_key]) for b in batches for i in b.items], pa.string())})
 
     # -- work
@@ -475,6 +490,8 @@ class StageRun:
         if self.reader is None and not self.final_poll and self.upstream_done():
             self.next_poll = 0.0  # nothing upstream can add inputs any more: ask one last time now
         while len(self.inflight) < self.capacity():
+            if self.pool is not None and self.pool.pick() is None:
+                break  # every actor is restarting: its batches wait here, not at an actor
             if self.retry:
                 batch = self.retry.popleft()
             else:
@@ -486,15 +503,10 @@ class StageRun:
             self.submit(batch)
 
     def batch_size(self) -> int:
-        return getattr(getattr(self.config, self.cls.name), "batch_size", None) or self.cls.batch_size
+        return placement.batch_size(self.cls, self.config)
 
     def n_actors(self) -> int:
-        import ray
-
-        gpus = (getattr(getattr(self.config, self.cls.name), "gpus", None) or 0) if self.cls.resources.uses_model else 0
-        if gpus and ray.is_initialized():
-            return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
-        return 1
+        return len(self.pool.actors) if self.pool else 1  # one until the plan made the pool
 
     def submit(self, batch: Batch) -> None:
         start_ray(self.config.workers)
@@ -509,14 +521,12 @@ class StageRun:
             self.inflight[task.remote(self.job, batch.items)] = batch
             return
         self.warm_up()
-        index = min(self.actor_load, key=self.actor_load.get)
+        index = self.pool.pick()
         prepare = ray.remote(prepare_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
         finish = ray.remote(finish_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
-        output = self.actors[index].process.remote(prepare.remote(self.job, batch.items))
-        ref = finish.remote(self.job, output, len(batch.items))
-        self.actor_load[index] += 1
-        batch.actor = index
-        self.inflight[ref] = batch
+        output = self.pool.actors[index].process.remote(prepare.remote(self.job, batch.items))
+        self.pool.sent(batch, index)
+        self.inflight[finish.remote(self.job, output, len(batch.items))] = batch
 
     def warm_up(self) -> None:
         """Start the model actors once this stage or one before it has work (so inputs may come):
@@ -526,32 +536,47 @@ class StageRun:
         turn, and the streaming chain took longer than running stage by stage (BENCHMARKS.md,
         curation). On a CPU-only machine the actors reserve no CPU (a fraction
         would leave less than one whole CPU for the tasks) and the OS shares the cores; with GPUs
-        each actor holds its GPU share and one CPU.
+        each actor holds its GPU share and CPUs as the placement plan says (`pipeline/placement.py`).
         """
-        if self.actors or not self.cls.resources.uses_model or self.finished:
+        if self.pool or not self.cls.resources.uses_model or self.finished:
             return
         if self.first_submit is None and not any(u.first_submit for u in self.upstream):
             return
-        gpus = getattr(getattr(self.config, self.cls.name), "gpus", None) or 0
         import ray
 
-        options = {"num_cpus": 1.0 if gpus else 0, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
+        start_ray(self.config.workers)
+        name = self.cls.name
         job = (self.cls, self.config, self.chain, str(self.run))  # by value: a restarted actor must find it
-        self.actors = [ray.remote(ModelWorker).options(**options).remote(job, gpus) for _ in range(self.n_actors())]
-        self.actor_load = {i: 0 for i in range(len(self.actors))}
+        worker = ray.remote(ModelWorker)
+        self.pool = ActorPool([
+            worker.options(**self.placer.actor_options(name, i), max_restarts=-1, max_task_retries=0).remote(job)
+            for i in range(self.placer.placement(name).actors)
+        ])  # fmt: skip
 
     def on_result(self, ref) -> None:
         import ray
 
         batch = self.inflight.pop(ref)
         if batch.actor is not None:
-            self.actor_load[batch.actor] -= 1
+            self.pool.returned(batch)
         try:
             result: Result = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError as exc:  # restarting: the batch it ran, or one queued behind
+            self.pool.unavailable(batch, exc)
         except ray.exceptions.RayError as exc:  # the worker died, or failed outside the stage's own code
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:  # the run's disk: end the run, no error row
+                raise cause from None
+            if batch.actor is not None and isinstance(exc, ray.exceptions.ActorDiedError):
+                self.pool.ended(batch.actor)
             self.failed(batch, exc)
-            return
-        self.count(result)
+        else:
+            self.count(result)
+        for lost, exc, died in self.pool.settled(self.inflight.values()) if self.pool else []:
+            if died:
+                self.failed(lost, exc)
+            else:
+                self.retry.appendleft(lost)  # it was only queued at the actor that died: not an attempt
 
     def count(self, result: Result) -> None:
         now = time.perf_counter()
@@ -574,7 +599,8 @@ class StageRun:
             (item,) = batch.items
             import ray
 
-            why = "failed" if isinstance(exc, ray.exceptions.RayTaskError) else "the worker died"
+            died = isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.WorkerCrashedError)  # also when a task after it reports it
+            why = "the worker died" if died or not isinstance(exc, ray.exceptions.RayTaskError) else "failed"
             message = f"{why} {batch.attempt} times on this input; last: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             row = {"stage": self.cls.name, "key": str(item[self.cls.input_key]), "error_type": "worker_died",
                    "message": message, "attempts": batch.attempt}  # fmt: skip
@@ -586,11 +612,11 @@ class StageRun:
             return
         self.finished = True
         self.record_finished()
-        for actor in self.actors:
+        for actor in self.pool.actors if self.pool else []:
             import ray
 
             ray.kill(actor)
-        self.report.actors = len(self.actors)
+        self.report.actors = len(self.pool.actors) if self.pool else 0
         if self.first_submit is None:
             self.report.done_before = self.done_before()
             print(f"{self.cls.name}: nothing to do ({self.report.done_before} inputs done before)")
@@ -628,8 +654,9 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
     started = time.perf_counter()
     chain = [cls.name for cls in classes]
     stages: list[StageRun] = []
+    placer = placement.Placer(classes, config)
     for position, cls in enumerate(classes):
-        stages.append(StageRun(cls, config, chain, run, list(stages), retry_errors, position, started))
+        stages.append(StageRun(cls, config, chain, run, list(stages), retry_errors, position, started, placer))
     compacted_at = time.monotonic()
     while not all(s.finished for s in stages):
         if time.monotonic() - compacted_at > COMPACT_EVERY_S:
@@ -656,6 +683,7 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
                 stage.check_finished()
                 if stage.finished and stage.first_submit is not None:  # its table is complete: one part
                     compact(run, stages, [stage.cls.writes, *stage.cls.fuses])
+    placer.release()
     compact(run, stages, ["errors"])
     # Every stage that reads the frames a scene pass kept has ended: a later run decodes what it needs.
     shutil.rmtree(Path(run) / FRAMES, ignore_errors=True)

@@ -35,7 +35,7 @@ class Clips(Stage):
     reads = "candidates"
     writes = "clips"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
     feeds = ("caption", "subjects")
     Config = ClipsConfig
 

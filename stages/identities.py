@@ -5,8 +5,13 @@ through the face they hold (`human_id`), objects by the CLIP embedding of their 
 (cosine at least `object_same_similarity`; crops on grey, never whole frames: shared
 backgrounds fool CLIP). Blocking by video: inside a video every pair is compared exactly (that is
 where a subject comes back, and where `other_shot` looks); across videos only one mean vector per
-within-video group is searched, with `stages.neighbours` (exact, or IVF at scale). Links are
-transitive (connected components). A rerun keeps the identity ids rows already have.
+within-video group is searched, with `stages.neighbours` (exact, or IVF at scale). The groups
+those candidate pairs link are split by complete linkage: every two faces of an identity are
+closer than the threshold, so a logo or a background figure near one face of a person cannot
+chain two people into one. An identity's id derives from its smallest subject_id, and every
+rerun clusters all the run's subjects again and rewrites the rows of the clips whose identities
+or reference candidates changed (`sample_refs.inputs_digest`), so a run reached by re-thresholding,
+rerun or resume holds the tables a fresh run would.
 
 References. Per sample (clip), at most `max_references` subjects, one per identity and kind,
 the best of each kind first (by the subjects stage's `quality`). Each takes its reference from:
@@ -42,7 +47,7 @@ import pyarrow as pa
 from manifests import store
 from model.curation.faces import SAME_PERSON_DISTANCE
 from stages.base import Row, Stage, StageConfig
-from stages.neighbours import components, cosine_radius, pairs_within, radius_pairs
+from stages.neighbours import complete_linkage, components, cosine_radius, pairs_within, radius_pairs
 from stages.video import clip_frames, iter_frames
 
 IDENTITY_NAMESPACE = uuid.UUID("2b0f6f1e-8a7c-4e55-b1f3-6d2c9e4a7b10")
@@ -86,16 +91,30 @@ def blocked_pairs(vectors: np.ndarray, videos: list[str], radius: float, probes:
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
+def linked(vectors: np.ndarray, videos: list[str], radius: float, probes: int, unit: bool) -> np.ndarray:
+    """(m, 2) pairs of one cluster each: candidates found by `blocked_pairs`, each group they link
+    split by complete linkage, so every member of a cluster is close to every other one."""
+    candidates = components(len(vectors), blocked_pairs(vectors, videos, radius, probes, unit))
+    pairs = []
+    for root in np.unique(candidates):
+        inside = np.flatnonzero(candidates == root)
+        if len(inside) > 1:
+            label = complete_linkage(vectors[inside], radius)
+            pairs += [(inside[a], inside[b]) for a, b in zip(label.tolist(), range(len(inside))) if a != b]
+    return np.array(pairs, np.int64).reshape(-1, 2)
+
+
 def cluster(subjects: list[Row], cfg: IdentitiesConfig) -> tuple[np.ndarray, list[str]]:
-    """Component label per subject, and how each was linked."""
+    """Cluster label per subject, and how each was linked."""
     n = len(subjects)
     pairs = [np.zeros((0, 2), np.int64)]
     for kind, radius, unit in (("face", cfg.face_same_distance, False), ("object", cosine_radius(cfg.object_same_similarity), True)):
         index = np.array([i for i, s in enumerate(subjects) if s["kind"] == kind and s["embedding"] is not None], np.int64)
         if len(index) > 1:
             vectors = np.array([subjects[i]["embedding"] for i in index], np.float32)
-            found = blocked_pairs(vectors, [subjects[i]["video_id"] for i in index], radius, cfg.probes, unit)
-            pairs.append(index[found])
+            if unit:
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            pairs.append(index[linked(vectors, [subjects[i]["video_id"] for i in index], radius, cfg.probes, unit)])
     position = {s["subject_id"]: i for i, s in enumerate(subjects)}
     held = [(i, position[s["human_id"]]) for i, s in enumerate(subjects) if s["kind"] == "face" and s["human_id"] in position]
     if held:
@@ -112,14 +131,11 @@ def cluster(subjects: list[Row], cfg: IdentitiesConfig) -> tuple[np.ndarray, lis
 
 
 def identity_ids(subjects: list[Row], label: np.ndarray) -> dict[int, str]:
-    """An id per component: one its members already have (a rerun), else derived from its smallest subject_id."""
-    known: dict[int, Counter] = defaultdict(Counter)
+    """An id per cluster, derived from its smallest subject_id: the same whatever order the run happened in."""
     smallest: dict[int, str] = {}
     for s, group in zip(subjects, label.tolist()):
-        if s["known_identity"]:
-            known[group][s["known_identity"]] += 1
         smallest[group] = min(smallest.get(group, s["subject_id"]), s["subject_id"])
-    return {g: known[g].most_common(1)[0][0] if known[g] else str(uuid.uuid5(IDENTITY_NAMESPACE, smallest[g])) for g in smallest}
+    return {g: str(uuid.uuid5(IDENTITY_NAMESPACE, first)) for g, first in smallest.items()}
 
 
 def draw(weights: dict[str, float], clip_id: str, subject_id: str) -> str:
@@ -196,7 +212,7 @@ class Identities(Stage):
     reads = "candidates"
     writes = "identities"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "motion", "aesthetic", "text", "nsfw", "dedup")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm", "dedup")
     needs = "clip_path IS NOT NULL AND n_subjects > 0"
     barrier = True
     batch_size = 16
@@ -212,9 +228,9 @@ class Identities(Stage):
             self.run_dir,
             "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
             "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
-            "c.path AS clip_path, c.n_frames, i.identity_id AS known_identity, p.clip_id IS NOT NULL AS pending "
+            "c.path AS clip_path, c.n_frames, r.inputs_digest AS done_digest, p.clip_id IS NOT NULL AS pending "
             "FROM subjects s JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id) "
-            "LEFT JOIN _pending p USING (clip_id) LEFT JOIN identities i USING (subject_id) "
+            "LEFT JOIN _pending p USING (clip_id) LEFT JOIN sample_refs r USING (clip_id) "
             "WHERE p.clip_id IS NOT NULL OR s.clip_id IN (SELECT clip_id FROM sample_refs) ORDER BY s.clip_id, s.subject_id",
             tables={"_pending": pending},
         ).to_pylist()
@@ -231,8 +247,9 @@ class Identities(Stage):
             members[s["identity_id"]].append(s)
             by_clip[s["clip_id"]].append(s)
         for clip_id, own in by_clip.items():
-            if own[0]["pending"]:
-                yield self.work(clip_id, own, members)
+            item = self.work(clip_id, own, members)
+            if own[0]["pending"] or item["inputs_digest"] != own[0]["done_digest"]:
+                yield item
 
     def work(self, clip_id: str, own: list[Row], members: dict[str, list[Row]]) -> Row:
         cfg = self.config
@@ -247,8 +264,10 @@ class Identities(Stage):
             for s in own
         ]
         first = own[0]
+        choices_json, identities_json = json.dumps(choices, sort_keys=True), json.dumps(identity_rows, sort_keys=True)
+        digest = hashlib.sha256(f"{choices_json}\n{identities_json}\n{cfg.copy_max_psnr}\n{cfg.copy_frames}".encode()).hexdigest()
         return {"clip_id": clip_id, "clip_path": first["clip_path"], "n_frames": first["n_frames"],
-                "choices": json.dumps(choices), "identities": json.dumps(identity_rows)}  # fmt: skip
+                "choices": choices_json, "identities": identities_json, "inputs_digest": digest}  # fmt: skip
 
     def process(self, item: Row) -> dict[str, list[Row]]:
         """Each subject's first source that passes the anti-copy check; the sample's row and its subjects' identities."""
@@ -262,7 +281,7 @@ class Identities(Stage):
                     if sample is None:
                         sample = [thumbnail(image) for _, image in clip_frames(self.run_dir, item["clip_id"], item["clip_path"], item["n_frames"], cfg.copy_frames)]
                     source = self.source_frame(candidate)
-                    candidate["copy_psnr"] = max(psnr(source, frame) for frame in sample)
+                    candidate["copy_psnr"] = round(max(psnr(source, frame) for frame in sample), 1)  # x264 clip files differ in the last bits run to run
                     if candidate["copy_psnr"] > cfg.copy_max_psnr:
                         continue
                 picked.append(candidate)
@@ -275,7 +294,8 @@ class Identities(Stage):
             "policy": cfg.policy,
             "n_references": len(picked),
             "references_json": json.dumps(picked),
-            "dropped_json": json.dumps(dict(dropped)),
+            "dropped_json": json.dumps(dict(sorted(dropped.items()))),
+            "inputs_digest": item["inputs_digest"],
         }
         return {"sample_refs": [row], "identities": json.loads(item["identities"])}
 

@@ -6,6 +6,13 @@ once for both. This stage scores the windows left over (shorter than two grid fr
 motion-only run) by decoding just the window; both paths pick the same frames, so the scores
 are the same. Seconds between frames come from their pts, so variable frame rate is exact. DIS
 (fast preset) is the default: about 13x faster than Farneback here, see BENCHMARKS.md.
+
+Camera motion: each flow field is fitted by one affine motion (least squares on the inner 80% of
+the frame, where a pan brings no new content): its translation is a pan or tilt, its divergence
+a zoom; what the fit leaves (`residual_px`) is the motion of things in the scene. A window's
+class is `static`, `pan_tilt`, `zoom`, `shake` (translation that keeps changing direction) or
+`other` (rotation, or motion no camera move explains). A still image panned or zoomed across (a
+slideshow, the Ken Burns effect) moves only globally: its residual is flow noise (rule `slideshow`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ class MotionConfig(StageConfig):
     height: int = 180  # flow is computed at this height, keeping the aspect ratio
     patch: int = 16  # patch size (pixels, at flow resolution) for the static share
     static_px: float = 0.5  # a patch moving less than this (pixels per pair) is static
+    camera_static_px: float = 0.5  # global motion under this (pixels per pair at flow resolution): a static camera
 
     def size(self, width: int, height: int) -> tuple[int, int]:
         """Flow resolution for a source of this stored size."""
@@ -38,23 +46,61 @@ def flow_field(method: str):
     return lambda a, b: cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-def motion_parts(frames: list[np.ndarray], method: str, patch: int, static_px: float) -> tuple[float, float]:
-    """Mean flow magnitude per pair (pixels) and share of static patches."""
+def motion_parts(frames: list[np.ndarray], method: str, patch: int, static_px: float) -> tuple[float, float, list[np.ndarray]]:
+    """Mean flow magnitude per pair (pixels), share of static patches, and each pair's flow field."""
     flow = flow_field(method)
-    means, static = [], []
+    means, static, fields = [], [], []
     for a, b in zip(frames[:-1], frames[1:]):
-        mag = np.linalg.norm(flow(a, b), axis=2)
+        field = flow(a, b)
+        mag = np.linalg.norm(field, axis=2)
         means.append(float(mag.mean()))
+        fields.append(field)
         h, w = (mag.shape[0] // patch) * patch, (mag.shape[1] // patch) * patch
         if h and w:
             patches = mag[:h, :w].reshape(h // patch, patch, w // patch, patch).mean(axis=(1, 3))
             static.append(float((patches < static_px).mean()))
-    return float(np.mean(means)), float(np.mean(static)) if static else 1.0
+    return float(np.mean(means)), float(np.mean(static)) if static else 1.0, fields
+
+
+def global_fit(field: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    """One affine motion fitted to a flow field's inner 80%: translation (px), zoom and rotation
+    (px of motion at the inner border), and the mean residual (px)."""
+    h, w = field.shape[:2]
+    y0, y1, x0, x1 = h // 10, h - h // 10, w // 10, w - w // 10
+    ys, xs = np.mgrid[y0:y1:2, x0:x1:2]
+    half = float(np.hypot(x1 - x0, y1 - y0)) / 2
+    x, y = (xs.ravel() - (w - 1) / 2) / half, (ys.ravel() - (h - 1) / 2) / half
+    u, v = field[ys, xs, 0].ravel(), field[ys, xs, 1].ravel()
+    design = np.stack([np.ones_like(x), x, y], 1)
+    (a0, a1, a2), *_ = np.linalg.lstsq(design, u, rcond=None)
+    (b0, b1, b2), *_ = np.linalg.lstsq(design, v, rcond=None)
+    residual = np.hypot(u - design @ (a0, a1, a2), v - design @ (b0, b1, b2))
+    return np.array([a0, b0]), float(a1 + b2) / 2, float(b1 - a2) / 2, float(residual.mean())
+
+
+def camera_motion(fields: list[np.ndarray], static_px: float) -> dict:
+    """The window's camera-motion class and the global and residual motion it is decided by."""
+    fits = [global_fit(f) for f in fields]
+    shifts = np.array([t for t, *_ in fits])
+    pan = float(np.linalg.norm(shifts, axis=1).mean())
+    zoom = float(np.mean([abs(z) for _, z, _, _ in fits]))
+    turn = float(np.mean([abs(r) for _, _, r, _ in fits]))
+    residual = float(np.mean([r for *_, r in fits]))
+    steady = float(np.linalg.norm(shifts.mean(0))) / max(pan, 1e-9)  # 1: one direction throughout; ~0: back and forth
+    if max(pan, zoom, turn) < static_px:
+        kind = "static"
+    elif residual > max(pan, zoom, turn) or turn >= max(pan, zoom):
+        kind = "other"
+    elif zoom >= pan:
+        kind = "zoom"
+    else:
+        kind = "pan_tilt" if steady >= 0.5 or len(fits) == 1 else "shake"
+    return {"camera_motion": kind, "pan_px": pan, "zoom_px": zoom, "residual_px": residual}
 
 
 def motion_row(clip_id: str, frames: list[tuple[float, np.ndarray]], cfg: MotionConfig) -> Row:
     """The motion row of a window from its (seconds, gray image) samples, at least two."""
-    mean_px, static = motion_parts([image for _, image in frames], cfg.method, cfg.patch, cfg.static_px)
+    mean_px, static, fields = motion_parts([image for _, image in frames], cfg.method, cfg.patch, cfg.static_px)
     seconds_per_pair = (frames[-1][0] - frames[0][0]) / (len(frames) - 1)
     height, width = frames[0][1].shape[:2]
     return {
@@ -62,6 +108,7 @@ def motion_row(clip_id: str, frames: list[tuple[float, np.ndarray]], cfg: Motion
         "score": 100.0 * mean_px / float(np.hypot(width, height)) / seconds_per_pair,
         "flow_mean_px": mean_px,
         "static_share": static,
+        **camera_motion(fields, cfg.camera_static_px),
         "n_pairs": len(frames) - 1,
         "method": cfg.method,
     }
@@ -72,7 +119,7 @@ class Motion(Stage):
     reads = "candidates"
     writes = "motion"
     input_key = "clip_id"
-    filters = ("duration", "resolution")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect")
     batch_size = 4
     Config = MotionConfig
 

@@ -102,3 +102,30 @@ def components(n: int, pairs: np.ndarray) -> np.ndarray:
 def cosine_radius(similarity: float) -> float:
     """The Euclidean radius between unit vectors that equals a cosine similarity threshold."""
     return float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity)))
+
+
+def complete_linkage(x: np.ndarray, radius: float) -> np.ndarray:
+    """Clusters in which every two members are closer than `radius` (complete linkage, exact):
+    the closest two clusters merge first, ties to the lowest indices, so the answer depends only on
+    the vectors and their order. A member is never linked through a chain of neighbours.
+    Each label is the smallest index of its cluster. Quadratic memory: for the groups `pairs_within` links."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    label = np.arange(n)
+    if n < 2:
+        return label
+    d = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))
+    np.fill_diagonal(d, np.inf)
+    alive = np.ones(n, bool)
+    while True:
+        masked = np.where(alive[:, None] & alive[None, :], d, np.inf)
+        flat = int(np.argmin(masked))
+        i, j = divmod(flat, n)
+        if masked[i, j] >= radius:
+            break
+        i, j = min(i, j), max(i, j)
+        d[i, :] = d[:, i] = np.maximum(d[i, :], d[j, :])  # the merged cluster's farthest member
+        d[i, i] = np.inf
+        alive[j] = False
+        label[label == j] = i
+    return label

@@ -33,6 +33,10 @@ KEEP_ALL = [
     "--set", "filter.min_motion=0",
     "--set", "filter.max_motion=100000",
     "--set", "filter.min_short_side=0",
+    "--set", "filter.min_frame_rate=0",
+    "--set", "filter.min_bpp=0",
+    "--set", "filter.min_residual_px=0",
+    "--set", "filter.min_sharpness=0",
 ]
 # The shared run's sources: two real videos and three of the golden suite (goldeneye is VFR).
 SHARED_SOURCES = [

@@ -99,5 +99,5 @@ def test_every_column_of_candidates_names_the_table_it_comes_from(curated):
 
     columns = views.query(curated.run, "DESCRIBE candidates").column("column_name").to_pylist()
     own = set(store.spec("scenes").schema.names) | set(store.spec("videos").schema.names)
-    derived = {"duration_s", "video_path"}  # scenes.n_frames / videos.fps; videos.path
+    derived = {"duration_s", "video_path", "video_bytes", "video_duration_s"}  # scenes.n_frames / videos.fps; videos.path, .bytes, .duration_s
     assert [c for c in columns if c not in own | derived | set(views.SOURCES)] == []
