@@ -113,13 +113,12 @@ def title_of(status: str, filters: FilterConfig) -> str:
 def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list[Group]:
     """Kept clips, then each rejecting step in funnel order, each sampled by md5(clip_id)."""
     # First the sample's ids and statuses over every clip (few columns), then whole rows for those only.
+    # A top-n aggregate per status holds per_group ids per group; a window over every clip held them all.
     picked = con.sql(
         f"""
-        SELECT clip_id, status, group_size FROM (
-          SELECT clip_id, status, row_number() OVER (PARTITION BY status ORDER BY md5(clip_id)) AS pick,
-                 count(*) OVER (PARTITION BY status) AS group_size
-          FROM (SELECT clip_id, {status_sql(run, filters)} AS status FROM candidates))
-        WHERE pick <= {int(per_group)}
+        SELECT unnest(ids) AS clip_id, status, group_size FROM (
+          SELECT status, count(*) AS group_size, min_by(clip_id, md5(clip_id), {int(per_group)}) AS ids
+          FROM (SELECT clip_id, {status_sql(run, filters)} AS status FROM candidates) GROUP BY status)
         """
     ).to_arrow_table()
     con.register("_picked", picked)
