@@ -78,7 +78,7 @@ def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[st
     for r in worked:
         rate = r.inputs / r.seconds if r.seconds else 0.0
         busy = f", model busy {r.utilisation:.0%} of {r.actors} actor(s)" if r.utilisation is not None else ""
-        lines.append(f"  {r.stage:<9} {r.inputs:>8} inputs in {r.seconds:7.1f} s  ({rate:.2f}/s, {r.errors} error rows{busy})")
+        lines.append(f"  {r.stage:<9} {r.inputs:>8} inputs in {r.seconds:7.1f} s  ({rate:.2f}/s, {r.errors} failed{f', {r.warnings} warnings' if r.warnings else ''}{busy})")
     if not worked:
         lines.append("  nothing to do: every stage was already complete")
     lines.append(f"  time      {seconds:8.1f} s")

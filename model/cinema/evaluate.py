@@ -182,7 +182,8 @@ class Evaluator:
 
     @torch.inference_mode()
     def dino_images(self, images: list[np.ndarray]) -> torch.Tensor:
-        inputs = self.dino_processor(images=images, return_tensors="pt")
+        # HxWx3 always: a crop 3 pixels high is not channels-first ("channel dimension is ambiguous")
+        inputs = self.dino_processor(images=images, return_tensors="pt", input_data_format="channels_last")
         return self.dino(**inputs).last_hidden_state[:, 0].float()  # CLS token
 
     def regions(self, frames: list[np.ndarray], label: str) -> tuple[list[list[np.ndarray]], float]:
