@@ -99,3 +99,18 @@ def test_kill_9_in_the_middle_then_rerun_gives_the_tables_of_a_fresh_run(fresh_i
     for table in TABLES:
         if table != "stage_runs":
             assert rows(run, table) == rows(fresh_identities, table), table
+
+
+@pytest.mark.slow
+def test_the_chain_finds_two_people_each_in_two_shots(fresh):
+    """Real faces through the whole chain: the woman (shots 1 and 3) is one identity, the man (shots 2 and 4) another."""
+    from manifests import views
+
+    faces = views.query(
+        fresh,
+        "SELECT w.start_frame, i.identity_id FROM subjects s JOIN identities i ON i.subject_id = s.subject_id "
+        "JOIN scenes w ON w.clip_id = s.clip_id WHERE s.kind = 'face' ORDER BY w.start_frame",
+    ).to_pylist()
+    identity = {f["start_frame"]: f["identity_id"] for f in faces}
+    assert len(faces) == 4 and sorted(identity) == [0, 98, 154, 200], faces  # one face per shot
+    assert identity[0] == identity[154] != identity[98] == identity[200], faces
