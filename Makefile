@@ -8,6 +8,9 @@ STAGES  ?=
 WORKERS ?=
 PROFILE ?= full
 TINY_MODELS := tiny-models
+# make exits 2 whenever a recipe fails, whatever its code: a tool that fails says its own code
+# (README, exit codes) in one line before make does; scripts that branch on it run the tool directly.
+CODE = || { code=$$?; echo "make $@: exit code $$code from the tool (README: exit codes); make itself exits 2" >&2; exit $$code; }
 CURATE_ARGS = --profile $(PROFILE) $(if $(STAGES),--stages $(STAGES)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: setup demo curate weights tiny-models test test-deps test-fast bench eval clean train encode sample cinema-tiny-models gpu-check
@@ -30,20 +33,21 @@ setup: .venv/.installed
 tiny-models: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) clip aesthetic_head qwen2_5_vl grounding_dino sam
 
-# The full profile's checkpoints, into the Hugging Face cache (needs internet).
+# The full profile's checkpoints, into the Hugging Face cache (needs internet); the training models are
+# CONFIG's (make weights CONFIG=configs/train_wan_1_3b.yaml), only the folders their loaders read.
 weights: setup
-	$(PY) -m pipeline weights
+	$(PY) -m pipeline weights --set encode.train_config=$(CONFIG)
 
 demo: PROFILE = tiny
 # goldeneye's two talking faces move little (motion 0.16 and 0.26): let them through to show faces
 demo: DEMO_ARGS = --set filter.min_motion=0.1
 demo: setup tiny-models
-	HF_HUB_OFFLINE=1 $(PY) -m pipeline curate tests/data/demo --out runs/demo $(CURATE_ARGS) $(DEMO_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pipeline curate tests/data/demo --out runs/demo $(CURATE_ARGS) $(DEMO_ARGS) $(CODE)
 	@echo "Look at: runs/demo (clips/, manifests/); try: $(PY) -m manifests summary runs/demo"
 
 curate: setup $(if $(filter tiny,$(PROFILE)),tiny-models)
 	@test -n "$(SRC)" || { echo "usage: make curate SRC=raw_videos/ [OUT=runs/NAME] [PROFILE=full|tiny] [STAGES=probe,scenes,...]"; exit 2; }
-	$(PY) -m pipeline curate "$(SRC)" --out "$(OUT)" $(CURATE_ARGS)
+	$(PY) -m pipeline curate "$(SRC)" --out "$(OUT)" $(CURATE_ARGS) $(CODE)
 
 # Train CINEMA: `make train PROFILE=tiny` on the demo shards, or CONFIG=configs/train_full.yaml;
 # multi-GPU with LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml".
@@ -52,25 +56,27 @@ CONFIG  ?= configs/train_$(PROFILE).yaml
 LAUNCH  ?= $(PY)
 TRAIN_ARGS ?=
 train: setup $(if $(filter tiny,$(PROFILE)),cinema-tiny-models)
-	HF_HUB_OFFLINE=$(if $(filter tiny,$(PROFILE)),1,0) $(LAUNCH) -m model.train --config $(CONFIG) $(TRAIN_ARGS)
+	HF_HUB_OFFLINE=$(if $(filter tiny,$(PROFILE)),1,0) $(LAUNCH) -m model.train --config $(CONFIG) $(TRAIN_ARGS) $(CODE)
 
 # Cache the frozen models' features of a curated run's shards for CONFIG (a pipeline stage on Ray):
 # writes RUN/encoded/, where RUN holds CONFIG's data.shards (make encode PROFILE=tiny: runs/demo).
 ENCODE_RUN = $(shell $(PY) -c "import yaml,pathlib;print(pathlib.Path(yaml.safe_load(open('$(CONFIG)'))['data']['shards']).parent)" 2>/dev/null)
 encode: setup $(if $(filter tiny,$(PROFILE)),cinema-tiny-models)
-	HF_HUB_OFFLINE=$(if $(filter tiny,$(PROFILE)),1,0) $(PY) -m pipeline stage encode --run "$(ENCODE_RUN)" --set encode.train_config=$(CONFIG) $(if $(WORKERS),--workers $(WORKERS))
+	HF_HUB_OFFLINE=$(if $(filter tiny,$(PROFILE)),1,0) $(PY) -m pipeline stage encode --run "$(ENCODE_RUN)" --set encode.train_config=$(CONFIG) $(if $(WORKERS),--workers $(WORKERS)) $(CODE)
 
 # A video from a checkpoint: make sample REFS=a.png,b.png PROMPT="..." [CKPT=runs/NAME/checkpoints/step-N]
-CKPT    ?= $(lastword $(sort $(wildcard $(shell $(PY) -c "import yaml;print(yaml.safe_load(open('$(CONFIG)'))['run'])" 2>/dev/null)/checkpoints/step-*)))
+SAMPLE_RUN = $(shell $(PY) -c "import yaml;print(yaml.safe_load(open('$(CONFIG)'))['run'])" 2>/dev/null)
+CKPT    ?= $(lastword $(sort $(wildcard $(SAMPLE_RUN)/checkpoints/step-*)))
 SAMPLE_ARGS ?=
 sample: setup
-	@test -n "$(REFS)" -a -n "$(PROMPT)" -a -n "$(CKPT)" || { echo 'usage: make sample REFS=a.png,b.png PROMPT="..." [CKPT=RUN/checkpoints/step-N] [SAMPLE_ARGS="--frames 45 --steps 50"]'; exit 2; }
-	HF_HUB_OFFLINE=1 $(PY) -m model.cinema.sample --checkpoint "$(CKPT)" --refs "$(REFS)" --prompt "$(PROMPT)" $(SAMPLE_ARGS)
+	@test -n "$(REFS)" -a -n "$(PROMPT)" || { echo 'usage: make sample REFS=a.png,b.png PROMPT="..." [CKPT=RUN/checkpoints/step-N] [SAMPLE_ARGS="--frames 45 --steps 50"]' >&2; exit 2; }
+	@test -n "$(CKPT)" || { echo "error: no checkpoint yet in $(SAMPLE_RUN)/checkpoints: train first (make train PROFILE=$(PROFILE)), or name one with CKPT=RUN/checkpoints/step-N" >&2; exit 2; }
+	HF_HUB_OFFLINE=1 $(PY) -m model.cinema.sample --checkpoint "$(CKPT)" --refs "$(REFS)" --prompt "$(PROMPT)" $(SAMPLE_ARGS) $(CODE)
 
 # On a CUDA machine: real-size step time, MFU and peak memory of CogVideoX-2B and 5B (random
 # weights) beside model.train.plan's estimate, in under 10 minutes; fails at once without CUDA.
 gpu-check: setup
-	HF_HUB_OFFLINE=1 $(PY) -m model.train.gpu_check
+	HF_HUB_OFFLINE=1 $(PY) -m model.train.gpu_check $(CODE)
 
 cinema-tiny-models: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) qwen2_5_vl cogvideox_2b
@@ -82,7 +88,7 @@ EVAL_OUT ?=
 eval: setup
 	@test -n "$(SAMPLES)" || { echo 'usage: make eval SAMPLES=samples.jsonl [EVAL_OUT=DIR] [PROFILE=full|tiny]'; exit 2; }
 	$(if $(filter tiny,$(PROFILE)),HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) clip_eval dino grounding_dino arcface >/dev/null)
-	HF_HUB_OFFLINE=1 $(PY) -m model.cinema.evaluate "$(SAMPLES)" $(if $(EVAL_OUT),--out "$(EVAL_OUT)") $(if $(filter tiny,$(PROFILE)),--tiny-models $(TINY_MODELS))
+	HF_HUB_OFFLINE=1 $(PY) -m model.cinema.evaluate "$(SAMPLES)" $(if $(EVAL_OUT),--out "$(EVAL_OUT)") $(if $(filter tiny,$(PROFILE)),--tiny-models $(TINY_MODELS)) $(CODE)
 
 # The browser the report tests open pages in (Debian's chromium; needs root, as CI is).
 test-deps:
@@ -95,7 +101,7 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow"
 
 # Each bench/NAME.py writes its section to bench/results/NAME.md; bench.assemble joins them into BENCHMARKS.md.
-BENCHES := model learned train real_models scale references curation filters
+BENCHES := model learned train real_models scale references curation caption filters
 bench: setup tiny-models
 	for name in $(BENCHES); do HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m bench.$$name || exit $$?; done
 	$(PY) -m bench.assemble

@@ -28,25 +28,30 @@ from manifests import store
 from pipeline.config import load_config, write_run_config
 
 WINDOWS_PER_VIDEO = 10
-CHUNK = 100_000  # rows per part: what compaction leaves, in pieces the generator can hold
+CHUNK = 100_000  # windows per written part, in pieces the generator can hold; then every table is compacted
+MASKS = 20_000
+SHARD = 1000  # clips per shard
 
 
 def _ids(prefix: str, n: int, start: int = 0) -> pa.Array:
     return pa.array([f"{prefix}{i:012d}" for i in range(start, start + n)], pa.string())
 
 
-def _mask(rng: np.random.Generator) -> str:
-    counts = rng.integers(1, 2000, size=rng.integers(150, 400)).tolist()
-    return json.dumps({"size": [480, 854], "counts": counts})
+def _masks(rng: np.random.Generator, n: int) -> list[str]:
+    """Subject masks as RLE JSON of a few KB: a pool of MASKS distinct ones, far more than a
+    Parquet page holds, so they compress and scan as distinct masks would."""
+    pool = [json.dumps({"size": [480, 854], "counts": rng.integers(1, 2000, size=rng.integers(150, 400)).tolist()}) for _ in range(MASKS)]
+    return [pool[i] for i in rng.integers(0, MASKS, n)]
 
 
 def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     n_videos = n_windows // WINDOWS_PER_VIDEO
     src.mkdir(parents=True, exist_ok=True)
-    for i in range(n_videos):
-        (src / f"v{i:09d}.mp4").touch()
-    config = load_config(None, [f"src={src}"])
+    (src / "v000000000.mp4").touch()
+    for i in range(1, n_videos):  # links to one empty file: a million files in seconds
+        os.link(src / "v000000000.mp4", src / f"v{i:09d}.mp4")
+    config = load_config(None, [f"src={src}", f"tiny_models={ROOT / 'tiny-models'}"], "tiny")
     write_run_config(run, config)
     for start in range(0, n_videos, CHUNK):
         n = min(CHUNK, n_videos - start)
@@ -99,24 +104,65 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
             "subject_id": _ids(f"s{start}-", s), "clip_id": pa.array(subject_clips.tolist(), pa.string()),
             "kind": pa.array(["human", "face", "object"] * k), "label": pa.array(["person", "face", "dog"] * k),
             "frame_index": pa.array(np.full(s, 45)), "box": pa.array([[10.0, 20.0, 200.0, 400.0]] * s, pa.list_(pa.float32(), 4)),
-            "mask_rle": pa.array([_mask(rng) for _ in range(s)]), "score": pa.array(rng.random(s)), "area_fraction": pa.array(rng.random(s)),
+            "mask_rle": pa.array(_masks(rng, s)), "score": pa.array(rng.random(s)), "area_fraction": pa.array(rng.random(s)),
             "crop_path": pa.array(["refs/c/s.crop.png"] * s), "masked_path": pa.array(["refs/c/s.masked.png"] * s),
             "model": pa.array(["IDEA-Research/grounding-dino-tiny + ybelkada/segment-anything"] * s), "random_weights": pa.array(np.zeros(s, bool)),
         }))  # fmt: skip
+        _later_tables(run, kept, subject_clips, start)
+    store.compact_all(run)  # as each stage leaves its table when it ends
     for i in range(20):  # the last batches of a run, before their stage compacts them
         store.write_part(run, "errors", [{"stage": "motion", "key": f"clip{i:012d}x", "error_type": "bad_input", "message": "too short", "attempts": 1}])
 
 
-def timed(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB) of one command in its own process."""
-    with tempfile.NamedTemporaryFile("r") as out:
+def _later_tables(run: Path, kept: pa.Array, subject_clips: np.ndarray, start: int) -> None:
+    """screen, dedup, identities, sample_refs and shards of the clips: every stage of the chain is done."""
+    k, s = len(kept), len(subject_clips)
+    store.write_part(run, "screen", pa.table({
+        "clip_id": kept, "text_area": pa.array(np.full(k, 0.01)), "text_area_mean": pa.array(np.full(k, 0.005)),
+        "nsfw_score": pa.array(np.full(k, 0.02)), "n_frames": pa.array(np.full(k, 4, np.int32)),
+        "text_model": pa.array(["rapidocr"] * k), "nsfw_model": pa.array(["nudenet"] * k), "random_weights": pa.array(np.zeros(k, bool)),
+    }))  # fmt: skip
+    store.write_part(run, "dedup", pa.table({
+        "clip_id": kept, "duplicate_of": pa.nulls(k, pa.string()), "similarity": pa.array(np.full(k, 0.5)),
+        "group_size": pa.array(np.ones(k, np.int32)), "model": pa.array(["timm/vit_large_patch14_clip_224.openai"] * k),
+    }))  # fmt: skip
+    store.write_part(run, "identities", pa.table({
+        "subject_id": _ids(f"s{start}-", s), "clip_id": pa.array(subject_clips.tolist(), pa.string()), "video_id": pa.array(["vid"] * s),
+        "kind": pa.array(["human", "face", "object"] * k), "identity_id": _ids(f"id{start}-", s), "via": pa.array(["face"] * s),
+        "identity_size": pa.array(np.ones(s, np.int32)), "identity_videos": pa.array(np.ones(s, np.int32)),
+    }))  # fmt: skip
+    store.write_part(run, "sample_refs", pa.table({
+        "clip_id": kept, "policy": pa.array(["same_clip"] * k), "n_references": pa.array(np.full(k, 2, np.int32)),
+        "references_json": pa.array(['[{"clip_id": "c", "frame": 1}, {"clip_id": "c", "frame": 40}]'] * k), "dropped_json": pa.array(["[]"] * k),
+    }))  # fmt: skip
+    groups = [kept.slice(i, SHARD) for i in range(0, k, SHARD)]
+    store.write_part(run, "shards", pa.table({
+        "shard": pa.array([f"train-{start // SHARD + i:06d}" for i in range(len(groups))]), "split": pa.array(["train"] * len(groups)),
+        "path": pa.array([f"shards/train-{start // SHARD + i:06d}.tar" for i in range(len(groups))]),
+        "n_samples": pa.array([len(g) for g in groups], pa.int32()), "bytes": pa.array([len(g) * 10**6 for g in groups]),
+        "clip_ids": pa.array([g.to_pylist() for g in groups], pa.list_(pa.string())),
+    }))  # fmt: skip
+
+
+def timed(command: list[str], until: Path | None = None) -> tuple[float, float] | tuple[float, float, float]:
+    """Wall seconds and peak RSS (GB) of one command in its own process; with `until`, also the
+    seconds until a new part appeared in that table folder."""
+    before = set(until.glob("part-*.parquet")) if until else set()
+    appeared = None
+    with tempfile.NamedTemporaryFile("r") as out, tempfile.TemporaryFile("w+") as log:
         started = time.perf_counter()
-        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out.name, *command], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})  # fmt: skip
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", out.name, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"})  # fmt: skip
+        while proc.poll() is None:
+            if until and appeared is None and set(until.glob("part-*.parquet")) - before:
+                appeared = time.perf_counter() - started
+            time.sleep(0.1)
         seconds = time.perf_counter() - started
-        if done.returncode not in (0, 3):
-            raise RuntimeError(f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-        return seconds, int(out.read().split()[-1]) / 1e6
+        if proc.returncode not in (0, 3):
+            log.seek(0)
+            raise RuntimeError(f"{command} failed:\n{log.read()[-3000:]}")
+        rss = int(out.read().split()[-1]) / 1e6
+    return (seconds, rss) if until is None else (seconds, rss, appeared)
 
 
 PENDING = (
@@ -127,14 +173,15 @@ PENDING = (
     "n = sum(b.num_rows for b in con.sql(pending_sql(Subjects, config, ['subjects'], run, False)).to_arrow_reader(4096)); print(n)"
 )
 
+NEW_VIDEO = "tests/data/pyscenedetect/counter.mp4"
 KEPT = 1000  # windows whose frames wait for their readers when the sweep runs: a backlog, not the run
-SWEEP = (  # half the kept windows fail the motion rule: screen will never read them
+SWEEP = (  # half the kept windows fail the motion rule, the others have their screen row: none will be read
     "import sys; from pathlib import Path; from pipeline.config import load_config; from pipeline.registry import STAGES; "
     "from pipeline.runner import sweep_kept_frames; from stages.kept import kept_file; "
     "run, n, kept = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]); config = load_config(run / 'config.yaml'); "
     "paths = [kept_file(run, 'scenes', f'clip{i * (n // kept) + i % 2:012d}') for i in range(kept)]; "
     "paths[0].parent.mkdir(parents=True, exist_ok=True); [p.touch() for p in paths]; chain = ['scenes', 'motion', 'aesthetic', 'screen']; "
-    "removed = sweep_kept_frames(run, [STAGES[c] for c in chain], config, chain); assert removed == kept // 2, removed"
+    "removed = sweep_kept_frames(run, [STAGES[c] for c in chain], config, chain); assert removed == kept, removed"
 )
 
 
@@ -144,12 +191,14 @@ def measure(n_windows: int, folder: Path) -> dict:
     synthesize(run, src, n_windows)
     made = time.perf_counter() - started
     py = sys.executable
+    curate = [py, "-m", "pipeline", "curate", str(src), "--out", str(run)]
     # The report first: a finished run has one, so the no-op rerun does not write it.
     steps = {
         "report": [py, "-m", "manifests", "report", str(run)],
         "pending inputs of `subjects`": [py, "-c", PENDING, str(run)],
         f"sweep of kept frames ({KEPT:,} windows kept)": [py, "-c", SWEEP, str(run), str(n_windows), str(KEPT)],
-        "no-op rerun (`curate`, probe..clips)": [py, "-m", "pipeline", "curate", str(src), "--out", str(run), "--stages", "probe,scenes,motion,clips"],
+        "first rerun of the full chain (`curate`; full asks, then each stage's record)": curate,
+        "no-op rerun of the full chain (`curate`)": curate,
         "`summary`": [py, "-m", "manifests", "summary", str(run)],
         "`funnel`": [py, "-m", "manifests", "funnel", str(run)],
         "filtered `sql` over `candidates`": [py, "-m", "manifests", "sql", str(run), "SELECT count(*), avg(motion_score) FROM candidates WHERE aesthetic_score > 5 AND caption IS NOT NULL"],
@@ -158,6 +207,11 @@ def measure(n_windows: int, folder: Path) -> dict:
               "bytes": sum(p.stat().st_size for p in (run / "manifests").rglob("*.parquet"))}  # fmt: skip
     for name, command in steps.items():
         result[name] = timed(command)
+        print(name, result[name], flush=True)
+    shutil.copy(ROOT / NEW_VIDEO, src / "new.mp4")
+    seconds, rss, scenes_s = timed(curate, until=store.table_dir(run, "scenes"))
+    result["one new video: its scenes row"] = (scenes_s, rss)
+    result["one new video: the whole `curate` (report included)"] = (seconds, rss)
     return result
 
 

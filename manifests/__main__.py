@@ -3,27 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import sys
 from pathlib import Path
 
+import duckdb
+
 from manifests import store, views
+from manifests.exits import EXIT_RUN_IN_USE, UsageError, command, read_yaml, validated
 from manifests.filters import FilterConfig
 from manifests.report import ReportConfig, write_report
 from manifests.schemas import TABLES
 
+FORMATS = ["table", "csv", "json"]
 
-def _print_table(table, limit: int) -> None:
 
+def _print_table(table, limit: int, fmt: str = "table") -> None:
+    """`table`: aligned columns, long cells cut to 60 characters; `csv` and `json` (one object
+    per line): every value in full, for copying a path out or for another program."""
     shown = table.slice(0, limit)
-    columns = shown.column_names
-    cells = [[_cell(v) for v in shown.column(c).to_pylist()] for c in columns]
-    widths = [max([len(c)] + [len(v) for v in col]) for c, col in zip(columns, cells)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for i in range(shown.num_rows):
-        print("  ".join(col[i].ljust(w) for col, w in zip(cells, widths)))
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(shown.column_names)
+        writer.writerows(zip(*(shown.column(c).to_pylist() for c in shown.column_names)))
+    elif fmt == "json":
+        for row in shown.to_pylist():
+            print(json.dumps(row, default=str, ensure_ascii=False))
+    else:
+        columns = shown.column_names
+        cells = [[_cell(v) for v in shown.column(c).to_pylist()] for c in columns]
+        widths = [max([len(c)] + [len(v) for v in col]) for c, col in zip(columns, cells)]
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+        for i in range(shown.num_rows):
+            print("  ".join(col[i].ljust(w) for col, w in zip(cells, widths)))
     if table.num_rows > limit:
-        print(f"... {table.num_rows - limit} more rows (use --limit)")
+        print(f"... {table.num_rows - limit} more rows (use --limit)", file=sys.stderr if fmt != "table" else sys.stdout)
 
 
 def _cell(value) -> str:
@@ -33,13 +49,20 @@ def _cell(value) -> str:
 
 def _filter_config(run: Path) -> FilterConfig:
     """The run's own thresholds, so the funnel shows what the run applied."""
-    import yaml
-
     path = run / "config.yaml"
-    data = yaml.safe_load(path.read_text()).get("config", {}) if path.exists() else {}
-    return FilterConfig.model_validate(data.get("filter", {}))
+    data = read_yaml(path).get("config", {}) if path.exists() else {}
+    return validated(FilterConfig, data.get("filter", {}))
 
 
+def _query(run: Path, sql: str):
+    """A user's SQL: a mistake in it is one line, as in DuckDB's own shell."""
+    try:
+        return views.query(run, sql)
+    except duckdb.Error as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+
+
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m manifests", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -49,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("table", choices=[*TABLES, "candidates"])
     show.add_argument("--where", help="SQL condition, e.g. \"score > 3\"")
     show.add_argument("--limit", type=int, default=50)
+    show.add_argument("--format", choices=FORMATS, default="table", help="table (cells cut to 60 characters), csv or json (full values)")
     sql = sub.add_parser("sql", help="run SQL; every table and `candidates` is a view")
     sql.add_argument("run", type=Path)
     sql.add_argument("query")
     sql.add_argument("--limit", type=int, default=200)
+    sql.add_argument("--format", choices=FORMATS, default="table", help="table (cells cut to 60 characters), csv or json (full values)")
     sub.add_parser("funnel", help="how many clips each filter rule removes").add_argument("run", type=Path)
     sub.add_parser("compact", help="merge each table's parts into one (atomic; safe to interrupt)").add_argument("run", type=Path)
     report = sub.add_parser("report", help="write RUN/report/index.html (funnel, score histograms, clip grid)")
@@ -62,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if not (args.run / "manifests").is_dir():
-        print(f"error: {args.run} has no manifests (not a run folder?)", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.run} has no manifests (not a run folder?)")
     if args.command == "summary":
         for name in TABLES:
             n_parts = len(store.parts(args.run, name))
@@ -71,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<10} {rows:>9} rows  {n_parts:>5} parts")
     elif args.command == "show":
         where = f" WHERE {args.where}" if args.where else ""
-        _print_table(views.query(args.run, f"SELECT * FROM {args.table}{where} LIMIT {args.limit + 1}"), args.limit)
+        _print_table(_query(args.run, f"SELECT * FROM {args.table}{where} LIMIT {args.limit + 1}"), args.limit, args.format)
     elif args.command == "sql":
-        _print_table(views.query(args.run, args.query), args.limit)
+        _print_table(_query(args.run, args.query), args.limit, args.format)
     elif args.command == "compact":
         return _compact(args.run)
     elif args.command == "funnel":
@@ -93,7 +117,7 @@ def _compact(run: Path) -> int:
             merged = store.compact_all(run)
     except RunInUse as error:
         print(f"error: {error}", file=sys.stderr)
-        return 5
+        return EXIT_RUN_IN_USE
     for table, n in merged.items():
         print(f"{table:<10} {n:>6} parts merged into one")
     if not merged:
@@ -102,6 +126,13 @@ def _compact(run: Path) -> int:
 
 
 def _report(run: Path, per_group: int, check: bool) -> int:
+    if check:
+        from manifests.browser import chromium
+
+        try:
+            chromium()
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
     page = write_report(run, _filter_config(run), ReportConfig(per_group=per_group))
     print(page)
     if check:

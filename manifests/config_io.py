@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from manifests.exits import UsageError
+
 PACKAGES = [
     "torch", "av", "scenedetect-headless", "opencv-python-headless", "ray", "pyarrow", "duckdb",
     "transformers", "diffusers", "accelerate", "peft", "open-clip-torch", "segment-anything", "webdataset",
@@ -22,13 +24,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`scenes.params.adaptive_threshold=5` sets a nested key; the value is read as YAML."""
     for item in overrides:
         dotted, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        if not sep or not dotted:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         *parents, leaf = dotted.split(".")
         node = data
-        for key in parents:
+        for depth, key in enumerate(parents):
             node = node.setdefault(key, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {item}: {'.'.join(parents[: depth + 1])} is a value, not a group of keys")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UsageError(f"--set {item}: the value is not valid YAML (quote it)") from None
     return data
 
 

@@ -6,7 +6,11 @@ has run (its table or its errors exist); a clip that failed scoring has no score
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+# The captioner's reject checks (Cosmos Curator's criteria), one boolean column `reject_<name>` each
+# in `captions` (model/curation/prompts/caption_v2.txt says what each means).
+VLM_CHECKS = ("slideshow", "synthetic", "text_overlay", "video_in_video", "artifacts", "distorted", "abrupt_camera")
 
 
 class FilterConfig(BaseModel):
@@ -28,6 +32,15 @@ class FilterConfig(BaseModel):
     max_text_content: float = 0.5  # median share of the frame's detail that is text: credits, title cards, slides
     min_sharpness: float = 20.0  # median variance of the Laplacian over sampled frames: below, blurred
     max_nsfw: float = 0.5  # NudeNet confidence of explicit nudity
+    vlm_reject: list[str] = []  # captioner checks that drop a clip when true; none by default: scored, not filtered
+
+    @field_validator("vlm_reject")
+    @classmethod
+    def known_checks(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(VLM_CHECKS))
+        if unknown:
+            raise ValueError(f"unknown VLM check(s) {unknown}; known: {', '.join(VLM_CHECKS)}")
+        return sorted(set(names), key=VLM_CHECKS.index)
 
 
 # rule -> (stage whose output it needs, or None for always; SQL predicate on the candidates view)
@@ -46,6 +59,8 @@ RULES: dict[str, tuple[str | None, str]] = {
     "slide": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE text_content <= {max_text_content})"),
     "blur": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE sharpness >= {min_sharpness})"),
     "nsfw": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE nsfw_score <= {max_nsfw})"),
+    # the captioner's reject checks named in `vlm_reject` (an unknown answer fails); TRUE while none is named
+    "vlm": ("caption", "{vlm_clean}"),
     # near-duplicate windows: the dedup stage names the window kept in their place
     "dedup": ("dedup", "clip_id IN (SELECT clip_id FROM dedup WHERE duplicate_of IS NULL)"),
     # samples left without any reference under the reference policy (identities stage)
@@ -53,6 +68,23 @@ RULES: dict[str, tuple[str | None, str]] = {
 }
 
 
+def scored_in(stage: str) -> str:
+    """The table a rule's scoring stage writes: the stage's own name, but for caption's `captions`."""
+    return "captions" if stage == "caption" else stage
+
+
+def applies(rule: str, config: FilterConfig) -> bool:
+    """False for a rule the config leaves unset (`vlm` without checks): it filters nothing and the funnel leaves it out."""
+    return rule != "vlm" or bool(config.vlm_reject)
+
+
+def rule_sql(rule: str, config: FilterConfig) -> str:
+    """The rule's condition with the config's values in it."""
+    clean = " AND ".join(f"reject_{name} = FALSE" for name in config.vlm_reject)
+    vlm_clean = f"clip_id IN (SELECT clip_id FROM captions WHERE {clean})" if clean else "TRUE"
+    return RULES[rule][1].format(**config.model_dump(), vlm_clean=vlm_clean)
+
+
 def predicate(rule: str, config: FilterConfig) -> str:
     """The rule as SQL; NULL (not scored) counts as failing."""
-    return f"COALESCE(({RULES[rule][1].format(**config.model_dump())}), FALSE)"
+    return f"COALESCE(({rule_sql(rule, config)}), FALSE)"

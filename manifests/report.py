@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from manifests import store, views
 from manifests.files import write_bytes
-from manifests.filters import RULES, FilterConfig, predicate
+from manifests.filters import RULES, VLM_CHECKS, FilterConfig, predicate, rule_sql
 
 # later steps: (table that must exist, condition a kept clip meets, stage whose errors explain a miss, label)
 LATER_STEPS = [
@@ -106,7 +106,7 @@ def title_of(status: str, filters: FilterConfig) -> str:
     if status == "kept":
         return "Kept"
     if status in RULES:
-        return f"Rejected by {status}: fails {RULES[status][1].format(**filters.model_dump())}"
+        return f"Rejected by {status}: fails {rule_sql(status, filters)}"
     return f"Rejected: {next(label for table, _, _, label in LATER_STEPS if table == status)}"
 
 
@@ -256,11 +256,36 @@ def counts(con) -> dict[str, str]:
         "videos": f"{one('SELECT count(*) FROM videos')} ({footage})",
         "windows": str(one("SELECT count(*) FROM scenes")),
         "clips": str(one("SELECT count(*) FROM clips")),
-        "captions": str(one("SELECT count(*) FROM captions")),
+        "captions": " ".join([str(one("SELECT count(*) FROM captions")), *(f"({t})" for t in [answers_text(con)] if t)]),
+        **{"VLM reject checks": t for t in [checks_text(con)] if t},
         "reference crops": str(one("SELECT count(*) FROM subjects")),
         "shards": f"{one('SELECT count(*) FROM shards')} ({one('SELECT COALESCE(sum(n_samples), 0) FROM shards')} samples)",
         "error rows": str(one("SELECT count(*) FROM errors")),
     }
+
+
+def answers_text(con) -> str:
+    """How the captioner's answers came out, and its output tokens per second of model time ("" before caption_v2 rows)."""
+    ok, truncated, unparsable, tokens, model_s, dtypes = con.execute(
+        "SELECT count(*) FILTER (WHERE answer = 'ok'), count(*) FILTER (WHERE answer = 'truncated'),"
+        " count(*) FILTER (WHERE answer = 'unparsable'), sum(output_tokens), sum(model_s), string_agg(DISTINCT dtype, ', ')"
+        " FROM captions WHERE answer IS NOT NULL"
+    ).fetchone()
+    if not (ok or truncated or unparsable):
+        return ""
+    empty = con.execute("SELECT count(*) FROM errors WHERE stage = 'caption' AND message = 'empty caption'").fetchone()[0]
+    per = "per GPU" if "bfloat16" in dtypes else "per CPU actor"
+    speed = f"; {tokens / model_s:.1f} output tokens/s {per} of model time, {dtypes}" if model_s else ""
+    return f"answers: {ok} ok, {truncated} truncated, {unparsable} unparsable, {empty} empty{speed}"
+
+
+def checks_text(con) -> str:
+    """Clips each reject check was true for, of those answered (score only unless `filter.vlm_reject` names it)."""
+    counted = ", ".join(f"count(*) FILTER (WHERE reject_{name})" for name in VLM_CHECKS)
+    row = con.execute(f"SELECT count(reject_slideshow), {counted} FROM captions").fetchone()
+    if not row[0]:
+        return ""
+    return f"of {row[0]} answered: " + ", ".join(f"{name} {n}" for name, n in zip(VLM_CHECKS, row[1:]))
 
 
 def duration_text(seconds: float) -> str:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from manifests.filters import VLM_CHECKS
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -87,6 +89,7 @@ TABLES: dict[str, TableSpec] = {
             F("model", pa.string()),  # ends in "(random weights)" for the tiny profile
             F("random_weights", pa.bool_()),
             F("embedding", pa.list_(pa.float32())),  # mean of the frames' unit CLIP embeddings, unit length (dedup)
+            F("dtype", pa.string()),  # the model's precision: bfloat16 on a GPU, float32 on the CPU
         ),
         _spec(
             "screen",
@@ -127,6 +130,12 @@ TABLES: dict[str, TableSpec] = {
             F("model", pa.string()),
             F("prompt_version", pa.string()),  # model/curation/prompts/<version>.txt
             F("random_weights", pa.bool_()),
+            # from caption_v2 on (null on older rows): how the one answer came out and what it cost
+            F("answer", pa.string()),  # ok / truncated (hit max_new_tokens) / unparsable (no valid JSON line)
+            F("output_tokens", pa.int64()),
+            F("model_s", pa.float64()),  # its share of its batch's generate time, in GPU-seconds on CUDA
+            F("dtype", pa.string()),  # the model's: bfloat16 on CUDA, float32 on the CPU
+            *(F(f"reject_{name}", pa.bool_()) for name in VLM_CHECKS),  # the answer's reject checks, null when unparsable
         ),
         _spec(
             "subjects",
@@ -150,6 +159,7 @@ TABLES: dict[str, TableSpec] = {
             F("labels", pa.list_(pa.string())),  # every label it was detected under, the kept `label` first
             F("quality", pa.float64()),  # reference quality in [0, 1]: size, sharpness, detector score, frontal (faces)
             F("rank", pa.int32()),  # by quality among the clip's subjects of its kind, 0 best
+            F("dtype", pa.string()),  # GroundingDINO, SAM and CLIP's precision (bfloat16 on a GPU); faces: dlib's float32
         ),
         _spec(
             "dedup",

@@ -13,8 +13,8 @@ filters down into the scan; `compact` merges many small parts into one, atomical
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,6 +31,8 @@ from manifests.schemas import TABLES, spec
 T = TypeVar("T")
 SCHEMA_PREFIX = "part-00000000000000000000-schema-"
 QUARANTINE = "quarantine"
+MEMORY_LIMIT = "1GB"  # per connection; a query over ten million windows needs no more
+FINISHED = "finished"  # the runner's records of stages with nothing left to do (pipeline/finished.py)
 
 
 def table_dir(run: Path, table: str) -> Path:
@@ -84,9 +86,21 @@ def has_rows(run: Path, table: str) -> bool:
     return bool(parts(run, table))
 
 
+def literal(text: str | Path) -> str:
+    """A SQL string literal: a path with a quote in it (`runs/it's here`) is never pasted bare."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def path_literal(path: Path, pattern: str = "") -> str:
+    """A SQL literal of a file path for DuckDB's readers, which take every path as a glob: the
+    path's own `[`, `*` and `?` (`runs/glob[1]`) match only themselves; `pattern` is appended as a glob."""
+    escaped = str(path).replace("[", "[[]").replace("*", "[*]").replace("?", "[?]")
+    return literal(f"{escaped}/{pattern}" if pattern else escaped)
+
+
 def scan(run: Path, table: str, files: Sequence[Path] | None = None) -> str:
     """SQL for every written row, with the file and row it came from (for last-write-wins)."""
-    source = f"'{table_dir(run, table)}/part-*.parquet'" if files is None else "[" + ", ".join(f"'{p}'" for p in files) + "]"
+    source = path_literal(table_dir(run, table), "part-*.parquet") if files is None else "[" + ", ".join(map(path_literal, files)) + "]"
     return f"read_parquet({source}, union_by_name = true, filename = true, file_row_number = true)"
 
 
@@ -109,39 +123,66 @@ def latest(run: Path, table: str, key: Sequence[str] | None = None, files: Seque
     )
 
 
+def database() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose memory does not grow with the run: past MEMORY_LIMIT its joins,
+    sorts and aggregates spill to a temporary folder instead (DuckDB's default is most of RAM)."""
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / f'cinema-duckdb-{uuid.uuid4().hex}'}'")  # its own: DuckDB removes it at close
+    return con
+
+
 def connect(run: Path) -> duckdb.DuckDBPyConnection:
     """A connection where every table is a view over its parts (nothing is loaded)."""
-    con = duckdb.connect()
+    con = database()
     for name in TABLES:
         ensure_table(run, name)
         con.execute(f"CREATE VIEW {name} AS {latest(run, name)}")
     return con
 
 
-_PART = re.compile(r"'([^']*/manifests/[^'/]+/part-[^'/]+\.parquet)'")
+QUERY_MISTAKES = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)  # the SQL, never the data
 
 
 def guarded(run: Path, action: Callable[[], T]) -> T:
     """Run a query; a part that cannot be read is quarantined and the query runs again.
 
-    Its rows are then missing from the table, so the stage that wrote them finds their inputs
-    pending again and recomputes them.
+    Which part is damaged is found by reading them (those the error names first), whatever the
+    error says. Its rows are then missing from the table, so the stage that wrote them finds their
+    inputs pending again and recomputes them.
     """
     while True:
         try:
             return action()
         except duckdb.Error as error:
-            found = _PART.search(str(error))
-            if not found or not Path(found.group(1)).is_file():
+            damaged = None if isinstance(error, QUERY_MISTAKES) else unreadable_part(run, str(error))
+            if damaged is None:
                 raise
-            quarantine(run, Path(found.group(1)), str(error))
+            quarantine(run, damaged, str(error))
+
+
+def unreadable_part(run: Path, message: str) -> Path | None:
+    """The first part of the run that does not read whole, trying those named in `message` first."""
+    found = [p for table in TABLES for p in sorted(table_dir(run, table).glob("part-*.parquet"), reverse=True)]
+    for part in sorted(found, key=lambda p: str(p) not in message):
+        try:
+            for _ in pq.ParquetFile(part).iter_batches():
+                pass
+        except (pa.ArrowException, OSError):
+            return part
+    return None
 
 
 def quarantine(run: Path, part: Path, reason: str) -> Path:
-    """Move a damaged part out of its table, with a note saying why."""
+    """Move a damaged part out of its table, with a note saying why.
+
+    Its rows are lost, so a stage that recorded having nothing left to do may have work again:
+    every such record goes, and each stage's next ask is its full anti-join.
+    """
     folder = Path(run) / QUARANTINE / part.parent.name
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / part.name
+    shutil.rmtree(Path(run) / FINISHED, ignore_errors=True)
     shutil.move(str(part), target)
     target.with_suffix(".txt").write_text(f"{reason}\n")
     print(f"warning: quarantined {part} ({reason.splitlines()[0]}); its rows will be recomputed")
@@ -174,7 +215,7 @@ def read_raw(run: Path, table: str) -> pa.Table:
     """Every written row, duplicates included, in write order."""
     columns = ", ".join(f'"{c}"' for c in spec(table).schema.names)
     sql = f"SELECT {columns} FROM {scan(run, table)} ORDER BY filename, file_row_number"
-    return guarded(run, lambda: duckdb.connect().sql(sql).to_arrow_table()).cast(spec(table).schema)
+    return guarded(run, lambda: database().sql(sql).to_arrow_table()).cast(spec(table).schema)
 
 
 def count(run: Path, table: str) -> int:
@@ -197,7 +238,7 @@ def compact(run: Path, table: str) -> int:
         order = ", ".join(f'"{k}"' for k in spec(table).key)
         sql = f"SELECT * FROM ({latest(run, table, spec(table).identity, found)}) ORDER BY {order}"
         with atomic_path(run, final) as tmp:
-            duckdb.connect().execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+            database().execute(f"COPY ({sql}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")
         return found
 
     merged = guarded(run, merge)

@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from manifests import store
-from manifests.filters import RULES, FilterConfig, predicate
+from manifests.filters import RULES, FilterConfig, applies, predicate, scored_in
 
 CANDIDATES = """
 CREATE VIEW candidates AS
@@ -45,6 +45,14 @@ LEFT JOIN (
 """
 
 
+# The tables each `candidates` column not of `scenes` or `videos` comes from: what a condition on it reads.
+SOURCES = {
+    "motion_score": ("motion",), "aesthetic_score": ("aesthetic",), "aesthetic_min": ("aesthetic",),
+    "clip_path": ("clips",), "clip_bytes": ("clips",), "caption": ("captions",), "subjects_json": ("captions",),
+    "caption_model": ("captions",), "prompt_version": ("captions",), "n_subjects": ("subjects",),
+    "subjects": ("subjects",), "shard": ("shards",), "random_weights": ("aesthetic", "captions", "subjects"),
+}  # fmt: skip
+
 COSTLY = ("subjects",)  # candidates columns built by aggregating a large table: only asked for by name
 
 
@@ -64,7 +72,7 @@ def active_rules(run: Path, rules: Sequence[str], scoring: Sequence[str] = ()) -
     active = []
     for rule in rules:
         stage = RULES[rule][0]
-        if stage is None or stage in scoring or store.has_rows(run, stage) or _has_errors(run, stage):
+        if stage is None or stage in scoring or store.has_rows(run, scored_in(stage)) or _has_errors(run, stage):
             active.append(rule)
     return active
 
@@ -99,7 +107,7 @@ def funnel(run: Path, config: FilterConfig | None = None) -> list[tuple[str, int
     """
     config = config or FilterConfig()
     steps, conditions = ["windows"], ["TRUE"]
-    for rule in active_rules(run, list(RULES)):
+    for rule in (r for r in active_rules(run, list(RULES)) if applies(r, config)):
         steps.append(f"filter: {rule}")
         conditions.append(f"{conditions[-1]} AND {predicate(rule, config)}")
     for table, done in LATER_STAGES.items():

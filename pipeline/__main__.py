@@ -1,9 +1,10 @@
 """`python -m pipeline curate SRC` runs the chain; `python -m pipeline stage NAME --run RUN` one stage;
 `python -m pipeline weights` downloads the models of a profile into the Hugging Face cache.
 
-Exit codes: 0 all inputs processed, 2 usage error (such as a missing SRC), 3 finished but some
-inputs failed (each has a row in the `errors` table), 4 model weights missing (nothing was run),
-5 the run folder is in use by another process (named in the message).
+Exit codes: 0 all inputs processed, 2 usage error (such as a missing SRC or an unknown config
+key), 3 finished but some inputs failed (each has a row in the `errors` table), 4 model weights
+missing (nothing was run), 5 the run folder is in use by another process (named in the message),
+6 the run folder cannot be written (disk full, read-only); `manifests/exits.py` has them all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from manifests.exits import EXIT_FAILED_INPUTS, EXIT_MISSING_WEIGHTS, EXIT_RUN_IN_USE, StorageError, UsageError, command, nearest, storage_failure
 from manifests.files import RunInUse, RunLock, sweep_temporaries
 from manifests.filters import FilterConfig
 from manifests.report import write_report
@@ -22,10 +24,6 @@ from pipeline.config import RunConfig, load_config, write_run_config
 from pipeline.registry import STAGES
 from pipeline.runner import run_chain, start_ray_soon, stop_ray
 from pipeline.summary import summarize
-
-EXIT_FAILED_INPUTS = 3
-EXIT_MISSING_WEIGHTS = 4
-EXIT_RUN_IN_USE = 5
 
 
 def model_refs(config: RunConfig, names: list[str]) -> dict[str, tuple[str, str | None]]:
@@ -72,6 +70,7 @@ def download_weights(config: RunConfig) -> None:
     refs = {**model_refs(config, list(STAGES)), **EvalConfig().weights()}
     refs.update({name: (part.ref, None) for name, part in parts.items()})
     folders = {name: [f"{part.subfolder}/*" if part.subfolder else "*"] for name, part in parts.items()}
+    folders["train.transformer"].append("model_index.json")  # what the base refuses by (Wan2.2-A14B, I2V)
     files = {"aesthetic.clip": CLIP_FILES, "subjects.clip": CLIP_FILES, "eval.clip": CLIP_FILES, "encode.t5": T5_FILES, **folders}
     for name, (ref, filename) in refs.items():
         if Path(ref).expanduser().exists():
@@ -106,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     curate.add_argument("--extensions", help="comma-separated file extensions taken as videos (default: probe.extensions)")
     weights = sub.add_parser("weights", help="download the models of a profile (needs internet)")
     weights.add_argument("--config", type=Path, help="YAML config file naming other models")
+    weights.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (encode.train_config=...)")
     stage = sub.add_parser("stage", help="run one stage of an existing run (on a cluster with RAY_ADDRESS)")
     stage.add_argument("name", choices=list(STAGES))
     stage.add_argument("--run", type=Path, required=True, help="run folder")
@@ -116,39 +116,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None, keep_ray: bool = True) -> int:
     """keep_ray=False when nothing else in the process will use Ray (the command line): it then
     stops while the summary and the report are written; tests keep one Ray for all their runs."""
     args = _parser().parse_args(argv)
     if args.command == "weights":
-        download_weights(load_config(args.config))
+        download_weights(load_config(args.config, args.set))
         return 0
+    cli = {"workers": args.workers} if args.workers is not None else {}
     if args.command == "curate":
         if not args.src.exists():
-            print(f"error: SRC does not exist: {args.src}", file=sys.stderr)
-            return 2
+            raise UsageError(f"SRC does not exist: {args.src}")
         run = args.out or Path("runs") / args.src.resolve().name
         config_file = args.config or (run / "config.yaml" if (run / "config.yaml").exists() else None)
-        config = load_config(config_file, args.set, args.profile)
-        config.src = str(args.src.resolve())
+        cli["src"] = str(args.src.resolve())
         if args.stages:
-            config.stages = [s.strip() for s in args.stages.split(",")]
+            cli["stages"] = [s.strip() for s in args.stages.split(",")]
         if args.extensions:
-            config.probe.extensions = [e.strip() for e in args.extensions.split(",") if e.strip()]
+            cli["probe"] = {"extensions": [e.strip() for e in args.extensions.split(",") if e.strip()]}
+        config = load_config(config_file, args.set, args.profile, cli)
         names = config.stages
     else:
         run = args.run
         if not (run / "config.yaml").exists():
-            print(f"error: {run} is not a run folder (no config.yaml)", file=sys.stderr)
-            return 2
-        config = load_config(run / "config.yaml", args.set)
+            raise UsageError(f"{run} is not a run folder (no config.yaml)")
+        config = load_config(run / "config.yaml", args.set, cli=cli)
         names = [args.name]
     unknown = [n for n in names if n not in STAGES]
     if unknown:
-        print(f"error: unknown stage(s) {unknown}; stages are {list(STAGES)}", file=sys.stderr)
-        return 2
-    if args.workers:
-        config.workers = args.workers
+        raise UsageError(f"unknown stage {unknown[0]!r} ({nearest(unknown[0], list(STAGES))}); stages are {', '.join(STAGES)}")
     try:  # before any work, before Ray starts
         check_weights(config, names)
     except MissingWeights as error:
@@ -171,8 +168,13 @@ def main(argv: list[str] | None = None, keep_ray: bool = True) -> int:
     except RunInUse as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_RUN_IN_USE
+    except OSError as error:  # the run folder's own storage: one line and its own code (exits.command)
+        line = storage_failure(error, run)
+        if line is None:
+            raise
+        raise StorageError(line) from error
     if failed:
-        print(f"{failed} input(s) failed; each has a row in {run}/manifests/errors", file=sys.stderr)
+        print(f"{failed} input(s) failed; each has a row in {run}/manifests/errors (retry them: the same command with --retry-errors)", file=sys.stderr)
         return EXIT_FAILED_INPUTS
     return 0
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from manifests.config_io import apply_overrides, provenance
+from manifests.exits import UsageError, read_yaml, validated
 from manifests.files import write_bytes
 from manifests.filters import FilterConfig
 from stages.aesthetic import AestheticConfig
@@ -39,8 +40,8 @@ class RunConfig(BaseModel):
     profile: Literal["full", "tiny"] = "full"  # model defaults from pipeline/profiles.yaml
     tiny_models: str = "tiny-models"  # where `python -m model.testing.tiny` put the tiny profile's models
     stages: list[str] = CHAIN
-    workers: int | None = None  # parallel CPU workers; default: every CPU of the Ray cluster
-    max_attempts: int = 3  # tries of an input whose failure may pass (I/O, out of memory, a worker that died)
+    workers: int | None = Field(None, ge=1)  # parallel CPU workers; default: every CPU of the Ray cluster
+    max_attempts: int = Field(3, ge=1)  # tries of an input whose failure may pass (I/O, out of memory, a worker that died)
     filter: FilterConfig = FilterConfig()
     probe: ProbeConfig = ProbeConfig()
     scenes: ScenesConfig = ScenesConfig()
@@ -69,17 +70,19 @@ def profile_defaults(profile: str, tiny_models: str) -> dict:
     return yaml.safe_load(text)
 
 
-def load_config(path: Path | None = None, overrides: list[str] = (), profile: str | None = None) -> RunConfig:
-    """Profile defaults, then the YAML file, then `--set`; `profile` (from the CLI) wins over the file's."""
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
+def load_config(path: Path | None = None, overrides: list[str] = (), profile: str | None = None, cli: dict | None = None) -> RunConfig:
+    """Profile defaults, then the YAML file, then `--set`, then the command line's own options
+    (`cli`: src, stages, workers, ...; `profile` wins over the file's). A mistake in any of them is
+    a UsageError naming the key, before anything is written."""
+    data = read_yaml(path) if path else {}
     data = data.get("config", data) or {}  # a run's config.yaml nests it under `config`
-    data = apply_overrides(data, list(overrides))
+    data = merge(apply_overrides(data, list(overrides)), cli or {})
     if profile:
         data["profile"] = profile
     chosen = data.get("profile", "full")
     if chosen not in PROFILES:
-        raise ValueError(f"unknown profile {chosen!r}; profiles are {', '.join(PROFILES)}")
-    return RunConfig.model_validate(merge(profile_defaults(chosen, data.get("tiny_models", "tiny-models")), data))
+        raise UsageError(f"unknown profile {chosen!r}; profiles are {', '.join(PROFILES)}")
+    return validated(RunConfig, merge(profile_defaults(chosen, data.get("tiny_models", "tiny-models")), data))
 
 
 def write_run_config(run: Path, config: RunConfig) -> Path:

@@ -35,8 +35,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from manifests import store, views
+from manifests.exits import STORAGE_ERRNOS
 from manifests.filters import RULES, predicate
+from pipeline import finished, placement
 from pipeline.config import RunConfig
+from pipeline.pool import ActorPool
 from stages.base import FINAL_ERRORS, Row, Stage, tables
 from stages.kept import FRAMES, kept_clip_ids, kept_file
 from stages.probe import walk
@@ -45,6 +48,7 @@ PREPARE_CPUS = 0.5
 QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits on decoding
 COMPACT_PARTS = 256  # a table with more parts than this is compacted while the run goes on
 COMPACT_EVERY_S = 60.0
+ASKED_KEYS = 100_000  # inputs of the final asks a stage keeps, to check at its end that none is pending
 POLL_S = 2.0  # at least this long between two asks of a stage whose inputs are still being made
 
 
@@ -176,10 +180,12 @@ class ModelWorker:
     """Actor body for model stages: `setup` (the model load) runs once per actor; `process` runs
     the model only, and returns its rows for `finish_batch` to finish and write on a CPU."""
 
-    def __init__(self, job: tuple, gpus: float):
+    def __init__(self, job: tuple):
+        from model.curation.device import device
+
         stage_cls, self.config, chain, run = job
         self.stage = build(stage_cls, self.config, chain, run)
-        if not gpus:  # the CPU models of a chain share the cores
+        if device() == "cpu":  # the CPU models of a chain share the cores
             import torch
 
             from pipeline.registry import STAGES
@@ -187,6 +193,10 @@ class ModelWorker:
             models = sum(1 for name in chain if STAGES[name].resources.uses_model)
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, models)))
         self.stage.setup()
+
+    def ready(self) -> bool:
+        """Answers once the actor (re)started: the driver picks it again."""
+        return True
 
     def process(self, prepared: tuple[list[Row], list[Row]]) -> tuple[dict[str, list[Row]], list[Row], float]:
         ready, failed = prepared
@@ -259,15 +269,29 @@ def warm_up_worker() -> None:
 class Batch:
     items: list[Row]
     attempt: int = 1  # how often these items have been sent to a worker
-    actor: int | None = None  # the model actor it was sent to
+    actor: int | None = None  # the model actor it was sent to (set by ActorPool.sent)
+    life: int = 0  # which life of that actor
+    order: int = 0  # when it was sent, among the stage's batches
+
+
+def deciding(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path) -> str:
+    """SQL condition on the input `i` for being one of the stage's inputs at all: its needs and
+    the filter rules that can be evaluated in this chain."""
+    conditions = [stage_cls.needs or "TRUE"]
+    if stage_cls.reads == "candidates":
+        conditions.append(views.where(run, stage_cls.filters, config.filter, scoring=chain))
+    return " AND ".join(f"({c})" for c in conditions)
 
 
 def pending_sql(stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path, retry_errors: bool) -> str:
     """The stage's inputs that are neither done, nor failed (unless retried), nor in flight."""
+    return pending_query(stage_cls, run, deciding(stage_cls, config, chain, run), retry_errors)
+
+
+def pending_query(stage_cls: type[Stage], run: Path, decides: str, retry_errors: bool, only: str = "TRUE") -> str:
+    """`pending_sql` for a given `deciding` condition, restricted to the inputs meeting `only`."""
     key = stage_cls.input_key
-    conditions = [stage_cls.needs or "TRUE"]
-    if stage_cls.reads == "candidates":
-        conditions.append(views.where(run, stage_cls.filters, config.filter, scoring=chain))
+    conditions = [decides, only]
     conditions.append(f'NOT EXISTS (SELECT 1 FROM {store.scan(run, stage_cls.writes)} o WHERE o."{key}" = i."{key}")')
     if not retry_errors:
         conditions.append(
@@ -285,8 +309,8 @@ class StageRun:
     """One stage of a running chain, as the driver sees it: a stream of pending inputs and batches in flight."""
 
     def __init__(self, stage_cls: type[Stage], config: RunConfig, chain: list[str], run: Path,
-                 upstream: list[StageRun], retry_errors: bool, position: int, started: float):  # fmt: skip
-        self.cls, self.config, self.chain, self.run = stage_cls, config, chain, run
+                 upstream: list[StageRun], retry_errors: bool, position: int, started: float, placer: placement.Placer):  # fmt: skip
+        self.cls, self.config, self.chain, self.run, self.placer = stage_cls, config, chain, run, placer
         self.upstream, self.retry_errors, self.position, self.started = upstream, retry_errors, position, started
         self.report = StageReport(stage_cls.name)
         self.inflight: dict = {}  # ObjectRef -> Batch
@@ -295,15 +319,21 @@ class StageRun:
         self.next_poll = 0.0
         self.final_poll = False  # the current reader was opened after every stage before this one ended
         self.finished = False
-        self.actors: list = []
-        self.actor_load: dict[int, int] = {}
+        self.pool: ActorPool | None = None  # model stages' actors, once started
+        self.pulled: list[Row] = []  # inputs taken from the stream for the batch being made
         self.job = None
         self.bar: tqdm | None = None
         self.first_submit: float | None = None
         self.cpus: float | None = None
         self.results = 0  # batches finished: a stage after this one asks again only when it grew
         self.upstream_seen = -1
-        self.sql: str | None = None
+        self.decides: str | None = None  # `deciding`, fixed for the run at the first ask
+        self.tables: list[str] = []  # the tables that decide its inputs (`finished.input_tables`)
+        self.digest = ""
+        self.record = finished.load(run, stage_cls.name)
+        self.final_parts: dict[str, list[str]] | None = None  # their parts when the last final ask opened
+        self.asked: set[str] | None = set()  # inputs the final asks gave or found in flight; None: too many, or planned
+        self.recorded = False  # `record` holds for the tables as they are now
 
     # -- inputs
     def upstream_done(self) -> bool:
@@ -326,17 +356,32 @@ class StageRun:
         self.upstream_seen = self.upstream_results()
         if self.cls.reads == "sources":
             return self._sources()
-        self.sql = self.sql or pending_sql(self.cls, self.config, self.chain, self.run, self.retry_errors)
-        sql = self.sql
+        if self.decides is None:
+            self.decides = deciding(self.cls, self.config, self.chain, self.run)
+            self.tables = finished.input_tables(self.cls, self.decides)
+            full = pending_query(self.cls, self.run, self.decides, self.retry_errors)
+            self.digest = finished.digest(self.run, full, getattr(self.config, self.cls.name))
+            if self.record is not None and self.record.digest != self.digest:
+                self.record = None
         inflight = self._inflight_keys()
+        if self.final_poll and self.asked is not None:
+            self.asked.update(inflight.column("key").to_pylist())
 
-        def execute() -> pa.RecordBatchReader:
+        def execute() -> pa.RecordBatchReader | None:
+            parts = finished.snapshot(self.run, self.tables)  # here: a part quarantined by the last try is gone
+            if self.final_poll:
+                self.final_parts = parts
+            only = finished.restriction(self.run, self.cls, self.record, parts)
+            if only == "FALSE":  # nothing the inputs depend on changed since the record was written
+                return None
             con = views.connect(self.run)
             con.register("_inflight", inflight)
-            return con.sql(sql).to_arrow_reader(4096)
+            return con.sql(pending_query(self.cls, self.run, self.decides, self.retry_errors, only or "TRUE")).to_arrow_reader(4096)
 
         started = time.perf_counter()
         reader = store.guarded(self.run, execute)
+        if reader is None:
+            return iter(())
         self.next_poll = time.monotonic() + max(POLL_S, 10 * (time.perf_counter() - started))  # asking costs the driver at most a tenth
         rows = (row for batch in reader for row in batch.to_pylist())
         stage = build(self.cls, self.config, self.chain, str(self.run))
@@ -377,8 +422,12 @@ class StageRun:
         return self.upstream_done() or self.upstream_results() > self.upstream_seen
 
     def pull(self, n: int) -> list[Row]:
-        """Up to n pending inputs; opens a new stream when the last is used up and asking again may find more."""
-        items: list[Row] = []
+        """Up to n pending inputs; opens a new stream when the last is used up and asking again may find more.
+
+        The inputs taken so far count as in flight for that new stream: they are neither written
+        nor sent yet, and an ask that did not see them in flight answered them again (issue 24:
+        a stream that ran out in the middle of a batch gave a stage the same windows twice)."""
+        items = self.pulled = []
         while len(items) < n:
             if self.reader is None:
                 if not self.may_ask():
@@ -386,16 +435,52 @@ class StageRun:
                 self.reader = self._open()
             try:
                 items.append(next(self.reader))
+                self.remember(items[-1])
             except StopIteration:
                 self.reader = None
                 if not self.final_poll:
                     continue
                 break
+        self.pulled = []
         return items
 
+    def remember(self, item: Row) -> None:
+        """Keep the key of an input a final ask gave: when the stage ends, only these can be pending."""
+        if not self.final_poll or self.asked is None:
+            return
+        if self.cls.barrier or len(self.asked) >= ASKED_KEYS:  # planned items are not input rows
+            self.asked = None
+        else:
+            self.asked.add(str(item[self.cls.input_key]))
+
+    def record_finished(self) -> None:
+        """Write the stage's `finished` record when nothing is pending, checked on the inputs it
+        was given since its last ask, over tables that have not changed since."""
+        if self.cls.reads == "sources" or self.asked is None or self.final_parts is None:
+            return
+        if finished.snapshot(self.run, self.tables) != self.final_parts:
+            return
+        if self.asked:
+            sql = pending_query(self.cls, self.run, self.decides, self.retry_errors, f'CAST(i."{self.cls.input_key}" AS VARCHAR) IN (SELECT key FROM _asked)')
+            asked = pa.table({"key": pa.array(sorted(self.asked), pa.string())})
+
+            def execute() -> int:
+                con = views.connect(self.run)
+                con.register("_inflight", pa.table({"key": pa.array([], pa.string())}))
+                con.register("_asked", asked)
+                return len(con.sql(f"SELECT 1 FROM ({sql}) LIMIT 1").fetchall())
+
+            if store.guarded(self.run, execute):
+                return
+        record = finished.Record(digest=self.digest, parts=self.final_parts)
+        if self.record is None or self.record.parts != record.parts:
+            finished.save(self.run, self.cls.name, record)
+            self.record = record
+        self.recorded = True
+
     def _inflight_keys(self) -> pa.Table:
-        """Inputs sent to workers and not back yet (a bounded number): no ask may return them again."""
-        batches = [*self.inflight.values(), *self.retry]
+        """Inputs sent to workers and not back yet, or taken for the next batch (a bounded number): no ask may return them again."""
+        batches = [*self.inflight.values(), *self.retry, Batch(self.pulled)]
         return pa.table({"key": pa.array([str(i[self.cls.input_key]) for b in batches for i in b.items], pa.string())})
 
     # -- work
@@ -405,6 +490,8 @@ class StageRun:
         if self.reader is None and not self.final_poll and self.upstream_done():
             self.next_poll = 0.0  # nothing upstream can add inputs any more: ask one last time now
         while len(self.inflight) < self.capacity():
+            if self.pool is not None and self.pool.pick() is None:
+                break  # every actor is restarting: its batches wait here, not at an actor
             if self.retry:
                 batch = self.retry.popleft()
             else:
@@ -416,15 +503,10 @@ class StageRun:
             self.submit(batch)
 
     def batch_size(self) -> int:
-        return getattr(getattr(self.config, self.cls.name), "batch_size", None) or self.cls.batch_size
+        return placement.batch_size(self.cls, self.config)
 
     def n_actors(self) -> int:
-        import ray
-
-        gpus = (getattr(getattr(self.config, self.cls.name), "gpus", None) or 0) if self.cls.resources.uses_model else 0
-        if gpus and ray.is_initialized():
-            return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus))
-        return 1
+        return len(self.pool.actors) if self.pool else 1  # one until the plan made the pool
 
     def submit(self, batch: Batch) -> None:
         start_ray(self.config.workers)
@@ -439,14 +521,12 @@ class StageRun:
             self.inflight[task.remote(self.job, batch.items)] = batch
             return
         self.warm_up()
-        index = min(self.actor_load, key=self.actor_load.get)
+        index = self.pool.pick()
         prepare = ray.remote(prepare_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
         finish = ray.remote(finish_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
-        output = self.actors[index].process.remote(prepare.remote(self.job, batch.items))
-        ref = finish.remote(self.job, output, len(batch.items))
-        self.actor_load[index] += 1
-        batch.actor = index
-        self.inflight[ref] = batch
+        output = self.pool.actors[index].process.remote(prepare.remote(self.job, batch.items))
+        self.pool.sent(batch, index)
+        self.inflight[finish.remote(self.job, output, len(batch.items))] = batch
 
     def warm_up(self) -> None:
         """Start the model actors once this stage or one before it has work (so inputs may come):
@@ -456,32 +536,47 @@ class StageRun:
         turn, and the streaming chain took longer than running stage by stage (BENCHMARKS.md,
         curation). On a CPU-only machine the actors reserve no CPU (a fraction
         would leave less than one whole CPU for the tasks) and the OS shares the cores; with GPUs
-        each actor holds its GPU share and one CPU.
+        each actor holds its GPU share and CPUs as the placement plan says (`pipeline/placement.py`).
         """
-        if self.actors or not self.cls.resources.uses_model or self.finished:
+        if self.pool or not self.cls.resources.uses_model or self.finished:
             return
         if self.first_submit is None and not any(u.first_submit for u in self.upstream):
             return
-        gpus = getattr(getattr(self.config, self.cls.name), "gpus", None) or 0
         import ray
 
-        options = {"num_cpus": 1.0 if gpus else 0, "num_gpus": gpus or None, "max_restarts": -1, "max_task_retries": 0}
+        start_ray(self.config.workers)
+        name = self.cls.name
         job = (self.cls, self.config, self.chain, str(self.run))  # by value: a restarted actor must find it
-        self.actors = [ray.remote(ModelWorker).options(**options).remote(job, gpus) for _ in range(self.n_actors())]
-        self.actor_load = {i: 0 for i in range(len(self.actors))}
+        worker = ray.remote(ModelWorker)
+        self.pool = ActorPool([
+            worker.options(**self.placer.actor_options(name, i), max_restarts=-1, max_task_retries=0).remote(job)
+            for i in range(self.placer.placement(name).actors)
+        ])  # fmt: skip
 
     def on_result(self, ref) -> None:
         import ray
 
         batch = self.inflight.pop(ref)
         if batch.actor is not None:
-            self.actor_load[batch.actor] -= 1
+            self.pool.returned(batch)
         try:
             result: Result = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError as exc:  # restarting: the batch it ran, or one queued behind
+            self.pool.unavailable(batch, exc)
         except ray.exceptions.RayError as exc:  # the worker died, or failed outside the stage's own code
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:  # the run's disk: end the run, no error row
+                raise cause from None
+            if batch.actor is not None and isinstance(exc, ray.exceptions.ActorDiedError):
+                self.pool.ended(batch.actor)
             self.failed(batch, exc)
-            return
-        self.count(result)
+        else:
+            self.count(result)
+        for lost, exc, died in self.pool.settled(self.inflight.values()) if self.pool else []:
+            if died:
+                self.failed(lost, exc)
+            else:
+                self.retry.appendleft(lost)  # it was only queued at the actor that died: not an attempt
 
     def count(self, result: Result) -> None:
         now = time.perf_counter()
@@ -504,7 +599,8 @@ class StageRun:
             (item,) = batch.items
             import ray
 
-            why = "failed" if isinstance(exc, ray.exceptions.RayTaskError) else "the worker died"
+            died = isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.WorkerCrashedError)  # also when a task after it reports it
+            why = "the worker died" if died or not isinstance(exc, ray.exceptions.RayTaskError) else "failed"
             message = f"{why} {batch.attempt} times on this input; last: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             row = {"stage": self.cls.name, "key": str(item[self.cls.input_key]), "error_type": "worker_died",
                    "message": message, "attempts": batch.attempt}  # fmt: skip
@@ -515,13 +611,14 @@ class StageRun:
         if self.finished or self.inflight or self.retry or self.reader is not None or not self.final_poll:
             return
         self.finished = True
-        for actor in self.actors:
+        self.record_finished()
+        for actor in self.pool.actors if self.pool else []:
             import ray
 
             ray.kill(actor)
-        self.report.actors = len(self.actors)
+        self.report.actors = len(self.pool.actors) if self.pool else 0
         if self.first_submit is None:
-            self.report.done_before = self.done_count()
+            self.report.done_before = self.done_before()
             print(f"{self.cls.name}: nothing to do ({self.report.done_before} inputs done before)")
             return
         self.report.seconds = time.perf_counter() - self.first_submit
@@ -533,6 +630,17 @@ class StageRun:
             self.reader = None
             self.final_poll = False
             self.next_poll = 0.0
+
+    def done_before(self) -> int:
+        """Inputs done, from the stage's record while its output has the parts it had when counted
+        (a count over the whole output table takes seconds at ten million windows)."""
+        if not self.recorded:
+            return self.done_count()
+        output = finished.snapshot(self.run, [self.cls.writes])[self.cls.writes]
+        if self.record.output != output or self.record.done is None:
+            self.record = self.record.model_copy(update={"output": output, "done": self.done_count()})
+            finished.save(self.run, self.cls.name, self.record)
+        return self.record.done
 
     def done_count(self) -> int:
         key = self.cls.input_key
@@ -546,8 +654,9 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
     started = time.perf_counter()
     chain = [cls.name for cls in classes]
     stages: list[StageRun] = []
+    placer = placement.Placer(classes, config)
     for position, cls in enumerate(classes):
-        stages.append(StageRun(cls, config, chain, run, list(stages), retry_errors, position, started))
+        stages.append(StageRun(cls, config, chain, run, list(stages), retry_errors, position, started, placer))
     compacted_at = time.monotonic()
     while not all(s.finished for s in stages):
         if time.monotonic() - compacted_at > COMPACT_EVERY_S:
@@ -574,6 +683,7 @@ def run_chain(classes: list[type[Stage]], config: RunConfig, run: Path, retry_er
                 stage.check_finished()
                 if stage.finished and stage.first_submit is not None:  # its table is complete: one part
                     compact(run, stages, [stage.cls.writes, *stage.cls.fuses])
+    placer.release()
     compact(run, stages, ["errors"])
     # Every stage that reads the frames a scene pass kept has ended: a later run decodes what it needs.
     shutil.rmtree(Path(run) / FRAMES, ignore_errors=True)

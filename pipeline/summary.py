@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from manifests import store, views
-from manifests.report import duration_text, random_tables
+from manifests.report import answers_text, duration_text, random_tables
 from pipeline.runner import StageReport
 
 SKIPPED = ("not_video",)  # error types that are not failures: files that were never videos
@@ -41,8 +41,8 @@ def error_counts(run: Path, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return con.sql(sql).to_arrow_table().to_pylist()[0]
 
 
-def numbers(run: Path, con: duckdb.DuckDBPyConnection) -> tuple[dict, dict[str, int], list[str]]:
-    """Totals, error counts and the tables random weights made: one connection (each costs ~50 ms)."""
+def numbers(run: Path, con: duckdb.DuckDBPyConnection) -> tuple[dict, dict[str, int], list[str], str]:
+    """Totals, error counts, the tables random weights made and the captioner's answers: one connection (each costs ~50 ms)."""
     totals = con.sql(
         """SELECT (SELECT count(*) FROM videos) AS videos, (SELECT coalesce(sum(duration_s), 0) FROM videos) AS footage,
                   (SELECT count(*) FROM scenes) AS windows, (SELECT count(*) FROM clips) AS clips,
@@ -50,12 +50,12 @@ def numbers(run: Path, con: duckdb.DuckDBPyConnection) -> tuple[dict, dict[str, 
                   (SELECT count(*) FROM subjects) AS subjects, (SELECT count(*) FROM shards) AS shards,
                   (SELECT coalesce(sum(n_samples), 0) FROM shards) AS samples"""
     ).to_arrow_table().to_pylist()[0]
-    return totals, error_counts(run, con), random_tables(run, con)
+    return totals, error_counts(run, con), random_tables(run, con), answers_text(con) if store.has_rows(run, "captions") else ""
 
 
 def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[str, int]:
     """The summary text and the number of inputs that failed (all stages, this run and before)."""
-    totals, errors, random = store.guarded(run, lambda: numbers(run, views.connect(run)))
+    totals, errors, random, answers = store.guarded(run, lambda: numbers(run, views.connect(run)))
     lines = [f"run: {run}"]
     lines.append(f"  videos    {totals['videos']:>8}   ({duration_text(totals['footage'])} of footage)")
     if errors["skipped"]:
@@ -67,7 +67,7 @@ def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[st
     lines.append(f"  clips     {totals['clips']:>8}")
     for table in ("aesthetic", "captions", "subjects"):
         if store.has_rows(run, table):
-            lines.append(f"  {table:<9} {totals[table]:>8}")
+            lines.append(f"  {table:<9} {totals[table]:>8}" + (f"   ({answers})" if table == "captions" and answers else ""))
     if totals["shards"]:
         lines.append(f"  shards    {totals['shards']:>8}   ({totals['samples']} samples)")
     if random:

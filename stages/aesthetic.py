@@ -48,16 +48,17 @@ class Aesthetic(Stage):
     writes = "aesthetic"
     input_key = "clip_id"
     filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera")
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=3)  # CLIP ViT-L/14 + head in bf16, 32 frames
     batch_size = 8
     Config = AestheticConfig
 
     def setup(self) -> None:
-        from model.curation.device import device
         from model.curation.aesthetic import AestheticScorer
+        from model.curation.device import runtime
 
         cfg = self.config
-        self.scorer = AestheticScorer.from_pretrained(cfg.clip, cfg.head, cfg.head_file).to(device())
+        self.device, self.dtype = runtime()
+        self.scorer = AestheticScorer.from_pretrained(cfg.clip, cfg.head, cfg.head_file).to(self.device, self.dtype)
         if self.scorer.image_size != cfg.image_size:
             raise ValueError(f"aesthetic.image_size is {cfg.image_size} but {cfg.clip} takes {self.scorer.image_size}")
 
@@ -68,29 +69,35 @@ class Aesthetic(Stage):
         return {"clip_id": item["clip_id"], "frames": np.stack(frames)}
 
     def process_batch(self, items: list[Row]) -> tuple[list[Row], list[Row]]:
-        """One CLIP forward for every frame of the batch, then mean and min per clip."""
-        try:
-            with self.timed("forward"):
-                embeddings = self.scorer.embed(np.concatenate([item["frames"] for item in items]))
-                scores = self.scorer.score(embeddings).cpu().numpy()
-                embeddings = embeddings.float().cpu().numpy()
-        except Exception as exc:
-            return [], [error_row(self.name, item["clip_id"], exc) for item in items]
-        with self.timed("postprocess"):
-            rows, at = [], 0
-            for item in items:
-                mine = scores[at : at + len(item["frames"])].astype(float)
-                mean = embeddings[at : at + len(mine)].mean(0)
-                at += len(mine)
-                rows.append(
-                    {
-                        "clip_id": item["clip_id"],
-                        "score": float(mine.mean()),
-                        "score_min": float(mine.min()),
-                        "n_frames": len(mine),
-                        "model": model_name(self.config.clip, self.config.random_weights),
-                        "random_weights": self.config.random_weights,
-                        "embedding": (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist(),
-                    }
-                )
-        return rows, []
+        """One CLIP forward for every frame of the batch on a GPU (bf16 answers move within its tolerance
+        with the batch); one per clip on the CPU, where a clip's scores are then exactly the same in any batch."""
+        groups = [items] if self.device == "cuda" else [[item] for item in items]
+        rows, errors = [], []
+        for group in groups:
+            try:
+                with self.timed("forward"):
+                    embeddings = self.scorer.embed(np.concatenate([item["frames"] for item in group]))
+                    scores = self.scorer.score(embeddings).float().cpu().numpy()
+                    embeddings = embeddings.float().cpu().numpy()
+            except Exception as exc:
+                errors += [error_row(self.name, item["clip_id"], exc) for item in group]
+                continue
+            at = 0
+            for item in group:
+                n = len(item["frames"])
+                rows.append(self.row(item["clip_id"], scores[at : at + n].astype(float), embeddings[at : at + n]))
+                at += n
+        return rows, errors
+
+    def row(self, clip_id: str, scores: np.ndarray, embeddings: np.ndarray) -> Row:
+        mean = embeddings.mean(0)
+        return {
+            "clip_id": clip_id,
+            "score": float(scores.mean()),
+            "score_min": float(scores.min()),
+            "n_frames": len(scores),
+            "model": model_name(self.config.clip, self.config.random_weights),
+            "random_weights": self.config.random_weights,
+            "embedding": (mean / max(float(np.linalg.norm(mean)), 1e-12)).tolist(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from manifests.exits import STORAGE_ERRNOS
+
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,8 +48,8 @@ class BadModelOutput(Exception):
 @dataclass(frozen=True)
 class Resources:
     cpus: float = 1.0
-    gpus: float = 0.0
     uses_model: bool = False  # run as an actor pool that loads the model once per actor
+    gpu_memory_gb: float = 0.0  # a model actor's GPU memory at the full profile (weights and batch); 0: a CPU model
 
 
 Row = dict[str, Any]
@@ -138,6 +140,10 @@ FINAL_ERRORS = ("bad_input", "bad_model_output")  # anything else is retried
 
 
 def error_row(stage: str, key: str, exc: BaseException) -> Row:
+    """The row of one input that failed. A failure of the run folder's own storage (disk full,
+    read-only) is no input's fault: it is raised again, to end the run with one clear line."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        raise exc
     if isinstance(exc, BadInput):
         error_type, message = "bad_input", str(exc)
     elif isinstance(exc, BadModelOutput):

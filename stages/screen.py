@@ -63,7 +63,7 @@ class Screen(Stage):
     writes = "screen"
     input_key = "clip_id"
     filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic")
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True)  # OCR and NudeNet run on CPUs: one actor per few CPUs
     batch_size = 4
     Config = ScreenConfig
 

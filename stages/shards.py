@@ -56,7 +56,7 @@ class Shards(Stage):
     reads = "candidates"
     writes = "shards"
     input_key = "shard"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "dedup", "references")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm", "dedup", "references")
     needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND clip_id IN (SELECT clip_id FROM sample_refs WHERE n_references > 0)"
     barrier = True
     wants = ("subjects",)

@@ -27,6 +27,7 @@ import json
 import math
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -38,8 +39,9 @@ from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, R
 from stages.caption import DEFAULT_SUBJECTS
 
 DEFAULT_LABELS = {s["label"] for s in DEFAULT_SUBJECTS}
-from model.curation.faces import SAME_PERSON_DISTANCE, distance, margin_box
-from stages.crops import box_crop, mask_iou, masked_crop, on_grey, pixel_box, rle_encode
+from model.curation.faces import DETECTOR_NAME as FACE_DETECTOR
+from model.curation.faces import SAME_PERSON_DISTANCE, distance, embedder_name, margin_box
+from stages.crops import box_crop, mask_iou, masked_crop, pixel_box, rle_encode
 from stages.video import clip_frames
 
 SUBJECT_NAMESPACE = uuid.UUID("9c4f3c1e-5a63-4a51-9d55-3f3b2a0c7e21")
@@ -60,6 +62,7 @@ class SubjectsConfig(ModelStageConfig):
     face_embedder: str = "dlib"  # dlib's ResNet (shipped), or an ArcFace hub id / folder holding `face_embedder_file`
     face_embedder_file: str = "backbone.pth"
     face_detect_short_side: int = 288  # frames with a shorter short side are upsampled for the face detector
+    face_detect_max_short_side: int = 540  # frames with a longer short side are shrunk to it for the face detector
     face_min_score: float = 0.0  # dlib HOG score (real faces measured as low as 0.014: the checks below do the work)
     face_min_side: float = 24.0  # pixels of the detected box
     face_min_sharpness: float = 30.0  # variance of the Laplacian of the box at 112x112 (measured: blurred figures <= 5, faces >= 90)
@@ -244,6 +247,14 @@ def box_mask(box, height: int, width: int) -> np.ndarray:
     return mask
 
 
+def cut_box(box, height: int, width: int) -> tuple[int, int, int, int]:
+    """The pixels a box touches, (0, 0, 0, 0) for a box with none inside the frame (its cut-out is plain grey)."""
+    try:
+        return pixel_box(box, height, width)
+    except ValueError:
+        return (0, 0, 0, 0)
+
+
 def visible_in_box(mask: np.ndarray, box) -> bool:
     """Whether the mask has any pixel inside the box (what the crops show)."""
     try:
@@ -262,139 +273,168 @@ def write_png(run: Path, path: Path, image: np.ndarray) -> None:
     write_bytes(run, path, data.tobytes())
 
 
+@lru_cache(maxsize=2)
+def face_model(embedder: str, embedder_file: str, short_side: int, max_short_side: int):
+    """dlib's face models, loaded once per CPU worker process (prepare tasks build a stage per batch)."""
+    from model.curation.faces import FaceModel
+
+    return FaceModel.load(embedder, embedder_file, short_side, max_short_side)
+
+
 class Subjects(Stage):
+    """`prepare` (CPU task): decode, GroundingDINO's processor and tokenizer, SAM's resize, dlib's
+    faces. `process_batch` (model actor): GroundingDINO, SAM and CLIP, tensor work only, one clip at
+    a time so a clip's answer never depends on its batch. `finish` (CPU task): merges, tracks,
+    quality, RLE and the PNG crops."""
+
     name = "subjects"
     reads = "candidates"
     writes = "subjects"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
+    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm")
     needs = "clip_path IS NOT NULL AND subjects_json IS NOT NULL"
-    resources = Resources(cpus=1.0, uses_model=True)
+    resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=5)  # GroundingDINO-T + SAM-B + CLIP-L in bf16, 800x1333 inputs
     batch_size = 2
     Config = SubjectsConfig
 
     def setup(self) -> None:
-        from model.curation.device import device
         from model.curation.clip import ImageEmbedder
-        from model.curation.faces import FaceModel
+        from model.curation.device import runtime
         from model.curation.grounding import Detector
         from model.curation.segmenter import Segmenter
 
         cfg = self.config
-        self.detector = Detector.from_pretrained(cfg.detector)
-        self.detector.model.to(device())
-        self.segmenter = Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(device())
-        self.faces = FaceModel.load(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side)
-        self.clip = ImageEmbedder.load(cfg.clip, model_name(cfg.clip, cfg.random_weights)).to(device())
+        on, self.dtype = runtime()
+        self.detector = Detector.from_pretrained(cfg.detector, on, self.dtype)
+        self.segmenter = Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(on, self.dtype)
+        self.clip = ImageEmbedder.load(cfg.clip, model_name(cfg.clip, cfg.random_weights)).to(on, self.dtype)
 
     def prepare(self, item: Row) -> Row:
-        """Decode the key frames of the clip file and read the labels to look for."""
+        """Decode the key frames and make the models' inputs (`inputs`)."""
+        cfg = self.config
         if not item.get("clip_path") or item.get("subjects_json") is None:
             raise BadInput(f"clip {item['clip_id']} has no clip file or caption yet")
         n = item["end_frame"] - item["start_frame"]
-        frames = clip_frames(self.run_dir, item["clip_id"], item["clip_path"], n, self.config.clip_request())
-        listed = json.loads(item["subjects_json"]) + DEFAULT_SUBJECTS
+        frames = clip_frames(self.run_dir, item["clip_id"], item["clip_path"], n, cfg.clip_request())
         kinds = {}
-        for s in listed:
+        for s in json.loads(item["subjects_json"]) + DEFAULT_SUBJECTS:
             kinds.setdefault(s["label"], s["kind"])
+        return self.inputs(item["clip_id"], [image for _, image in frames], [index for index, _ in frames], kinds)
+
+    def inputs(self, clip_id: str, images: list[np.ndarray], frame_indices: list[int], kinds: dict[str, str]) -> Row:
+        """The CPU work before the models on decoded key frames: faces (dlib), the detector's processor
+        and tokenizer, SAM's resize. `kinds` maps each label to look for to its kind."""
+        from model.curation.grounding import Detector
+        from model.curation.segmenter import sam_input
+        from model.hub import resolve
+
+        cfg = self.config
+        kinds = {label: kind for label, kind in kinds.items() if kind != "face"}  # faces: the face model
         return {
-            "clip_id": item["clip_id"],
-            "frames": np.stack([image for _, image in frames]),
-            "frame_indices": [index for index, _ in frames],
-            "labels": list(kinds),
-            "kinds": list(kinds.values()),
+            "clip_id": clip_id,
+            "frames": np.stack(images),
+            "frame_indices": list(frame_indices),
+            "kinds": kinds,
+            "detector": Detector.inputs(resolve(cfg.detector), images, list(kinds)) if kinds else None,
+            "sam": [sam_input(image, cfg.segmenter_type) for image in images],
+            "faces": [self.find_faces(image, position) for position, image in enumerate(images)],
         }
 
     def process_batch(self, items: list[Row]) -> tuple[list[Row], list[Row]]:
         rows, errors = [], []
         for item in items:
             try:
-                rows += self.process_clip(item)
+                rows.append(self.process_clip(item))
             except Exception as exc:
                 errors.append(error_row(self.name, item["clip_id"], exc))
         return rows, errors
 
-    def process_clip(self, item: Row) -> list[Row]:
+    def process_clip(self, item: Row) -> Row:
+        """Boxes, a mask per box and a CLIP embedding per masked cut-out, on every key frame."""
+        import torch
+
+        cfg = self.config
+        frames = item["frames"]
+        per_frame = [[] for _ in frames]
+        with self.timed("forward"):
+            if item["detector"] is not None:
+                per_frame = self.detector.detect(item["detector"], cfg.min_score)
+            found = []
+            for image, resized, detections in zip(frames, item["sam"], per_frame):
+                detections = sorted(detections, key=lambda d: -d.score)[: cfg.max_per_label * len(item["kinds"])]
+                boxes = np.array([d.box for d in detections], np.float32).reshape(-1, 4)
+                masks, _ = self.segmenter.masks(resized, image.shape[:2], boxes)
+                frame = torch.from_numpy(image).to(masks.device)
+                embeddings = self.clip.embed_cutouts(frame, masks, [cut_box(d.box, *image.shape[:2]) for d in detections])
+                found.append((detections, masks.cpu().numpy(), embeddings))
+        return {**{k: item[k] for k in ("clip_id", "frames", "frame_indices", "kinds", "faces")}, "found": found, "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def finish(self, rows: dict[str, list[Row]]) -> dict[str, list[Row]]:
+        """The model's finds of one clip -> its subject rows and reference crops."""
+        return {self.writes: [row for work in rows.get(self.writes, []) for row in self.subjects(work)]}
+
+    def subjects(self, item: Row) -> list[Row]:
         cfg = self.config
         frames = list(item["frames"])
-        kind_of = {label: kind for label, kind in zip(item["labels"], item["kinds"]) if kind != "face"}  # faces: the face model
-        labels = list(kind_of)
-        detections = [[] for _ in frames]
-        if labels:
-            with self.timed("preprocess"):
-                inputs = self.detector.inputs(frames, labels)
-            with self.timed("forward"):
-                outputs = self.detector.forward(inputs)
-            with self.timed("postprocess"):
-                detections = self.detector.detections(outputs, inputs, frames, labels, cfg.min_score)
+        labels = list(item["kinds"])
         counts = {"boxes": 0, "zero_area": 0, "small": 0}
         per_frame = []
-        for position, (image, found) in enumerate(zip(frames, detections)):
-            found = sorted(found, key=lambda d: -d.score)[: cfg.max_per_label * len(labels)]
-            counts["boxes"] += len(found)
-            with self.timed("forward"):
-                masks, _ = self.segmenter.masks(image, np.array([d.box for d in found], np.float32).reshape(-1, 4))
-            with self.timed("postprocess"):
-                kept = []
-                for d, mask in zip(found, masks):
-                    area = float(mask.mean())
-                    if not visible_in_box(mask, d.box):
-                        counts["zero_area"] += 1
-                    elif area < cfg.min_area_fraction:
-                        counts["small"] += 1
-                    else:
-                        kept.append(Found(kind_of[d.label], d.label, position, d.score, d.box, mask, area))
-                per_frame.append(merge_duplicates(kept, cfg.merge_iou))
-        with self.timed("faces"):
-            faces = [self.find_faces(image, position) for position, image in enumerate(frames)]
-        with self.timed("postprocess"):
-            for view in [f for found in per_frame + faces for f in found]:
-                view.quality = rate(view, frames[view.frame], cfg.sharp_laplacian)
-            face_tracks = link_faces(faces, cfg.face_same_distance)
-            tracks = merge_humans_by_face(link_tracks(per_frame, cfg.track_iou), face_tracks)
-            tracks = sorted(tracks, key=lambda t: -t.best().quality)[: cfg.max_subjects]
-            face_tracks = sorted(face_tracks, key=lambda t: -t.best().quality)[: cfg.max_faces]
-            if not tracks and not face_tracks:
-                raise BadModelOutput(
-                    f"no subject kept: no face, {counts['boxes']} boxes above score {cfg.min_score} for {labels}, "
-                    f"{counts['zero_area']} masks of zero area, {counts['small']} below area {cfg.min_area_fraction}"
-                )
-        with self.timed("forward"):
-            cutouts = [masked_crop(frames[t.best().frame], t.best().mask, t.best().box) for t in tracks]
-            for t, embedding in zip(tracks, self.clip.embed([on_grey(c) for c in cutouts])):
-                t.best().embedding = embedding
-        with self.timed("postprocess"):
-            rank: dict[str, int] = {}
-            rows = {}
-            for t in tracks:
-                f = t.best()
-                rows[id(t)] = self.write(item, f, frames[f.frame], item["frame_indices"][f.frame], t.labels(), rank.setdefault(f.kind, 0))
-                rank[f.kind] += 1
-            # a face belongs to the human whose track has a view holding it on the face's frame
-            subject_of = {id(view): rows[id(t)]["subject_id"] for t in tracks for view in t.views}
-            humans = [view for t in tracks for view in t.views if view.kind == "human"]
-            face_rows = []
-            for position, t in enumerate(face_tracks):
-                held = [h for h in (holder(view, humans) for view in t.views) if h is not None]
-                f = t.best()
-                human = subject_of[id(held[0])] if held else None
-                face_rows.append(self.write(item, f, frames[f.frame], item["frame_indices"][f.frame], ["face"], position, human))
-            return list(rows.values()) + face_rows
+        for position, (detections, masks, embeddings) in enumerate(item["found"]):
+            counts["boxes"] += len(detections)
+            kept = []
+            for d, mask, embedding in zip(detections, masks, embeddings):
+                area = float(mask.mean())
+                if not visible_in_box(mask, d.box):
+                    counts["zero_area"] += 1
+                elif area < cfg.min_area_fraction:
+                    counts["small"] += 1
+                else:
+                    kept.append(Found(item["kinds"][d.label], d.label, position, d.score, d.box, mask, area, embedding))
+            per_frame.append(merge_duplicates(kept, cfg.merge_iou))
+        faces = item["faces"]
+        for view in [f for found in per_frame + faces for f in found]:
+            view.quality = rate(view, frames[view.frame], cfg.sharp_laplacian)
+        face_tracks = link_faces(faces, cfg.face_same_distance)
+        tracks = merge_humans_by_face(link_tracks(per_frame, cfg.track_iou), face_tracks)
+        tracks = sorted(tracks, key=lambda t: -t.best().quality)[: cfg.max_subjects]
+        face_tracks = sorted(face_tracks, key=lambda t: -t.best().quality)[: cfg.max_faces]
+        if not tracks and not face_tracks:
+            raise BadModelOutput(
+                f"no subject kept: no face, {counts['boxes']} boxes above score {cfg.min_score} for {labels}, "
+                f"{counts['zero_area']} masks of zero area, {counts['small']} below area {cfg.min_area_fraction}"
+            )
+        rank: dict[str, int] = {}
+        rows = {}
+        for t in tracks:
+            f = t.best()
+            rows[id(t)] = self.write(item, f, frames[f.frame], item["frame_indices"][f.frame], t.labels(), rank.setdefault(f.kind, 0))
+            rank[f.kind] += 1
+        # a face belongs to the human whose track has a view holding it on the face's frame
+        subject_of = {id(view): rows[id(t)]["subject_id"] for t in tracks for view in t.views}
+        humans = [view for t in tracks for view in t.views if view.kind == "human"]
+        face_rows = []
+        for position, t in enumerate(face_tracks):
+            held = [h for h in (holder(view, humans) for view in t.views) if h is not None]
+            f = t.best()
+            human = subject_of[id(held[0])] if held else None
+            face_rows.append(self.write(item, f, frames[f.frame], item["frame_indices"][f.frame], ["face"], position, human))
+        return list(rows.values()) + face_rows
 
     def find_faces(self, image: np.ndarray, position: int) -> list[Found]:
-        """Faces in one key frame: a margin box (the crop), the box as its mask, and the identity embedding."""
+        """Faces in one key frame (CPU: dlib): a margin box (the crop), the box as its mask, and the identity embedding."""
         cfg = self.config
+        faces = face_model(cfg.face_embedder, cfg.face_embedder_file, cfg.face_detect_short_side, cfg.face_detect_max_short_side)
         found = [
-            f for f in self.faces.detect(image)
-            if self.faces.plausible(image, f, cfg.face_min_score, cfg.face_min_side, cfg.face_min_sharpness, cfg.face_min_confirmation)
+            f for f in faces.detect(image)
+            if faces.plausible(image, f, cfg.face_min_score, cfg.face_min_side, cfg.face_min_sharpness, cfg.face_min_confirmation)
         ][: cfg.max_faces * 2]  # fmt: skip
         if not found:
             return []
-        embeddings = self.faces.embed(image, found)
+        embeddings = faces.embed(image, found)
         height, width = image.shape[:2]
         out = []
         for face, embedding in zip(found, embeddings):
-            box = margin_box(face.box, height, width, self.config.face_margin)
+            box = margin_box(face.box, height, width, cfg.face_margin)
             mask = box_mask(box, height, width)
             out.append(Found("face", "face", position, face.score, box, mask, float(mask.mean()), embedding, frontal(face.landmarks)))
         return out
@@ -424,12 +464,13 @@ class Subjects(Stage):
             "area_fraction": f.area_fraction,
             "crop_path": str(crop),
             "masked_path": str(masked),
+            "dtype": "float32" if f.kind == "face" else item["dtype"],  # dlib's faces run in fp32 on the CPU
             **(
                 {
-                    "model": self.faces.name,
+                    "model": f"{FACE_DETECTOR} + {embedder_name(cfg.face_embedder)}",
                     "random_weights": False,
                     "embedding": f.embedding.tolist(),
-                    "embedding_model": self.faces.embedder_name,
+                    "embedding_model": embedder_name(cfg.face_embedder),
                     "human_id": human_id,
                 }
                 if f.kind == "face"
@@ -437,7 +478,7 @@ class Subjects(Stage):
                     "model": model_name(f"{cfg.detector} + {cfg.segmenter}", cfg.random_weights),
                     "random_weights": cfg.random_weights,
                     "embedding": f.embedding.tolist() if f.embedding is not None else None,
-                    "embedding_model": self.clip.name,
+                    "embedding_model": model_name(cfg.clip, cfg.random_weights),
                 }
             ),
         }

@@ -18,6 +18,7 @@ from typing import BinaryIO
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from stages.base import BadInput
 from stages.kept import keep, kept
@@ -43,27 +44,54 @@ def open_video(path: str | Path | BinaryIO, threads: bool = True) -> tuple[av.co
 
 
 DECODED: Counter = Counter()  # frames decoded per source in this process: what "decode once" is measured by
+SKIPPED: Counter = Counter()  # damaged packets the decoder refused, per source, skipped
 
 
 def decode(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
-    """The one place frames come out of FFmpeg, counted per source."""
-    name = container.name
-    for frame in container.decode(stream):
-        DECODED[name] += 1
-        yield frame
+    """The one place frames come out of FFmpeg, counted per source.
+
+    A packet the decoder refuses as invalid (a damaged one) is skipped and counted, so one bad
+    packet does not lose the whole video; every decode of the file skips the same packets, so
+    frame indices agree between stages. Any other decode error is the file's, and final: a
+    BadInput naming the file and the place.
+    """
+    name, decoded = container.name, 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+            frames = packet.decode()
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            SKIPPED[name] += 1
+            continue
+        except av.error.FFmpegError as error:
+            place = f"after {decoded} frames of this pass" if decoded else "at the first frame of this pass"
+            raise BadInput(f"{name}: cannot be decoded {place}: {error.strerror or error}") from None
+        for frame in frames:
+            DECODED[name] += 1
+            decoded += 1
+            yield frame
 
 
 def _pts(frame: av.VideoFrame) -> int:
     return frame.pts if frame.pts is not None else (frame.dts or 0)
 
 
-def to_array(frame: av.VideoFrame, fmt: str, size: tuple[int, int] | None) -> np.ndarray:
-    """Convert (and optionally scale, in swscale) one decoded frame; size is (width, height)."""
-    if size is None:
-        image = frame.to_ndarray(format=fmt)
-    else:
-        image = frame.to_ndarray(format=fmt, width=size[0], height=size[1], interpolation="AREA")
-    return np.ascontiguousarray(image)  # rows can be padded; OpenCV wants them packed
+class Converter:
+    """Frames to arrays of one format and size (width, height), converted and scaled in swscale.
+
+    It keeps one scaler context: `VideoFrame.to_ndarray` makes a new one per frame, which costs
+    more than converting a small frame. One per thread (a context is not shared between threads)."""
+
+    def __init__(self, fmt: str, size: tuple[int, int] | None = None, interpolation: str = "AREA"):
+        self.fmt, self.width, self.height, self.interpolation = fmt, *(size or (None, None)), interpolation
+        self.reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        image = self.reformatter.reformat(frame, self.width, self.height, self.fmt, interpolation=self.interpolation).to_ndarray()
+        return np.ascontiguousarray(image)  # rows can be padded; OpenCV wants them packed
 
 
 def iter_frames(
@@ -82,6 +110,7 @@ def iter_frames(
     (H.264 needs them) but never converted, which is most of the cost of sparse sampling.
     """
     container, stream = open_video(path)
+    convert = Converter(fmt, size)
     try:
         if start_pts is not None and start_frame > 0:
             container.seek(start_pts, stream=stream, backward=True, any_frame=False)
@@ -95,7 +124,7 @@ def iter_frames(
             if end_frame is not None and index >= end_frame:
                 break
             if keep is None or keep(index):
-                yield Frame(index, _pts(frame), to_array(frame, fmt, size))
+                yield Frame(index, _pts(frame), convert(frame))
             index += 1
     finally:
         container.close()
@@ -138,7 +167,7 @@ class FrameGrid:
     def __init__(
         self, fps: float, size: tuple[int, int], start_pts: int, time_base: Fraction, fmt: str = "gray", pack=None, budget: int | None = None
     ):  # fmt: skip
-        self.fps, self.size, self.start_pts, self.time_base, self.fmt = fps, size, start_pts, time_base, fmt
+        self.fps, self.size, self.start_pts, self.time_base, self.convert = fps, size, start_pts, time_base, Converter(fmt, size)
         self.pack, self.budget, self.kept_bytes, self.full = pack, budget, 0, False
         self.last_bin: int | None = None
         self.samples: list[tuple[int, float, object]] = []  # (pts, seconds from the video start, image or packed)
@@ -156,7 +185,7 @@ class FrameGrid:
     def add(self, frame: av.VideoFrame) -> None:
         pts = _pts(frame)
         if self.is_grid(pts) and not self.full:
-            image = to_array(frame, self.fmt, self.size)
+            image = self.convert(frame)
             kept = self.pack(image) if self.pack else image
             self.kept_bytes += len(kept) if self.pack else image.nbytes
             self.full = self.budget is not None and self.kept_bytes > self.budget
@@ -197,7 +226,7 @@ def window_samples(
     if len(picked) < at_least and first is not None:
         ends = [first, last] if at_least > 1 else [first]
         if at_least == 1 or last[0] > first[0]:
-            picked = [(t, to_array(f, fmt, size)) for t, f in ends]
+            picked = [(t, grid.convert(f)) for t, f in ends]
     return picked
 
 

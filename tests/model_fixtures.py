@@ -20,6 +20,14 @@ def cinema_tiny(tmp_path_factory) -> Path:
     return ensure(tmp_path_factory.getbasetemp() / "cinema-tiny", CINEMA_MODELS)
 
 
+@pytest.fixture(scope="session")
+def wan_tiny(tmp_path_factory) -> Path:
+    """Tiny Wan2.1 and Wan2.2-TI2V checkpoints and the MLLM, in the same shared folder as `cinema_tiny`."""
+    from model.testing.tiny import ensure
+
+    return ensure(tmp_path_factory.getbasetemp() / "cinema-tiny", ["qwen2_5_vl", "wan2_1", "wan2_2"])
+
+
 @pytest.fixture(autouse=False)
 def one_thread():
     """Tiny ops are latency-bound: a second OpenMP thread only waits on a shared 2-core machine."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import ray.cloudpickle
+from conftest import GOLDEN, REAL
+from learned_fixtures import tiny_models  # noqa: F401  (fixture)
 
 from manifests import store
 from pipeline.config import load_config
+from pipeline.registry import STAGES
 from pipeline.runner import run_chain
 from stages.base import Resources
 from stages.probe import Probe
@@ -50,3 +55,31 @@ def test_finish_runs_per_input_after_the_model_and_its_failure_is_that_inputs_er
     (error,) = store.read_table(run, "errors").to_pylist()
     assert error["key"].endswith("unfinished.mp4") and error["error_type"] == "OSError" and error["attempts"] == 3
     assert report.rows == 4 and report.errors == 1 and report.actors == 1 and report.busy_s > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repeat", range(2))
+def test_a_streaming_chain_processes_each_input_once_per_stage(tiny_models, tmp_path, monkeypatch, repeat):
+    """Issue 24: asks again as often as the runner may, so that a stream runs out in the middle of
+    a batch while the stages before it still write; no stage may take an input twice."""
+    from pipeline import runner
+
+    monkeypatch.setattr(runner, "POLL_S", 0.0)
+    src = tmp_path / "src"
+    src.mkdir()
+    for video in [REAL / "bikes.mp4", REAL / "carphone_pristine.mp4", GOLDEN / "counter.mp4"]:
+        shutil.copy(video, src)
+    classes = [STAGES[name] for name in ["probe", "scenes", "motion", "aesthetic", "screen", "clips"]]
+    overrides = ["filter.min_duration_s=0.5", "filter.min_motion=0", "aesthetic.batch_size=3", "screen.batch_size=3"]  # more inputs than fit in flight
+    config = load_config(profile="tiny", overrides=[f"tiny_models={tiny_models}", *overrides])
+    config.src, config.stages = str(src), [c.name for c in classes]
+    run = tmp_path / "run"
+    reports = run_chain(classes, config, run)
+    for cls, report in zip(classes, reports, strict=True):
+        if cls.name == "motion":
+            assert report.inputs == 0  # the scene pass scored every window
+            continue
+        key = "path" if cls.reads == "sources" else cls.input_key
+        table = store.query(run, f'SELECT count(DISTINCT "{key}") AS n FROM {cls.writes}').column("n")[0].as_py()
+        failed = store.query(run, "SELECT count(*) AS n FROM errors WHERE stage = ?", [cls.name]).column("n")[0].as_py()
+        assert report.inputs == table + failed > 0, (cls.name, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
@@ -108,6 +109,15 @@ LISTINGS = {
     ],
     "facebook/dino-vits16": [".gitattributes", "README.md", "config.json", "preprocessor_config.json", "pytorch_model.bin"],
     "lithiumice/ArcFace_PyTorch": [".gitattributes", "ms1mv3_arcface_r100_fp16.pth", "InsightFace_Pytorch+model_ir_se50.pth"],
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": [
+        ".gitattributes", "LICENSE.txt", "README.md", "assets/comp_effic.png", "examples/i2v_input.JPG", "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json", *(f"text_encoder/model-0000{i}-of-00005.safetensors" for i in range(1, 6)),
+        "text_encoder/model.safetensors.index.json",
+        "tokenizer/special_tokens_map.json", "tokenizer/spiece.model", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    ],
 }
 
 
@@ -137,7 +147,8 @@ def test_make_weights_fetches_only_the_files_each_loader_reads(fake_hub):
 
     download_weights(load_config())
 
-    cogvideox = {name for name in LISTINGS["zai-org/CogVideoX-5b"] if "/" in name}  # every part; no README, LICENSE
+    # every part and model_index.json (what the base refuses by); no README, LICENSE
+    cogvideox = {name for name in LISTINGS["zai-org/CogVideoX-5b"] if "/" in name} | {"model_index.json"}
     assert fake_hub == {
         "timm/vit_large_patch14_clip_224.openai": {"open_clip_config.json", "open_clip_model.safetensors"},
         "trl-lib/ddpo-aesthetic-predictor": {"aesthetic-model.pth"},
@@ -150,3 +161,19 @@ def test_make_weights_fetches_only_the_files_each_loader_reads(fake_hub):
         "facebook/dino-vits16": {"config.json", "preprocessor_config.json", "pytorch_model.bin"},
         "lithiumice/ArcFace_PyTorch": {"ms1mv3_arcface_r100_fp16.pth"},
     }
+
+
+def test_make_weights_for_a_wan_config_fetches_its_parts_and_umt5(fake_hub):
+    """`make weights CONFIG=configs/train_wan_1_3b.yaml`: the Wan repository's DiT, VAE, scheduler, UMT5 and
+    model_index.json; not its README, assets or examples."""
+    from pipeline.__main__ import download_weights
+    from pipeline.config import load_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "train_wan_1_3b.yaml"
+    download_weights(load_config(None, [f"encode.train_config={config}"]))
+    wan = LISTINGS["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"]
+    assert fake_hub["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"] == {n for n in wan if n.split("/")[0] in PARTS} | {"model_index.json"}
+    assert "zai-org/CogVideoX-5b" not in fake_hub
+
+
+PARTS = {"transformer", "vae", "scheduler", "text_encoder", "tokenizer"}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import GOLDEN, KEEP_ALL, REAL, pipeline_cli
-from learned_fixtures import tiny_models  # noqa: F401  (fixture)
+from learned_fixtures import run_model_stage, tiny_models  # noqa: F401  (fixture)
 from videos import write_video
 
 from manifests import views
@@ -59,7 +59,6 @@ def haar_sees_a_face(crop: np.ndarray) -> bool:
 def test_face_crops_hold_a_face_by_an_independent_check(faces, tmp_path):
     """Every 10th frame of the shipped footage, cropped as the subjects stage crops faces (its margin)."""
     stage = Subjects(load_config().subjects, tmp_path)
-    stage.faces = faces
     crops = [box_crop(image, f.box) for path in FOOTAGE for image in frames_of(path, 10) for f in stage.find_faces(image, 0)]
     checked = [haar_sees_a_face(c) for c in crops]
     assert len(crops) >= 25  # carphone's man in every frame, goldeneye's two faces
@@ -85,8 +84,7 @@ def test_subjects_give_one_real_face_per_identity_linked_to_its_human(tiny_model
     stage = Subjects(config, tmp_path)
     stage.setup()
     frames = [f.image for f in iter_frames(REAL / "carphone_pristine.mp4", fmt="rgb24", keep={10, 60, 110}.__contains__)]
-    item = {"clip_id": "c1", "frames": np.stack(frames), "frame_indices": [10, 60, 110], "labels": ["person"], "kinds": ["human"]}
-    rows, errors = stage.process_batch([item])
+    rows, errors = run_model_stage(stage, [stage.inputs("c1", frames, [10, 60, 110], {"person": "human"})])
     assert not errors
     face_rows = [r for r in rows if r["kind"] == "face"]
     assert len(face_rows) == 1  # the same man on three key frames is one subject

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from train_fixtures import REAL, cinema_models  # noqa: F401
 
 from model.cinema import checkpoint
 from model.cinema.model import CinemaModel
+from model.cinema.evaluate import read_samples
 from model.cinema.sample import CinemaPipeline, main
 from model.testing.tiny import tiny_cinema_config
 from stages.video import iter_frames, open_video
@@ -54,10 +56,28 @@ def test_cli_writes_playable_mp4_of_requested_shape(tiny_checkpoint, tmp_path):
     for i, image in enumerate(references()):
         refs.append(tmp_path / f"ref{i}.png")
         image.convert("RGBA").save(refs[-1])
-    out = main(["--checkpoint", str(tiny_checkpoint), "--refs", ",".join(map(str, refs)), "--prompt", "two people",
-                "--frames", "9", "--steps", "3", "--scheduler", "dpm", "--seed", "3"])  # fmt: skip
-    assert out == tiny_checkpoint.parent.parent / "samples" / "step-0000001-seed3.mp4"
-    container, stream = open_video(out)
-    assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 48, 32)
-    container.close()
-    assert len(list(iter_frames(out))) == 9
+    samples = tiny_checkpoint.parent.parent / "samples"
+    shutil.rmtree(samples, ignore_errors=True)
+    args = ["--checkpoint", str(tiny_checkpoint), "--refs", ",".join(map(str, refs)), "--frames", "9", "--steps", "3",
+            "--scheduler", "dpm", "--seed", "3", "--kinds", "face,human", "--labels", "woman,woman"]  # fmt: skip
+    assert main([*args, "--prompt", "two people"]) == 0
+    assert main([*args, "--prompt", "one person"]) == 0  # another prompt: another file, the first kept
+    videos = sorted(samples.glob("*.mp4"))
+    assert len(videos) == 2 and all(v.name.startswith("step-0000001-seed3-") for v in videos)
+    for out in videos:
+        container, stream = open_video(out)
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 48, 32)
+        container.close()
+        assert len(list(iter_frames(out))) == 9
+    listed = read_samples(samples / "samples.jsonl")  # what `make eval` reads
+    assert sorted(s.prompt for s in listed) == ["one person", "two people"]
+    assert {s.video for s in listed} == {str(v) for v in videos}
+    assert [(r.image, r.kind, r.label) for r in listed[0].references] == [(str(refs[0]), "face", "woman"), (str(refs[1]), "human", "woman")]
+
+
+def test_cli_without_a_checkpoint_fails_at_once_in_one_line(tmp_path, capsys):
+    ref = tmp_path / "ref.png"
+    references()[0].save(ref)
+    code = main(["--checkpoint", str(tmp_path / "checkpoints" / "step-9"), "--refs", str(ref), "--prompt", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no checkpoint" in err and "make train" in err, err

@@ -17,6 +17,8 @@ from train_fixtures import (  # noqa: F401
     metrics,
     real_samples,
     tiny_train_config,
+    tiny_wan_train_config,
+    wan_models,
     write_shard,
 )
 
@@ -98,6 +100,20 @@ def test_a_sharded_checkpoint_resumes_exactly_and_loads_as_a_plain_one(runs, tmp
     assert len(frames) == 5
     with pytest.raises(ValueError, match="was written with FSDP"):  # one plain process cannot take the shards
         Trainer(resumed).fit()
+
+
+@pytest.mark.slow
+def test_wan_two_sharded_processes_train_as_one_process(wan_models, tmp_path):
+    """The tiny Wan2.1 base: its blocks sharded by FSDP2 over two processes, the flow-matching losses of one process."""
+    shards = write_shard(tmp_path / "data", real_samples(4))
+    common = {"max_steps": HALF, "checkpoint_every": HALF}
+    one = tiny_wan_train_config(wan_models, shards, tmp_path / "one", **common)
+    one.data.batch_size = 2
+    sharded = tiny_wan_train_config(wan_models, shards, tmp_path / "sharded", gradient_checkpointing=True, **common)
+    single, double = train(one, 1), train(sharded, 2, **FSDP)
+    print("Wan, 1 process:", single, "\n2 processes, FSDP2:", double)
+    assert (tmp_path / "sharded" / "checkpoints" / f"step-{HALF:07d}" / "state" / "sharded" / ".metadata").is_file()
+    assert double == pytest.approx(single, rel=1e-5)
 
 
 def test_lora_folded_from_a_gathered_state_equals_peft_merge(cinema_models):

@@ -24,6 +24,8 @@ from train_fixtures import (  # noqa: F401
     metrics,
     real_samples,
     tiny_train_config,
+    tiny_wan_train_config,
+    wan_models,
     write_shard,
 )
 
@@ -52,6 +54,24 @@ def launch(accelerate_config: str, config, tmp_path: Path) -> list[dict]:
     # one sample per process and step: the global batch is two
     assert [round(r["samples_per_s"] * r["step_time_s"]) for r in rows] == [2, 2]
     return rows
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_fsdp_config_trains_and_samples_a_wan_base(wan_models, tmp_path):
+    """Two steps of the tiny Wan2.1 base under fsdp.yaml in bf16, a validation video through its UniPC sampler."""
+    shards = write_shard(tmp_path / "data", real_samples(2))
+    config = tiny_wan_train_config(
+        wan_models, shards, tmp_path / "run", precision="bf16", max_steps=2, checkpoint_every=2,
+        validation=ValidationConfig(every=2, steps=2),
+    )  # fmt: skip
+    rows = launch("fsdp.yaml", config, tmp_path)
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    run = Path(config.run)
+    assert (run / "checkpoints" / "step-0000002" / "state" / "sharded" / ".metadata").is_file()
+    assert (run / "validation" / "step-0000002.mp4").stat().st_size > 0
+    model = CinemaModel.from_config(checkpoint.model_config(run / "checkpoints" / "step-0000002"))
+    assert type(model.transformer).__name__ == "CinemaWanTransformer3DModel"
+    assert type(model.scheduler).__name__ == "UniPCMultistepScheduler"
 
 
 @pytest.mark.slow

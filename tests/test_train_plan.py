@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from train_fixtures import cinema_models, tiny_train_config  # noqa: F401
+from train_fixtures import cinema_models, tiny_train_config, tiny_wan_train_config, wan_models  # noqa: F401
 
 from model.train.config import LoraConfig
 from model.train.plan import adamw, attention, build_parts, estimate, shard, step_inputs, step_of, train_steps
@@ -56,6 +56,19 @@ def test_planned_peak_is_within_15_percent_of_the_measured_one(cinema_models, tm
     planned = estimate(step, gpus=1).peak
     measured = measured_peak(step)
     print(f"{references} references: planned {planned / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
+    assert planned == pytest.approx(measured, rel=0.15)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [None, LoraConfig(rank=8)], ids=["fsdp2", "lora"])
+def test_wan_planned_peak_is_within_15_percent_of_the_measured_one(wan_models, tmp_path, lora):
+    """The tiny Wan2.1 base, 2 references: its DiT's blocks sharded, its VAE's 8x compression, 512 text tokens."""
+    torch.set_num_threads(1)
+    config = tiny_wan_train_config(wan_models, tmp_path, tmp_path / "run", precision="bf16", gradient_checkpointing=True, lora=lora)
+    step = step_of(config, 2, size=(17, 64, 96))
+    planned = estimate(step, gpus=1).peak
+    measured = measured_peak(step)
+    print(f"Wan {'LoRA' if lora else 'FSDP2'}: planned {planned / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
     assert planned == pytest.approx(measured, rel=0.15)
 
 

@@ -27,6 +27,20 @@ def cinema_models(tmp_path_factory) -> Path:
     return ensure(tmp_path_factory.mktemp("cinema-models"), CINEMA_MODELS)
 
 
+@pytest.fixture(scope="session")
+def wan_models(tmp_path_factory) -> Path:
+    """The MLLM and a tiny Wan2.1 checkpoint, for the trainer's Wan cases (`tiny_wan_train_config`)."""
+    from model.testing.tiny import ensure
+
+    return ensure(tmp_path_factory.mktemp("wan-models"), ["qwen2_5_vl", "wan2_1"])
+
+
+def tiny_wan_train_config(models: Path, shards: Path, run: Path, **values) -> TrainConfig:
+    """`tiny_train_config` on the tiny Wan2.1 base: its DiT, VAE, scheduler and UMT5 target."""
+    wan = dict(model=tiny_cinema_config(models, "wan2_1"), t5=PartRef(ref=str(models / "wan2_1")))
+    return tiny_train_config(models, shards, run, **{**wan, **values})
+
+
 def tiny_train_config(models: Path, shards: Path, run: Path, **values) -> TrainConfig:
     """configs/train_tiny.yaml's values, on the given models, shards and run folder."""
     data = DataConfig(shards=str(shards), frames=FRAMES, buckets=[SIZE], max_references=2, batch_size=1, workers=0)

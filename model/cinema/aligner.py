@@ -1,8 +1,9 @@
 """AlignerNet: maps the MLLM's hidden states into the T5 feature space the video DiT was trained on.
 
-Learnable queries, one per T5 position (226 for CogVideoX), cross-attend to the MLLM states, as
-in Kosmos-G's AlignerNet; the output keeps the DiT's text interface unchanged. It is pre-trained
-alone to match T5 on the same captions, then fine-tuned with the DiT.
+Learnable queries, one per text position (226 T5 for CogVideoX, 512 UMT5 for Wan), cross-attend
+to the MLLM states, as in Kosmos-G's AlignerNet; the output keeps the DiT's text interface
+unchanged. It is pre-trained alone to match the text target on the same captions, then fine-tuned
+with the DiT.
 """
 
 from __future__ import annotations
@@ -77,12 +78,16 @@ def masked_cosine(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
 def alignment_loss(
     prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, padding_weight: float = 0.0
 ) -> torch.Tensor:
-    """MSE + (1 - cosine similarity) to the T5 features, a weighted mean over the token positions.
+    """MSE + (1 - cosine similarity) to the text target, a weighted mean over the token positions.
 
-    A real token weighs 1, a padding position `padding_weight`: the DiT attends to all of T5's
-    positions, padding included (CogVideoX runs T5 without a mask), so training sets it above 0.
+    A real token weighs 1, a padding position `padding_weight`: the DiT attends to all positions,
+    padding included, so training sets it above 0. The cosine term is left out where the target row
+    is zero (Wan's UMT5 target is zero past the real tokens: no direction to match, and most of its
+    512 rows), so there only the MSE pulls the prediction to zero; CogVideoX's unmasked T5 padding
+    rows are not zero and keep both terms.
     """
     weights = torch.where(mask.bool(), 1.0, padding_weight).to(prediction.device, torch.float32)
     squared = (prediction.float() - target.float()).pow(2).mean(-1)
     cosine = F.cosine_similarity(prediction.float(), target.float(), dim=-1)
-    return ((squared + 1 - cosine) * weights).sum() / weights.sum()
+    directed = target.abs().amax(-1) > 0
+    return (torch.where(directed, squared + 1 - cosine, squared) * weights).sum() / weights.sum()

@@ -21,6 +21,8 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
+from model.cinema.references import forward_grouped
+
 
 class CinemaTransformer3DModel(CogVideoXTransformer3DModel):
     """Loads from any CogVideoX 1.0 `transformer/` folder; `forward` takes per-sample references."""
@@ -49,16 +51,7 @@ class CinemaTransformer3DModel(CogVideoXTransformer3DModel):
         self, video: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, references: list[torch.Tensor]
     ) -> torch.Tensor:
         """One stock-shaped call per distinct reference count, no padding, outputs back in batch order."""
-        if len(references) != video.shape[0]:
-            raise ValueError(f"{len(references)} reference lists for a batch of {video.shape[0]}")
-        counts = torch.tensor([len(sample) for sample in references])
-        order, outputs = [], []
-        for count in counts.unique().tolist():
-            rows = (counts == count).nonzero().flatten()
-            frames = torch.stack([references[row] for row in rows]) if count else None
-            outputs.append(self.forward_frames(video[rows], text[rows], timestep[rows], frames))
-            order.append(rows)
-        return torch.cat(outputs)[torch.cat(order).argsort()]
+        return forward_grouped(self.forward_frames, video, text, timestep, references)
 
     def forward_padded(
         self, video: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, references: list[torch.Tensor]
@@ -121,6 +114,11 @@ class CinemaTransformer3DModel(CogVideoXTransformer3DModel):
         video_tokens = frame_tokens[:, : num_frames * tokens_per_frame]  # reference outputs dropped
         video_tokens = self.proj_out(self.norm_out(self.norm_final(video_tokens), temb=temb))
         return self.unpatchify(video_tokens, num_frames, height, width)
+
+    @property
+    def blocks_to_shard(self) -> torch.nn.ModuleList:
+        """The repeated blocks: FSDP2's units (`model.train.plan.shard`)."""
+        return self.transformer_blocks
 
     def rotary_embedding(
         self, num_frames: int, height: int, width: int, device: torch.device

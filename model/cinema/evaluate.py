@@ -35,8 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from manifests.exits import EXIT_MISSING_WEIGHTS, UsageError, command, read_yaml, validated
 from model.hub import MissingWeights, require, resolve_file
 from stages.crops import box_crop
 from stages.motion import motion_parts
@@ -100,8 +101,9 @@ def read_samples(path: Path) -> list[Sample]:
             continue
         try:
             sample = Sample.model_validate_json(line)
-        except ValueError as error:
-            raise ValueError(f"{path}:{number}: {error}") from None
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in error.errors())
+            raise ValueError(f"{path}:{number}: {problems}") from None
         base = Path(path).parent
         sample.video = str(base / sample.video)
         for ref in sample.references:
@@ -185,8 +187,7 @@ class Evaluator:
 
     def regions(self, frames: list[np.ndarray], label: str) -> tuple[list[list[np.ndarray]], float]:
         """Per frame, the crops of the best boxes for `label` (the whole frame if none), and the share detected."""
-        inputs = self.detector.inputs(frames, [label])
-        found = self.detector.detections(self.detector.forward(inputs), inputs, frames, [label], self.config.min_score)
+        found = self.detector.detect(self.detector.inputs(self.detector.folder, frames, [label]), self.config.min_score)
         crops, hits = [], 0
         for frame, detections in zip(frames, found):
             boxes = [d.box for d in sorted(detections, key=lambda d: -d.score)[: self.config.max_regions]]
@@ -279,6 +280,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.cinema.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("samples", type=Path, help="JSONL: {video, prompt, references: [{image, kind, label}]} per line")
@@ -289,19 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny_models:
         config = tiny_config(args.tiny_models)
     else:
-        import yaml
-
-        config = EvalConfig.model_validate(yaml.safe_load(args.config.read_text()) if args.config else {})
+        config = validated(EvalConfig, read_yaml(args.config) if args.config else {})
     try:
         samples = read_samples(args.samples)
     except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     try:
         evaluator = Evaluator(config)
     except MissingWeights as error:
         print(f"error: {error}", file=sys.stderr)
-        return 4
+        return EXIT_MISSING_WEIGHTS
     rows = [evaluator.evaluate(sample) for sample in samples]
     table, markdown = write_results(rows, args.out or args.samples.parent / "eval")
     print(markdown.read_text())

@@ -1,30 +1,31 @@
 """CINEMA: MLLM encoder + AlignerNet + VAE reference latents + MM-DiT, and its training loss.
 
 `encode_conditions` runs the frozen parts (MLLM, VAE), whose outputs can be cached;
-`forward` runs the trained parts (AlignerNet, DiT). The noise schedule is the checkpoint's own
-scheduler config (v-prediction, zero terminal SNR for CogVideoX), never class defaults.
+`forward` runs the trained parts (AlignerNet, DiT). What differs between base video models (DiT,
+VAE, text target, objective, sampler) comes from the base the transformer checkpoint names
+(`model/cinema/bases/`); the noise schedule is the checkpoint's own scheduler config (v-prediction
+with zero terminal SNR for CogVideoX, flow matching with its shift for Wan), never class defaults.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from model.cinema.aligner import AlignerNet
-from model.cinema.dit import CinemaTransformer3DModel
+from model.cinema.bases import Base, base_of
 from model.cinema.mllm import DEFAULT_MAX_PIXELS, DEFAULT_TEMPLATE, MLLMEncoder, MLLMStates
-from model.cinema.vae import VideoVAE
+from model.cinema.objectives import draw_uniform
 from model.hub import require, resolve
 
-SCHEDULERS = {cls.__name__: cls for cls in (CogVideoXDDIMScheduler, CogVideoXDPMScheduler)}
 REFERENCE_BACKGROUND = 255  # subject cut-outs sit on white; letterbox bars match it
 
 
@@ -44,6 +45,14 @@ class AlignerShape(BaseModel):
     width: int = 768
     num_heads: int = 8
     mlp_ratio: int = 4
+
+
+class FlowMatchingConfig(BaseModel):
+    """The flow-matching objective of a Wan base (a v-prediction base reads its schedule from its checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+    shift: float | None = None  # sigma shift; None: the checkpoint scheduler's (3.0 Wan2.1, 5.0 Wan2.2-TI2V)
+    sampling: Literal["uniform", "logit_normal"] = "uniform"  # how a sample's noise level is drawn
 
 
 class CinemaConfig(BaseModel):
@@ -68,6 +77,8 @@ class CinemaConfig(BaseModel):
     caption_dropout: float = 0.1  # chance a sample's MLLM states are replaced by the empty prompt's
     reference_dropout: float = 0.1  # chance a sample's VAE reference latents are removed
     unconditional_dropout: float = 0.1  # chance both are dropped together: the guidance's unconditional input
+    reference_timestep: Literal["video", "zero"] = "video"  # the reference tokens' timestep ("zero": Wan only)
+    flow_matching: FlowMatchingConfig = FlowMatchingConfig()
 
     def refs(self) -> dict[str, str]:
         parts = {"mllm": self.mllm, "vae": self.vae, "transformer": self.transformer, "scheduler": self.scheduler}
@@ -81,14 +92,6 @@ class Conditions:
     mllm_states: torch.Tensor  # (batch, tokens, mllm hidden)
     mllm_mask: torch.Tensor  # (batch, tokens) bool
     reference_latents: list[torch.Tensor]  # per sample (n_i, C, h, w), n_i >= 0
-
-
-def load_scheduler(part: PartRef) -> CogVideoXDDIMScheduler | CogVideoXDPMScheduler:
-    """The scheduler class and values the checkpoint names in its own config."""
-    config = CogVideoXDDIMScheduler.load_config(resolve(part.ref), subfolder=part.subfolder)
-    if config["_class_name"] not in SCHEDULERS:
-        raise ValueError(f"expected a CogVideoX scheduler, the checkpoint has {config['_class_name']}")
-    return SCHEDULERS[config["_class_name"]].from_config(config)
 
 
 def letterbox(image: Image.Image, height: int, width: int) -> torch.Tensor:
@@ -108,7 +111,7 @@ def pad_tokens(states: MLLMStates, length: int) -> MLLMStates:
 
 
 def encode_conditions(
-    mllm: MLLMEncoder, vae: VideoVAE, references: list[list[Image.Image]], captions: list[str], size: tuple[int, int]
+    mllm: MLLMEncoder, vae, references: list[list[Image.Image]], captions: list[str], size: tuple[int, int]
 ) -> Conditions:
     """The frozen parts' view of each sample: MLLM states of references + caption, VAE latents of the references."""
     height, width = size
@@ -128,26 +131,28 @@ class CinemaModel(nn.Module):
         self,
         mllm: MLLMEncoder,
         aligner: AlignerNet,
-        vae: VideoVAE,
-        transformer: CinemaTransformer3DModel,
-        scheduler: CogVideoXDDIMScheduler | CogVideoXDPMScheduler,
+        vae: nn.Module,
+        transformer: nn.Module,
+        scheduler,
         config: CinemaConfig,
+        base: Base,
     ):
         super().__init__()
         self.mllm, self.aligner, self.vae, self.transformer = mllm, aligner, vae, transformer
         self.scheduler = scheduler
         self.config = config
+        self.base = base
+        self.objective = base.objective(scheduler, config)
         self._empty_prompt: MLLMStates | None = None
 
     @classmethod
     def from_config(cls, config: CinemaConfig, dtype: torch.dtype = torch.float32) -> CinemaModel:
         """Load every part; if any is missing, fail at once naming all of them."""
         require(config.refs())
+        base = base_of(config.transformer)
         mllm = MLLMEncoder.from_pretrained(config.mllm.ref, config.template, config.max_pixels, dtype)
-        vae = VideoVAE.from_pretrained(config.vae.ref, config.vae.subfolder, dtype)
-        transformer = CinemaTransformer3DModel.from_pretrained(
-            resolve(config.transformer.ref), subfolder=config.transformer.subfolder, dtype=dtype
-        )
+        vae = base.load_vae(config.vae, dtype)
+        transformer = base.load_transformer(config.transformer, dtype)
         if config.aligner is not None:
             aligner = AlignerNet.from_pretrained(
                 resolve(config.aligner.ref), subfolder=config.aligner.subfolder, dtype=dtype
@@ -155,12 +160,12 @@ class CinemaModel(nn.Module):
         else:
             aligner = AlignerNet(
                 input_dim=mllm.hidden_size,
-                output_dim=transformer.config.text_embed_dim,
-                num_queries=transformer.config.max_text_seq_length,
+                output_dim=base.text_width(transformer.config),
+                num_queries=base.text_length(transformer.config),
                 **config.aligner_shape.model_dump(),
             )
             aligner = aligner if dtype == aligner.dtype else aligner.to(dtype)
-        return cls(mllm, aligner, vae, transformer, load_scheduler(config.scheduler), config)
+        return cls(mllm, aligner, vae, transformer, base.load_scheduler(config.scheduler), config, base)
 
     def train(self, mode: bool = True) -> CinemaModel:
         """The frozen parts stay in eval mode whatever the trained parts do."""
@@ -179,32 +184,34 @@ class CinemaModel(nn.Module):
         return encode_conditions(self.mllm, self.vae, references, captions, size or (self.config.height, self.config.width))
 
     def forward(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
-        """The v-prediction for the video latents (batch, frames, C, h, w); references are not predicted."""
+        """The DiT's prediction (v for CogVideoX, the flow eps - x0 for Wan) for the video latents
+        (batch, frames, C, h, w); references are not predicted."""
         text = self.aligner(conditions.mllm_states, conditions.mllm_mask).to(self.transformer.dtype)
         references = [latents.to(noisy_latents.dtype) for latents in conditions.reference_latents]
-        return self.transformer(noisy_latents, text, timestep, references=references).sample
+        return self.base.predict(self.transformer, noisy_latents, text, timestep, references, self.config)
 
     def training_loss(
         self, latents: torch.Tensor, conditions: Conditions, generator: torch.Generator | list[torch.Generator] | None = None
     ) -> torch.Tensor:
-        """v-prediction MSE on the video latents, with CFG dropout of the conditions while training.
+        """The base's objective (v-prediction, flow matching) as an MSE on the video latents, with CFG
+        dropout of the conditions while training.
 
         One forward for the whole batch; with a list of generators (one per sample) each sample's
-        dropout, timestep and noise come from its own, so a sample trains the same in any batch.
+        dropout, noise level and noise come from its own, so a sample trains the same in any batch.
         """
         if self.training:
             conditions = self.drop_conditions(conditions, generator)
-        steps = _randint(self.scheduler.config.num_train_timesteps, latents.shape[0], generator).to(latents.device)
+        index = self.objective.draw(latents.shape[0], generator).to(latents.device)
         noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        noisy = self.scheduler.add_noise(latents, noise, steps)
-        target = self.scheduler.get_velocity(latents, noise, steps)
+        noisy, target = self.objective.noisy_and_target(latents, noise, index)
+        steps = self.objective.timesteps(index).to(latents.device)
         return F.mse_loss(self(noisy, steps, conditions).float(), target.float())
 
     def drop_conditions(
         self, conditions: Conditions, generator: torch.Generator | list[torch.Generator] | None = None
     ) -> Conditions:
         """Classifier-free guidance dropout: empty-prompt MLLM states, and/or no reference latents."""
-        chances = _rand(3, conditions.mllm_states.shape[0], generator)
+        chances = draw_uniform(3, conditions.mllm_states.shape[0], generator)
         unconditional = chances[0] < self.config.unconditional_dropout
         drop_caption = unconditional | (chances[1] < self.config.caption_dropout)
         drop_references = unconditional | (chances[2] < self.config.reference_dropout)
@@ -233,24 +240,6 @@ class CinemaModel(nn.Module):
             with torch.no_grad():
                 self._empty_prompt = self.mllm([[]], [""])
         return self._empty_prompt
-
-
-def _device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
-
-
-def _rand(draws: int, batch: int, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
-    """(draws, batch) uniform numbers; from a list, column i comes from generator i."""
-    if isinstance(generator, list):
-        return torch.stack([torch.rand(draws, generator=g, device=_device(g)).cpu() for g in generator], dim=1)
-    return torch.rand(draws, batch, generator=generator, device=_device(generator)).cpu()
-
-
-def _randint(high: int, batch: int, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
-    """(batch,) timesteps; from a list, entry i comes from generator i."""
-    if isinstance(generator, list):
-        return torch.cat([torch.randint(high, (1,), generator=g, device=_device(g)).cpu() for g in generator])
-    return torch.randint(high, (batch,), generator=generator, device=_device(generator))
 
 
 def on_white(png: bytes) -> Image.Image:

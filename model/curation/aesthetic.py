@@ -69,9 +69,9 @@ class AestheticScorer(nn.Module):
         if frames.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"frames are {frames.shape[1:3]}, CLIP expects {self.image_size}x{self.image_size}")
         pixels = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        features = self.clip.encode_image((pixels - self.mean) / self.std)
+        features = self.clip.encode_image(((pixels - self.mean.float()) / self.std.float()).to(self.mean.dtype)).float()
         return features / features.norm(dim=-1, keepdim=True)
 
     @torch.inference_mode()
     def score(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.head(embeddings.float()).squeeze(-1)
+        return self.head(embeddings.to(self.mean.dtype)).squeeze(-1)

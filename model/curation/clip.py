@@ -45,16 +45,18 @@ def load_clip(ref: str) -> tuple[nn.Module, Callable, Callable]:
 
 
 class ImageEmbedder:
-    """L2-normalised CLIP image embeddings of RGB uint8 images of any size (each padded to a square first).
+    """L2-normalised CLIP image embeddings of masked cut-outs, each on a grey square, as tensor work on the model's device.
 
     For reference crops: a subject's masked crop on a flat grey background, so two crops compare by
-    the subject and not by the scene around it (NearID: shared backgrounds fool CLIP).
+    the subject and not by the scene around it (NearID: shared backgrounds fool CLIP). The square
+    is resized as open_clip's `preprocess` resizes (bicubic, antialiased) and normalised by the
+    checkpoint's mean and std.
     """
 
     def __init__(self, model: nn.Module, name: str):
         import torch
 
-        self.model, self.name = model, name
+        self.model, self.name = model.eval(), name
         preprocess = model.visual.preprocess_cfg
         self.size = int(np.atleast_1d(preprocess["size"])[0])
         self.mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
@@ -65,31 +67,37 @@ class ImageEmbedder:
         model, _, _ = load_clip(ref)
         return cls(model, name)
 
-    def to(self, device: str) -> ImageEmbedder:
-        self.model.to(device)
+    def to(self, device: str, dtype=None) -> ImageEmbedder:
+        self.model.to(device, dtype)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self
 
-    def square(self, image: np.ndarray) -> np.ndarray:
-        """The image centred on a grey square of its longer side, resized to CLIP's input."""
-        import cv2
+    def pixels(self, frame, masks, boxes: list[tuple[int, int, int, int]]):
+        """(n, 3, size, size) normalised inputs: each integer box's pixels where its mask is set, grey (127)
+        elsewhere, centred on a grey square of its longer side; `frame` (h, w, 3) and `masks` (n, h, w) are tensors."""
+        import torch
+        import torch.nn.functional as F
 
-        h, w = image.shape[:2]
-        side = max(h, w)
-        canvas = np.full((side, side, 3), 127, np.uint8)
-        canvas[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = image
-        return cv2.resize(canvas, (self.size, self.size), interpolation=cv2.INTER_AREA if side > self.size else cv2.INTER_CUBIC)
+        image = frame.permute(2, 0, 1).float()
+        squares = []
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes):
+            h, w = max(y1 - y0, 1), max(x1 - x0, 1)
+            side = max(h, w)
+            square = torch.full((3, side, side), 127.0, device=image.device)
+            top, left = (side - h) // 2, (side - w) // 2
+            cut = torch.where(mask[y0:y1, x0:x1], image[:, y0:y1, x0:x1], 127.0)
+            square[:, top : top + cut.shape[1], left : left + cut.shape[2]] = cut
+            squares.append(F.interpolate(square[None], size=(self.size, self.size), mode="bicubic", antialias=True).clamp(0, 255).round())
+        return (torch.cat(squares) / 255.0 - self.mean) / self.std
 
-    def embed(self, images: list[np.ndarray]) -> np.ndarray:
-        """(n, d) float32, unit length."""
+    def embed_cutouts(self, frame, masks, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+        """(n, d) float32 unit embeddings of the cut-outs (see `pixels`)."""
         import torch
 
-        if not images:
+        if not boxes:
             return np.zeros((0, 0), np.float32)
-        pixels = np.stack([self.square(image) for image in images])
         with torch.inference_mode():
-            x = torch.from_numpy(pixels).to(self.mean.device).permute(0, 3, 1, 2).float() / 255.0
-            features = self.model.encode_image((x - self.mean) / self.std).float()
+            x = self.pixels(frame, masks, boxes).to(next(self.model.parameters()).dtype)
+            features = self.model.encode_image(x).float()
             features = features / features.norm(dim=-1, keepdim=True)
         return features.cpu().numpy().astype(np.float32)
-

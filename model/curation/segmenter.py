@@ -12,6 +12,7 @@ from functools import partial
 import numpy as np
 import torch
 from segment_anything import SamPredictor
+from segment_anything.utils.transforms import ResizeLongestSide
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from model.hub import resolve_file
@@ -60,8 +61,14 @@ def build_sam(model_type: str) -> Sam:
     )
 
 
+def sam_input(image: np.ndarray, model_type: str) -> np.ndarray:
+    """The CPU part of segmentation: the RGB frame resized so its long side is the encoder's input
+    (1024 for the real models), with `SamPredictor.set_image`'s own transform; model-free."""
+    return ResizeLongestSide(ENCODERS[model_type][4]).apply_image(image)
+
+
 class Segmenter:
-    """RGB image + boxes -> one binary mask and SAM's predicted IoU per box."""
+    """A frame resized by `sam_input` + boxes -> one binary mask and SAM's predicted IoU per box (tensor work only)."""
 
     def __init__(self, sam: Sam):
         self.predictor = SamPredictor(sam.eval())
@@ -72,18 +79,20 @@ class Segmenter:
         sam.load_state_dict(torch.load(resolve_file(ref, checkpoint), map_location="cpu", weights_only=True))
         return cls(sam)
 
-    def to(self, device: str) -> Segmenter:
-        self.predictor.model.to(device)
+    def to(self, device: str, dtype: torch.dtype = torch.float32) -> Segmenter:
+        self.predictor.model.to(device, dtype)
         return self
 
     @torch.inference_mode()
-    def masks(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n, h, w) bool masks and (n,) predicted IoU for (n, 4) xyxy pixel boxes."""
+    def masks(self, resized: np.ndarray, original_size: tuple[int, int], boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, h, w) bool masks at the original size and (n,) predicted IoU for (n, 4) xyxy boxes in original pixels,
+        computed as `SamPredictor.set_image` and `predict_torch` do; tensors on the model's device."""
+        predictor = self.predictor
         if len(boxes) == 0:
-            return np.zeros((0, *image.shape[:2]), bool), np.zeros(0, np.float32)
-        self.predictor.set_image(image, image_format="RGB")
-        transformed = self.predictor.transform.apply_boxes_torch(
-            torch.as_tensor(boxes, dtype=torch.float32, device=self.predictor.device), image.shape[:2]
-        )
-        masks, iou, _ = self.predictor.predict_torch(None, None, boxes=transformed, multimask_output=False)
-        return masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy()
+            return torch.zeros((0, *original_size), dtype=torch.bool, device=predictor.device), torch.zeros(0, device=predictor.device)
+        image = torch.as_tensor(resized, device=predictor.device).permute(2, 0, 1).contiguous()[None]
+        predictor.set_torch_image(image, tuple(original_size))
+        dtype = predictor.model.pixel_mean.dtype
+        transformed = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float32, device=predictor.device), original_size)
+        masks, iou, _ = predictor.predict_torch(None, None, boxes=transformed.to(dtype), multimask_output=False)
+        return masks[:, 0], iou[:, 0].float()

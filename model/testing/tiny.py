@@ -52,12 +52,14 @@ QWEN_SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-# The message layout of Qwen's own template, cut down to what the encoder sends (text and images).
+# The message layout of Qwen's own template, cut down to what the encoder and the captioner send
+# (text, images, one video).
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -92,10 +94,12 @@ def _qwen_processor(family: str, tokenizer):
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     processor_class = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}[family]
+    # The preprocessing sizes of Qwen/Qwen2.5-VL-3B-Instruct, so tiny runs pay the real processor cost
+    # (callers pass their own frame sizes; these are what a call without them gets).
     return processor_class(
-        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+        image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 16384),
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28, cap_pixels_per_frame=True),
         chat_template=QWEN_CHAT_TEMPLATE,
     )
 
@@ -270,6 +274,82 @@ def build_cogvideox(out: Path, layout: str, **transformer_size) -> None:
     pipeline.save_pretrained(out, safe_serialization=True)
 
 
+# What separates the Wan layouts: Wan2.1 (1.3B, 14B) has a 4x8x8 VAE of 16 channels; Wan2.2-TI2V-5B a
+# 4x16x16 VAE of 48 channels (2x2 patches in, residual blocks) and a per-token timestep (`expand_timesteps`).
+WAN_LAYOUTS = {
+    "2.1": {"channels": 16, "vae": {}, "flow_shift": 3.0, "expand_timesteps": False},
+    "2.2": {
+        "channels": 48,
+        "vae": {"is_residual": True, "patch_size": 2, "in_channels": 12, "out_channels": 12, "scale_factor_spatial": 16},
+        "flow_shift": 5.0,
+        "expand_timesteps": True,
+    },
+}
+
+
+def _umt5_encoder(vocab_size: int, width: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=2 * width, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )  # fmt: skip
+    torch.manual_seed(SEED)
+    return UMT5EncoderModel(config)
+
+
+def _wan_vae(channels: int, **layout):
+    from diffusers import AutoencoderKLWan
+
+    # Per-channel statistics away from 0 and 1 (the real ones are too), so a missing normalisation shows.
+    generator = torch.Generator().manual_seed(SEED)
+    mean = (torch.randn(channels, generator=generator) * 0.5).tolist()
+    std = (torch.rand(channels, generator=generator) + 0.5).tolist()
+    torch.manual_seed(SEED)
+    return AutoencoderKLWan(
+        base_dim=8, z_dim=channels, dim_mult=[1, 2, 4, 4], num_res_blocks=1, latents_mean=mean, latents_std=std, **layout
+    )
+
+
+def _wan_transformer(channels: int, text_width: int, heads: int = 2, layers: int = 2):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(SEED)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=12, in_channels=channels,
+        out_channels=channels, text_dim=text_width, freq_dim=16, ffn_dim=48, num_layers=layers, rope_max_seq_len=64,
+    )  # fmt: skip
+
+
+def _wan_scheduler(flow_shift: float):
+    from diffusers import UniPCMultistepScheduler
+
+    # The values of Wan-AI/Wan2.1-T2V-1.3B-Diffusers/scheduler/scheduler_config.json (flow_shift 5.0 for TI2V-5B).
+    return UniPCMultistepScheduler(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift,
+        solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero",
+        timestep_spacing="linspace",
+    )  # fmt: skip
+
+
+def build_wan(out: Path, layout: str, **transformer_size) -> None:
+    """A Wan text-to-video checkpoint folder as the Diffusers releases: transformer/ vae/ scheduler/ text_encoder/ tokenizer/."""
+    from diffusers import WanPipeline
+
+    spec = WAN_LAYOUTS[layout]
+    tokenizer = _t5_tokenizer()
+    text_encoder = _umt5_encoder(len(tokenizer), width=32)
+    pipeline = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_wan_vae(spec["channels"], **spec["vae"]),
+        transformer=_wan_transformer(spec["channels"], text_encoder.config.d_model, **transformer_size),
+        scheduler=_wan_scheduler(spec["flow_shift"]),
+        expand_timesteps=spec["expand_timesteps"],
+    )
+    pipeline.save_pretrained(out, safe_serialization=True)
+
+
 def _build_clip(out: Path, context_length: int, vocab_size: int) -> None:
     """An open_clip model in its hub layout (`open_clip_config.json` + safetensors), as `timm/vit_large_patch14_clip_224.openai`.
 
@@ -301,13 +381,21 @@ def build_aesthetic_head(out: Path) -> None:
     torch.save(AestheticHead(embed_dim=32).state_dict(), out / "aesthetic-model.pth")
 
 
+# BERT's ids that GroundingDINO hard-codes (its phrase masks split the prompt at [CLS], [SEP], "." and "?").
+BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
 def _bert_tokenizer():
+    """A WordPiece vocabulary of the corpus with BERT's special tokens at bert-base-uncased's ids."""
     from transformers import BertTokenizerFast
 
     words = sorted({w.strip(".,;:!?'\"()").lower() for line in CORPUS for w in line.split()} - {""})
     letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "person", "face"]
-    tokens += [w for w in words if w not in tokens] + list(letters) + [f"##{c}" for c in letters]
+    plain = ["person", "face"] + [w for w in words if w not in ("person", "face")] + list(letters) + [f"##{c}" for c in letters]
+    at = {i: t for t, i in BERT_SPECIAL_IDS.items()}
+    free = (i for i in range(max(at) + 1) if i not in at)
+    at.update(zip(free, plain))
+    tokens = [at.get(i, f"[unused{i}]") for i in range(max(at) + 1)]
     return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)  # vocab=: see ENVIRONMENT.md
 
 
@@ -347,6 +435,8 @@ def build_grounding_dino(out: Path) -> None:
     )
     torch.manual_seed(SEED)
     GroundingDinoForObjectDetection(config).save_pretrained(out)
+    # Smaller than the real 800 / 1333, which costs the tiny model about 0.5 s per (frame, label) on a CPU; the
+    # CPU benchmark (bench/curation_cpu.py) measures the preprocessing at the real sizes.
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 224, "longest_edge": 320})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
@@ -400,13 +490,23 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "clip_eval": partial(_build_clip, context_length=77, vocab_size=49408),
     "dino": build_dino,
     "arcface": build_arcface,
+    "wan2_1": partial(build_wan, layout="2.1"),
+    "wan2_2": partial(build_wan, layout="2.2"),
+    # The toy-world proof on the Wan base: twice as wide (text stays 512 positions, in cross-attention).
+    "wan_toy": partial(build_wan, layout="2.1", heads=4),
 }
 
 
+# Wan2.2's VAE compresses 16x and its DiT patches 2x2: a side must be a multiple of 32.
+TINY_WAN2_2_SIZE = {"height": 32, "width": 64}
+
+
 def tiny_cinema_config(models: Path, cogvideox: str = "cogvideox_2b") -> CinemaConfig:
-    """A CinemaConfig on tiny models built into `models` (the MLLM and one CogVideoX folder), at the tiny video size."""
+    """A CinemaConfig on tiny models built into `models` (the MLLM and one base folder: a CogVideoX or
+    Wan one, despite the argument's name), at the tiny video size (`TINY_WAN2_2_SIZE` for wan2_2)."""
     from model.cinema.model import AlignerShape, CinemaConfig, PartRef
 
+    size = TINY_WAN2_2_SIZE if cogvideox == "wan2_2" else TINY_VIDEO_SHAPE
     base = str(Path(models) / cogvideox)
     return CinemaConfig(
         mllm=PartRef(ref=str(Path(models) / "qwen2_5_vl")),
@@ -415,8 +515,8 @@ def tiny_cinema_config(models: Path, cogvideox: str = "cogvideox_2b") -> CinemaC
         scheduler=PartRef(ref=base, subfolder="scheduler"),
         aligner_shape=AlignerShape(num_layers=2, width=32, num_heads=4, mlp_ratio=2),
         max_pixels=56 * 56,
-        height=TINY_VIDEO_SHAPE["height"],
-        width=TINY_VIDEO_SHAPE["width"],
+        height=size["height"],
+        width=size["width"],
     )
 
 

@@ -132,14 +132,17 @@ def encode_shard(config: TrainConfig, run: Path, shard: str = "train-toy") -> tu
     return config.model_copy(update={"data": config.data.model_copy(update={"shards": str(run / "encoded")})}), seconds
 
 
-def toy_train_config(models: Path, shards: Path, run: Path, steps: int, batch: int = len(SUBJECTS), references: int = 1) -> TrainConfig:
+def toy_train_config(
+    models: Path, shards: Path, run: Path, steps: int, batch: int = len(SUBJECTS), references: int = 1, base: str = "cogvideox_toy"
+) -> TrainConfig:
     """The tiny model on toy shards: the whole world in every batch (or `batch` of it), no validation videos.
 
     No reference augmentation and no joint drop of caption and references: they regularise training
     on real footage, and in a 1500-step proof that the references decide the subject they only blur it.
     References keep their shard order: cached MLLM states were computed in that order, and a reorder
-    drawn at load time would move only the VAE latents, teaching that the two disagree."""
-    model = tiny_cinema_config(models, "cogvideox_toy").model_copy(update={"unconditional_dropout": 0.0})
+    drawn at load time would move only the VAE latents, teaching that the two disagree. `base` is the
+    tiny model folder: `cogvideox_toy`, or `wan_toy` for the same proof through the Wan base."""
+    model = tiny_cinema_config(models, base).model_copy(update={"unconditional_dropout": 0.0})
     data = DataConfig(shards=str(shards), frames=FRAMES, buckets=[(HEIGHT, WIDTH)], max_references=references, batch_size=batch,
                       workers=0, shuffle_references=False, reference_augment=None)  # fmt: skip
     return TrainConfig(
@@ -171,14 +174,16 @@ class Trained:
     seconds: float
 
 
-def train_world(models: Path, workdir: Path, samples: list[dict], steps: int, batch: int, references: int) -> Trained:
+def train_world(
+    models: Path, workdir: Path, samples: list[dict], steps: int, batch: int, references: int, base: str = "cogvideox_toy"
+) -> Trained:
     """Samples -> shard -> `make encode` -> the trainer, under `workdir`; the trained sampler."""
     from model.cinema.sample import CinemaPipeline
     from model.train.trainer import Trainer
 
     raw = workdir / "curated"
     shards = write_shard(raw, samples)
-    config, _ = encode_shard(toy_train_config(models, shards, workdir / "train", steps, batch, references), raw)
+    config, _ = encode_shard(toy_train_config(models, shards, workdir / "train", steps, batch, references, base), raw)
     started = time.perf_counter()
     Trainer(config).fit()
     seconds = time.perf_counter() - started
@@ -206,11 +211,13 @@ def generate(pipe, caption: str, references: list[str], seed: int) -> tuple[torc
     return made, video
 
 
-def run_toy_world(models: Path, workdir: Path, steps: int = 1500, seeds: tuple[int, ...] = (0, 1, 2)) -> ToyResult:
-    """Train on the toy world under `workdir`, then sample each reference with each seed and measure."""
+def run_toy_world(
+    models: Path, workdir: Path, steps: int = 1500, seeds: tuple[int, ...] = (0, 1, 2), base: str = "cogvideox_toy"
+) -> ToyResult:
+    """Train on the toy world under `workdir` (through the tiny `base`), then sample each reference with each seed and measure."""
     names = list(SUBJECTS)
     samples = [{"key": f"toy-{i}", "frames": toy_clip(n), "refs": [toy_reference(n)], "caption": CAPTION} for i, n in enumerate(names)]
-    trained = train_world(models, workdir, samples, steps, batch=len(names), references=1)
+    trained = train_world(models, workdir, samples, steps, batch=len(names), references=1, base=base)
     clips = [through_vae(trained.pipe, toy_clip(n), latent_seed(trained.config.seed, f"toy-{i}")) for i, n in enumerate(names)]
     result = ToyResult(names, trained.losses, trained.seconds)
     for seed in seeds:

@@ -1,3 +1,5 @@
+import sys
+
 from model.train.trainer import main
 
-main()
+sys.exit(main())

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from manifests.config_io import apply_overrides
+from manifests.exits import read_yaml, validated
 from model.cinema.model import CinemaConfig, PartRef
 
 
@@ -92,5 +92,5 @@ class TrainConfig(Strict):
 
 def load_train_config(path: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """The YAML file (a run's own `config.yaml` too), then `--set` overrides."""
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
-    return TrainConfig.model_validate(apply_overrides(data or {}, list(overrides)))
+    data = read_yaml(path) if path else {}
+    return validated(TrainConfig, apply_overrides(data, list(overrides)))

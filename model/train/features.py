@@ -14,19 +14,20 @@ from PIL import Image
 from model.cinema.mllm import MLLMEncoder
 from model.cinema.model import encode_conditions
 from model.cinema.vae import VideoVAE
-from model.train.text_encoder import T5TargetEncoder
+from model.cinema.wan_vae import WanVideoVAE
+from model.train.text_encoder import T5TargetEncoder, UMT5TargetEncoder
 
 
 @torch.no_grad()
 def sample_features(
     mllm: MLLMEncoder,
-    vae: VideoVAE,
+    vae: VideoVAE | WanVideoVAE,
     references: list[Image.Image],
     caption: str,
     size: tuple[int, int],
     video: torch.Tensor | None = None,
     latent_seed: int = 0,
-    t5: T5TargetEncoder | None = None,
+    t5: T5TargetEncoder | UMT5TargetEncoder | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per sample: `latents` (frames, C, h, w) of `video` (3, 4k+1, H, W) when given, `mllm_states`,
     `mllm_mask`, `reference_latents` (n, C, h, w) letterboxed to `size`, and with `t5` the

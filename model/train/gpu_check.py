@@ -1,8 +1,9 @@
-"""`make gpu-check`: real-size joint steps of CogVideoX-2B and 5B on one CUDA GPU, against the plan.
+"""`make gpu-check`: real-size joint steps of CogVideoX-2B / 5B and Wan2.1-1.3B / Wan2.2-TI2V-5B on one CUDA GPU, against the plan.
 
 Random weights (nothing downloads): AlignerNet + DiT built from the real configs and wrapped as
 the plan wraps them (FSDP2, here over one rank: fp32 master weights and AdamW, bf16 compute),
-gradient checkpointing, one 45 x 480 x 720 clip with 4 references.
+gradient checkpointing, one clip of each config's size (CogVideoX 45 x 480 x 720, Wan 1.3B
+81 x 480 x 832, Wan 5B 121 x 704 x 1280) with 4 references.
 Per model it measures step time, MFU (model FLOPs of forward + backward over the GPU's bf16 peak)
 and peak memory, and prints them beside `model.train.plan`'s estimate for the same step on one GPU.
 The plans run in CPU processes while the GPU measures, with the torch of the machine: plan with
@@ -23,23 +24,26 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
+from model.cinema.bases import base_named
 from model.train.config import load_train_config
 from model.train.plan import GIB, Step, adamw, attention, build_parts, estimate, shard, step_inputs, step_of, train_steps
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, no sparsity
-TRANSFORMERS = ("zai-org/CogVideoX-2b", "zai-org/CogVideoX-5b")
+TRANSFORMERS = {  # transformer -> the training config whose step is measured (its clip size, its VAE)
+    "zai-org/CogVideoX-2b": "configs/train_full.yaml",
+    "zai-org/CogVideoX-5b": "configs/train_full.yaml",
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "configs/train_wan_1_3b.yaml",
+    "Wan-AI/Wan2.2-TI2V-5B-Diffusers": "configs/train_wan_5b.yaml",
+}
 
 
 def step_flops(step: Step) -> float:
     """Forward + backward (3x forward) + checkpoint recompute (1x forward) matmul FLOPs of the DiT."""
-    config = step.transformer
-    width = config["num_attention_heads"] * config["attention_head_dim"]
-    latent_frames = (step.frames - 1) // 4 + 1
-    tokens_per_frame = (step.height // 8 // config["patch_size"]) * (step.width // 8 // config["patch_size"])
-    tokens = (latent_frames + step.references) * tokens_per_frame + config["max_text_seq_length"]
-    per_layer = 2 * tokens * (4 * width * width + 2 * 4 * width * width) + 4 * tokens * tokens * width
+    base = base_named(step.transformer)
+    temporal, spatial = base.compression(step.vae)
+    frames = (step.frames - 1) // temporal + 1 + step.references
     passes = 4 if step.checkpointing else 3
-    return passes * config["num_layers"] * per_layer * step.batch
+    return passes * base.forward_flops(step.transformer, frames, step.height // spatial, step.width // spatial) * step.batch
 
 
 def peak_tflops() -> float:
@@ -84,11 +88,12 @@ def measure(step: Step, device: torch.device, steps: int) -> float:
 
 def row(transformer: str, step: Step, seconds: float | None, peak: int, planned: int | None, capacity: int) -> str:
     plan = f"{planned / GIB:.1f}" if planned is not None else "not planned"
+    clip = f"{step.frames} x {step.height} x {step.width}"
     if seconds is None:
-        return f"| {transformer} | {step.references} | out of memory | | > {capacity / GIB:.0f} | {plan} | |"
+        return f"| {transformer} | {clip} | {step.references} | out of memory | | > {capacity / GIB:.0f} | {plan} | |"
     mfu = step_flops(step) / seconds / (peak_tflops() * 1e12)
     versus = f"{100 * (planned - peak) / peak:+.0f}%" if planned is not None else ""
-    return f"| {transformer} | {step.references} | {seconds:.2f} | {100 * mfu:.0f}% | {peak / GIB:.1f} | {plan} | {versus} |"
+    return f"| {transformer} | {clip} | {step.references} | {seconds:.2f} | {100 * mfu:.0f}% | {peak / GIB:.1f} | {plan} | {versus} |"
 
 
 def planned_or_none(future) -> int | None:
@@ -103,8 +108,8 @@ def planned_or_none(future) -> int | None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m model.train.gpu_check", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/train_full.yaml")
     p.add_argument("--references", type=int, default=4)
+    p.add_argument("--only", nargs="+", choices=list(TRANSFORMERS), help="measure these transformers (default: all)")
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -112,11 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda")
     capacity = torch.cuda.get_device_properties(0).total_memory
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}\n", flush=True)
-    with ProcessPoolExecutor(len(TRANSFORMERS), mp_context=multiprocessing.get_context("spawn")) as pool:
-        plans = {t: pool.submit(planned_peak, args.config, t, args.references) for t in TRANSFORMERS}
+    chosen = {t: TRANSFORMERS[t] for t in args.only or TRANSFORMERS}
+    with ProcessPoolExecutor(len(chosen), mp_context=multiprocessing.get_context("spawn")) as pool:
+        plans = {t: pool.submit(planned_peak, config, t, args.references) for t, config in chosen.items()}
         measured = {}
-        for transformer in TRANSFORMERS:
-            step = config_step(args.config, transformer, args.references)
+        for transformer, config in chosen.items():
+            step = config_step(config, transformer, args.references)
             torch.cuda.reset_peak_memory_stats()
             try:
                 seconds = measure(step, device, args.steps)
@@ -129,11 +135,11 @@ def main(argv: list[str] | None = None) -> None:
             "### Real-size training steps on a GPU (`make gpu-check`)",
             "",
             f"{torch.cuda.get_device_name()}, torch {torch.__version__}; random weights, FSDP2 over one rank (fp32 master "
-            f"weights and AdamW, bf16 compute), gradient checkpointing, 45 x 480 x 720 with {args.references} references, "
+            f"weights and AdamW, bf16 compute), gradient checkpointing, each config's clip with {args.references} references, "
             f"mean of {args.steps} steps after 2 warm-up steps; MFU against {peak_tflops():.0f} TFLOP/s dense bf16.",
             "",
-            "| model | references | step (s) | MFU | peak (GiB) | planned (GiB) | plan vs measured |",
-            "|---|---|---|---|---|---|---|",
+            "| model | clip | references | step (s) | MFU | peak (GiB) | planned (GiB) | plan vs measured |",
+            "|---|---|---|---|---|---|---|---|",
             *(row(t, step, s, peak, planned_or_none(plans[t]), capacity) for t, (step, s, peak) in measured.items()),
         ]
     text = "\n".join(lines) + "\n"

@@ -5,8 +5,10 @@ configs on the meta device and run for two steps (the second holds the optimizer
 FakeTensorMode, so no weight is downloaded and no memory is allocated. A full fine-tune is
 sharded with FSDP2 (`fully_shard` per transformer block, fp32 master weights, bf16 compute) over a
 fake process group of N ranks and measured with FSDPMemTracker, as torchtitan's memory estimation
-does; LoRA runs on one device under MemTracker. The frozen encoders (MLLM, VAE, T5) are counted
-by their bf16 weights: they are not on the GPU when training from cached features.
+does; LoRA runs on one device under MemTracker. The frozen encoders (MLLM, VAE, T5 / UMT5) are
+counted by their bf16 weights: they are not on the GPU when training from cached features. The
+step is the config's clip (`data.frames` x `model.height` x `model.width`); what differs between
+bases (DiT class, VAE compression, text length) comes from the base the transformer config names.
 
 A part whose ref is a local folder is read from its own `config.json`; a hub id must be one of
 the real configs written below (nothing is fetched).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -26,16 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from manifests.exits import command
+from model.cinema.bases import base_named
 from model.cinema.model import CinemaConfig, PartRef
 from model.train.config import TrainConfig, load_train_config
 
 GIB = 2**30
 GPU_MEMORY = 80 * GIB  # the GPUs the issue plans for (A100 / H100 80 GB)
-HEIGHT, WIDTH, FRAMES = 480, 720, 45  # the plan's step: the paper's clip size
 
 # Real configs (the checkpoints' own config.json values), so the plan runs offline.
 COGVIDEOX_5B = dict(
-    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True, freq_shift=0,
+    _class_name="CogVideoXTransformer3DModel", num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, flip_sin_to_cos=True, freq_shift=0,
     time_embed_dim=512, text_embed_dim=4096, num_layers=42, dropout=0.0, attention_bias=True, sample_width=90,
     sample_height=60, sample_frames=49, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=226,
     activation_fn="gelu-approximate", timestep_activation_fn="silu", norm_elementwise_affine=True, norm_eps=1e-5,
@@ -59,7 +63,27 @@ T5_XXL = dict(
     d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128, feed_forward_proj="gated-gelu",
     relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
 )  # fmt: skip
+WAN_1_3B = dict(
+    _class_name="WanTransformer3DModel", patch_size=[1, 2, 2], num_attention_heads=12, attention_head_dim=128,
+    in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
+)  # fmt: skip
+WAN_14B = {**WAN_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+WAN_5B = {**WAN_1_3B, "num_attention_heads": 24, "ffn_dim": 14336, "in_channels": 48, "out_channels": 48}
+WAN_2_1_VAE = dict(
+    _class_name="AutoencoderKLWan", base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0, scale_factor_temporal=4, scale_factor_spatial=8,
+)  # fmt: skip
+WAN_2_2_VAE = {
+    **WAN_2_1_VAE, "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": True, "in_channels": 12,
+    "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16,
+}  # fmt: skip
+UMT5_XXL = {**T5_XXL, "vocab_size": 256384}
+WAN = {"Wan2.1-T2V-1.3B-Diffusers": (WAN_1_3B, WAN_2_1_VAE), "Wan2.1-T2V-14B-Diffusers": (WAN_14B, WAN_2_1_VAE), "Wan2.2-TI2V-5B-Diffusers": (WAN_5B, WAN_2_2_VAE)}
 REAL = {
+    **{(name, "transformer"): dit for name, (dit, _) in WAN.items()},
+    **{(name, "vae"): vae for name, (_, vae) in WAN.items()},
+    **{(name, "text_encoder"): UMT5_XXL for name in WAN},
     ("CogVideoX-5b", "transformer"): COGVIDEOX_5B,
     ("CogVideoX-2b", "transformer"): COGVIDEOX_2B,
     ("CogVideoX-5b", "vae"): COGVIDEOX_VAE,
@@ -107,6 +131,7 @@ class Step:
     """What one joint step is made of: the parts, the trained set, the inputs' sizes."""
 
     transformer: dict
+    vae: dict
     mllm_width: int
     aligner: dict  # AlignerShape values
     lora: object | None  # train_config.LoraConfig
@@ -121,13 +146,13 @@ class Step:
 
 
 def step_of(config: TrainConfig, references: int, size: tuple[int, int, int] | None = None) -> Step:
-    """The config's joint step with `references` references at (frames, height, width) (default: the paper's)."""
+    """The config's joint step with `references` references at (frames, height, width) (default: the config's clip)."""
     model = config.model
-    frames, height, width = size or (FRAMES, HEIGHT, WIDTH)
+    frames, height, width = size or (config.data.frames, model.height, model.width)
     mllm = architecture(model.mllm)
     per_image = max(4, model.max_pixels // (28 * 28))  # Qwen2.5-VL: one token per 28 x 28 pixels
     return Step(
-        transformer=architecture(model.transformer), mllm_width=mllm.get("text_config", mllm)["hidden_size"], aligner=model.aligner_shape.model_dump(),
+        transformer=architecture(model.transformer), vae=architecture(model.vae), mllm_width=mllm.get("text_config", mllm)["hidden_size"], aligner=model.aligner_shape.model_dump(),
         lora=config.lora, checkpointing=config.gradient_checkpointing, bf16=config.precision == "bf16",
         batch=config.data.batch_size, frames=frames, height=height, width=width, references=references,
         mllm_tokens=references * per_image + 64,  # the instruction template and caption: about 64 tokens
@@ -137,12 +162,13 @@ def step_of(config: TrainConfig, references: int, size: tuple[int, int, int] | N
 def build_parts(step: Step) -> TrainedParts:
     """The trained parts, fp32 where trained; a LoRA base in bf16 (frozen)."""
     from model.cinema.aligner import AlignerNet
-    from model.cinema.dit import CinemaTransformer3DModel
 
-    transformer = CinemaTransformer3DModel(**_fields(CinemaTransformer3DModel, step.transformer))
+    base = base_named(step.transformer)
+    dit = base.dit_class()
+    transformer = dit(**_fields(dit, step.transformer))
     aligner = AlignerNet(
-        input_dim=step.mllm_width, output_dim=transformer.config.text_embed_dim,
-        num_queries=transformer.config.max_text_seq_length, **step.aligner,
+        input_dim=step.mllm_width, output_dim=base.text_width(step.transformer),
+        num_queries=base.text_length(step.transformer), **step.aligner,
     )  # fmt: skip
     if step.checkpointing:
         transformer.enable_gradient_checkpointing()
@@ -169,14 +195,15 @@ def shard(parts: TrainedParts, bf16: bool, mesh) -> None:
     # backward, so the 5B's fp32 rotary embedding would come back fp32 where the forward saw bf16.
     blocks = replace(policy, cast_forward_inputs=False)
     transformer = getattr(parts, "transformer", None)  # absent when the aligner trains alone (align phase)
-    for block in [*(transformer.transformer_blocks if transformer is not None else []), *parts.aligner.layers]:
+    for block in [*(transformer.blocks_to_shard if transformer is not None else []), *parts.aligner.layers]:
         fully_shard(block, mesh=mesh, mp_policy=blocks)
     fully_shard(parts, mesh=mesh, mp_policy=policy)
 
 
 def step_inputs(step: Step, device: torch.device, generator: torch.Generator | None = None) -> dict:
-    latent_frames = (step.frames - 1) // 4 + 1
-    channels, h, w = step.transformer["in_channels"], step.height // 8, step.width // 8
+    temporal, spatial = base_named(step.transformer).compression(step.vae)
+    latent_frames = (step.frames - 1) // temporal + 1
+    channels, h, w = step.transformer["in_channels"], step.height // spatial, step.width // spatial
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, device=device)
@@ -335,18 +362,19 @@ def estimate(step: Step, gpus: int) -> Estimate:
 
 
 def frozen_bytes(model: CinemaConfig, t5: PartRef | None) -> dict[str, int]:
-    """bf16 bytes of the frozen encoders' weights (MLLM, VAE, and T5 for the align phase)."""
-    from diffusers import AutoencoderKLCogVideoX
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel
+    """bf16 bytes of the frozen encoders' weights (MLLM, VAE, and the text target for the align phase)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    base = base_named(architecture(model.transformer))
+    vae_class, (text_config, text_model) = base.vae_class(), base.text_encoder_classes()
     sizes = {}
     with torch.device("meta"):
         mllm = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**architecture(model.mllm)))
         sizes["mllm"] = sum(p.numel() for n, p in mllm.named_parameters() if not n.startswith("lm_head"))
-        vae = AutoencoderKLCogVideoX(**_fields(AutoencoderKLCogVideoX, architecture(model.vae)))
+        vae = vae_class(**_fields(vae_class, architecture(model.vae)))
         sizes["vae"] = sum(p.numel() for p in vae.parameters())
         if t5 is not None:
-            sizes["t5"] = sum(p.numel() for p in T5EncoderModel(T5Config(**architecture(t5))).parameters())
+            sizes["t5"] = sum(p.numel() for p in text_model(text_config(**architecture(t5))).parameters())
     return {name: 2 * count for name, count in sizes.items()}
 
 
@@ -372,9 +400,9 @@ def plan_table(config: TrainConfig, gpus: int, references: list[int]) -> str:
     t5_ref = PartRef(ref=config.t5.ref, subfolder="text_encoder")
     frozen = frozen_bytes(config.model, t5_ref if config.phase == "align" else None)
     weights = ", ".join(f"{name} {size / GIB:.1f} GiB" for name, size in frozen.items())
-    transformer = config.model.transformer.ref
+    transformer, step = config.model.transformer.ref, step_of(config, 0)
     return (
-        f"**{transformer}, {kind}** ({FRAMES} x {HEIGHT} x {WIDTH}, batch {config.data.batch_size} per GPU, "
+        f"**{transformer}, {kind}** ({step.frames} x {step.height} x {step.width}, batch {config.data.batch_size} per GPU, "
         f"gradient checkpointing {'on' if config.gradient_checkpointing else 'off'}, {config.precision}; "
         f"from cached features). Raw shards add the frozen encoders' bf16 weights: {weights}.\n\n" + "\n".join(rows)
     )
@@ -418,7 +446,8 @@ def with_bench_section(markdown: str, section: str) -> str:
     return markdown[: markdown.index(PLAN_HEADING)] + section
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.train.plan", description=__doc__.splitlines()[0])
     p.add_argument("config", type=Path, help="YAML training config (configs/train_*.yaml)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs the full fine-tune is sharded over")
@@ -426,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     args = p.parse_args(argv)
     print(plan_table(load_train_config(args.config, args.set), args.gpus, args.references))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

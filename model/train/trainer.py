@@ -3,8 +3,9 @@
 The loop is written once, with named lifecycle steps (prepare models, choose what is trainable,
 prepare optimizer and data, resume, train, validate, save). A phase decides what is trainable,
 what a batch becomes before the trained parts see it (frozen encoders or the cache), and the loss:
-`align` pre-trains AlignerNet against T5 features (MSE + cosine); `joint` trains AlignerNet and the
-DiT (whole, or LoRA through peft) on the v-prediction loss, MLLM and VAE frozen.
+`align` pre-trains AlignerNet against the base's text features (T5 or UMT5; MSE + cosine); `joint`
+trains AlignerNet and the DiT (whole, or LoRA through peft) on the base's objective (v-prediction for
+CogVideoX, flow matching for Wan), MLLM and VAE frozen.
 
 Runs under `accelerate launch` (DDP, DeepSpeed, FSDP from `configs/accelerate/`) or `torchrun`.
 Whatever the backend, only the trained parts are wrapped (`Objective`); the frozen MLLM and VAE stay
@@ -46,6 +47,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from manifests.config_io import provenance
+from manifests.exits import command
 from model.cinema import checkpoint
 from model.cinema.aligner import alignment_loss
 from model.cinema.mllm import MLLMStates
@@ -56,7 +58,7 @@ from model.train.data import Batch, latent_seed, make_loader
 from model.train.ema import EMA
 from model.train.features import sample_features
 from model.train.plan import shard
-from model.train.text_encoder import T5TargetEncoder, text_length
+from model.train.text_encoder import T5TargetEncoder, text_target
 
 
 def padded(states: list[torch.Tensor], masks: list[torch.Tensor]) -> MLLMStates:
@@ -101,7 +103,7 @@ class AlignPhase(Phase):
     def inputs(self, batch: Batch) -> dict:
         trainer = self.trainer
         if batch.caches is None and self.t5 is None:  # raw shards: the targets are made here
-            self.t5 = T5TargetEncoder.from_pretrained(trainer.config.t5.ref, text_length(trainer.config.model.transformer), trainer.weight_dtype)
+            self.t5 = text_target(trainer.config.model.transformer, trainer.config.t5.ref, trainer.weight_dtype)
             self.t5.to(trainer.accelerator.device)
         features = self.features(batch, self.t5)
         states = padded([f["mllm_states"] for f in features], [f["mllm_mask"].bool() for f in features])
@@ -486,7 +488,7 @@ class Trainer:
         if not self.frozen_on_device:
             self.move_frozen("cpu")
         if acc.is_main_process:
-            export_mp4(frames, self.run / "validation" / f"step-{self.step:07d}.mp4")
+            export_mp4(frames, self.run / "validation" / f"step-{self.step:07d}.mp4", config.data.fps)
 
     def video_size(self, batch: Batch) -> tuple[int, int]:
         """(height, width) of the batch's videos: decoded, or cached as latents."""
@@ -527,10 +529,12 @@ class Trainer:
         acc.wait_for_everyone()
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, required=True, help="YAML training config (configs/train_*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     args = p.parse_args(argv)
     Trainer(load_train_config(args.config, args.set)).fit()
+    return 0
 

@@ -1,0 +1,103 @@
+"""A stage's record of having nothing left to do, so a rerun need not anti-join the whole run.
+
+When a stage ends with nothing pending, the runner writes `RUN/finished/<stage>.json`: a digest of
+its ask (the pending SQL, which spells out its filters and thresholds, needs and the chain's
+active rules, and the stage's config, which its plan reads) and the part names of the tables that
+decide its inputs (`input_tables`). Its own output table and `errors` only ever take inputs away
+(compaction keeps every key; a quarantine, which loses rows, removes every record), so they are
+not among them. A later ask with the same digest:
+- finds the same parts: nothing is pending, and no query runs;
+- finds every recorded part still there and some new ones: only inputs named in a new part can
+  be pending, so the ask is restricted to those keys (`restriction`);
+- finds a recorded part gone (compacted, quarantined) or another digest: the full ask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from manifests import store, views
+from manifests.files import write_bytes
+from manifests.schemas import TABLES, spec
+from stages.base import Stage
+
+BASE = {"candidates": ["videos", "scenes"]}  # the view's rows: a window of a video; its other tables are LEFT JOINed
+
+
+class Record(BaseModel):
+    digest: str
+    parts: dict[str, list[str]]  # table -> its part names, schema parts included
+    output: list[str] = []  # the output table's parts when `done` was counted
+    done: int | None = None  # inputs done then, shown by a rerun with nothing to do
+
+
+def input_tables(stage_cls: type[Stage], conditions: str) -> list[str]:
+    """Tables whose rows decide the stage's inputs: the rows of the view it reads, and the tables
+    its conditions (needs, filter rules, the input key) name, directly or by a `candidates` column."""
+    words = set(re.findall(r"\w+", conditions)) | {stage_cls.input_key}
+    named = {w for w in words if w in TABLES} | {t for w in words for t in views.SOURCES.get(w, ())}
+    return sorted(set(BASE.get(stage_cls.reads, [stage_cls.reads])) | named)
+
+
+def digest(run: Path, sql: str, stage_config: BaseModel) -> str:
+    """Of what decides the stage's work; the run's own path left out, so a moved run keeps its records."""
+    text = f"{sql.replace(str(run), 'RUN')}\n{stage_config.model_dump_json()}\n{views.CANDIDATES}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def snapshot(run: Path, tables: list[str]) -> dict[str, list[str]]:
+    return {t: sorted(p.name for p in store.table_dir(run, t).glob("part-*.parquet")) for t in tables}
+
+
+def path(run: Path, stage: str) -> Path:
+    return Path(run) / store.FINISHED / f"{stage}.json"
+
+
+def load(run: Path, stage: str) -> Record | None:
+    file = path(run, stage)
+    if not file.is_file():
+        return None
+    try:
+        return Record.model_validate_json(file.read_text())
+    except ValueError:  # unreadable: as if there were none, the full ask decides
+        return None
+
+
+def save(run: Path, stage: str, record: Record) -> None:
+    write_bytes(run, path(run, stage), record.model_dump_json().encode())
+
+
+def restriction(run: Path, stage_cls: type[Stage], record: Record | None, now: dict[str, list[str]]) -> str | None:
+    """SQL condition on the input `i` that every pending input meets, given the record: "FALSE"
+    when nothing changed; the keys of the new parts when parts were only added; None (no
+    restriction: the full ask) when a recorded part is gone or a new part cannot be keyed."""
+    if record is None or set(record.parts) != set(now):
+        return None
+    conditions = []
+    for table, names in now.items():
+        before = set(record.parts[table])
+        if not before <= set(names):
+            return None
+        added = [store.table_dir(run, table) / n for n in names if n not in before and not n.startswith(store.SCHEMA_PREFIX)]
+        if added:
+            key = _key_column(stage_cls, table)
+            if key is None:
+                return None
+            files = store.scan(run, table, added)
+            column = f"unnest({key[1]})" if key[1] == "clip_ids" else f'"{key[1]}"'
+            conditions.append(f'i."{key[0]}" IN (SELECT {column} FROM {files})')
+    return " OR ".join(conditions) or "FALSE"
+
+
+def _key_column(stage_cls: type[Stage], table: str) -> tuple[str, str] | None:
+    """(input column, column of the table) naming the inputs a row of the table can change."""
+    names = spec(table).schema.names
+    if stage_cls.reads != "candidates":
+        return (stage_cls.input_key, stage_cls.input_key) if stage_cls.input_key in names else None
+    column = next((c for c in ("clip_id", "video_id", "clip_ids") if c in names), None)
+    return None if column is None else ("clip_id" if column == "clip_ids" else column, column)
