@@ -265,17 +265,18 @@ def counts(con) -> dict[str, str]:
 
 
 def answers_text(con) -> str:
-    """How the captioner's answers came out, and its output tokens per second of model time ("" before caption_v2 rows)."""
-    ok, truncated, unparsable, tokens, model_s, dtypes = con.execute(
+    """How the captioner's answers came out, and its output tokens per second of model time (the
+    stage's busy time over its runs, `stage_runs`); "" before caption_v2 rows."""
+    ok, truncated, unparsable, tokens, dtypes = con.execute(
         "SELECT count(*) FILTER (WHERE answer = 'ok'), count(*) FILTER (WHERE answer = 'truncated'),"
-        " count(*) FILTER (WHERE answer = 'unparsable'), sum(output_tokens), sum(model_s), string_agg(DISTINCT dtype, ', ')"
+        " count(*) FILTER (WHERE answer = 'unparsable'), sum(output_tokens), string_agg(DISTINCT dtype, ', ')"
         " FROM captions WHERE answer IS NOT NULL"
     ).fetchone()
     if not (ok or truncated or unparsable):
         return ""
     empty = con.execute("SELECT count(*) FROM errors WHERE stage = 'caption' AND message = 'empty caption'").fetchone()[0]
-    per = "per GPU" if "bfloat16" in dtypes else "per CPU actor"
-    speed = f"; {tokens / model_s:.1f} output tokens/s {per} of model time, {dtypes}" if model_s else ""
+    busy = con.execute("SELECT sum(busy_s) FROM stage_runs WHERE stage = 'caption'").fetchone()[0]
+    speed = f"; {tokens / busy:.1f} output tokens/s of model time per {'GPU actor' if 'bfloat16' in dtypes else 'CPU actor'}, {dtypes}" if busy else ""
     return f"answers: {ok} ok, {truncated} truncated, {unparsable} unparsable, {empty} empty{speed}"
 
 
