@@ -114,13 +114,12 @@ def title_of(status: str, filters: FilterConfig) -> str:
 def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list[Group]:
     """Kept clips, then each rejecting step in funnel order, each sampled by md5(clip_id)."""
     # First the sample's ids and statuses over every clip (few columns), then whole rows for those only.
+    # A top-n aggregate per status holds per_group ids per group; a window over every clip held them all.
     picked = con.sql(
         f"""
-        SELECT clip_id, status, group_size FROM (
-          SELECT clip_id, status, row_number() OVER (PARTITION BY status ORDER BY md5(clip_id)) AS pick,
-                 count(*) OVER (PARTITION BY status) AS group_size
-          FROM (SELECT clip_id, {status_sql(run, filters)} AS status FROM candidates))
-        WHERE pick <= {int(per_group)}
+        SELECT unnest(ids) AS clip_id, status, group_size FROM (
+          SELECT status, count(*) AS group_size, min_by(clip_id, md5(clip_id), {int(per_group)}) AS ids
+          FROM (SELECT clip_id, {status_sql(run, filters)} AS status FROM candidates) GROUP BY status)
         """
     ).to_arrow_table()
     con.register("_picked", picked)
@@ -266,17 +265,18 @@ def counts(con) -> dict[str, str]:
 
 
 def answers_text(con) -> str:
-    """How the captioner's answers came out, and its output tokens per second of model time ("" before caption_v2 rows)."""
-    ok, truncated, unparsable, tokens, model_s, dtypes = con.execute(
+    """How the captioner's answers came out, and its output tokens per second of model time (the
+    stage's busy time over its runs, `stage_runs`); "" before caption_v2 rows."""
+    ok, truncated, unparsable, tokens, dtypes = con.execute(
         "SELECT count(*) FILTER (WHERE answer = 'ok'), count(*) FILTER (WHERE answer = 'truncated'),"
-        " count(*) FILTER (WHERE answer = 'unparsable'), sum(output_tokens), sum(model_s), string_agg(DISTINCT dtype, ', ')"
+        " count(*) FILTER (WHERE answer = 'unparsable'), sum(output_tokens), string_agg(DISTINCT dtype, ', ')"
         " FROM captions WHERE answer IS NOT NULL"
     ).fetchone()
     if not (ok or truncated or unparsable):
         return ""
     empty = con.execute("SELECT count(*) FROM errors WHERE stage = 'caption' AND message = 'empty caption'").fetchone()[0]
-    per = "per GPU" if "bfloat16" in dtypes else "per CPU actor"
-    speed = f"; {tokens / model_s:.1f} output tokens/s {per} of model time, {dtypes}" if model_s else ""
+    busy = con.execute("SELECT sum(busy_s) FROM stage_runs WHERE stage = 'caption'").fetchone()[0]
+    speed = f"; {tokens / busy:.1f} output tokens/s of model time per {'GPU actor' if 'bfloat16' in dtypes else 'CPU actor'}, {dtypes}" if busy else ""
     return f"answers: {ok} ok, {truncated} truncated, {unparsable} unparsable, {empty} empty{speed}"
 
 
