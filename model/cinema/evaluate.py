@@ -38,7 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from manifests.exits import EXIT_MISSING_WEIGHTS, UsageError, command, read_yaml, validated
-from model.hub import MissingWeights, require, resolve_file
+from model.hub import MissingWeights, quiet_loads, require, resolve_file
 from stages.crops import box_crop
 from stages.motion import motion_parts
 from stages.video import iter_frames
@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="YAML of EvalConfig values (model refs)")
     p.add_argument("--tiny-models", type=Path, help="use the tiny random models built in this folder instead")
     args = p.parse_args(argv)
+    quiet_loads()
     if args.tiny_models:
         config = tiny_config(args.tiny_models)
     else:

@@ -54,6 +54,7 @@ from model.cinema.aligner import alignment_loss
 from model.cinema.mllm import MLLMStates
 from model.cinema.model import CinemaModel, Conditions
 from model.cinema.sample import CinemaPipeline, export_mp4
+from model.hub import quiet_loads
 from model.train.config import TrainConfig, load_train_config
 from model.train.data import Batch, latent_seed, make_loader
 from model.train.ema import EMA
@@ -539,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True, help="YAML training config (configs/train_*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     args = p.parse_args(argv)
+    quiet_loads()
     Trainer(load_train_config(args.config, args.set)).fit()
     return 0
 
