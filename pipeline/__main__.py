@@ -21,6 +21,7 @@ from manifests.filters import FilterConfig
 from manifests.report import write_report
 from model.hub import MissingWeights, require, resolve_file
 from pipeline.config import RunConfig, load_config, write_run_config
+from pipeline.placement import PlanError
 from pipeline.registry import STAGES
 from pipeline.runner import run_chain, start_ray_soon, stop_ray
 from pipeline.summary import summarize
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None, keep_ray: bool = True) -> int:
     except RunInUse as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_RUN_IN_USE
+    except PlanError as error:  # overrides that ask for more GPUs than the cluster has
+        raise UsageError(f"{error}; set fewer `gpus` or `actors`") from error
     except OSError as error:  # the run folder's own storage: one line and its own code (exits.command)
         line = storage_failure(error, run)
         if line is None:

@@ -68,6 +68,8 @@ class PlanError(ValueError):
 
 def plan(needs: list[StageNeed], cluster_gpus: float, cluster_cpus: float) -> Plan:
     gpus = int(cluster_gpus + EPS)
+    if not gpus and any(n.gpus for n in needs):
+        raise PlanError(f"{', '.join(n.name for n in needs if n.gpus)} set GPUs (`gpus`); the cluster has none")
     on_gpu = [n for n in needs if gpus and n.gpu_memory_gb > 0 and n.gpus != 0]
     counts = {n.name: n.actors or max(1, gpus // math.ceil((n.gpus or 1) - EPS)) for n in on_gpu}
     shares = _shares(on_gpu, counts, gpus)

@@ -4,65 +4,20 @@ RAY_ADDRESS the pipeline runs on a Ray of its own, even when a cluster runs on t
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import GOLDEN, REAL, ROOT, kill_session, pipeline_cli, subprocess_env
+from conftest import GOLDEN, REAL, ROOT, Cluster, pipeline_cli, ray_head, subprocess_env
 
 from manifests import store
-
-RAY = Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Cluster:
-    address: str
-    tmpdir: Path  # RAY_TMPDIR: where this cluster, and only it, is found by `ray.init()`
-    logs: Path  # the cluster's session logs: every driver that connects leaves a log here
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A one-node cluster in a temp dir of its own (RAY_TMPDIR), so no other Ray on this machine
-    finds it; stopped by the pids of its own session: `ray stop --force` would stop every Ray here."""
-    tmpdir = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    log = open(tmpdir / "head.log", "w")
-    head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port), "--node-ip-address", "127.0.0.1",
-         "--include-dashboard=false", "--disable-usage-stats"],
-        env=subprocess_env(RAY_TMPDIR=str(tmpdir)), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert head.poll() is None, (tmpdir / "head.log").read_text()
-            status = subprocess.run(
-                [str(RAY), "status", "--address", address], env=subprocess_env(RAY_TMPDIR=str(tmpdir)), capture_output=True, text=True
-            )
-            if status.returncode == 0 and "CPU" in status.stdout:
-                break
-            assert time.monotonic() < deadline, status.stdout + status.stderr
-            time.sleep(1)
-        yield Cluster(address, tmpdir, (tmpdir / "ray" / "session_latest").resolve() / "logs")
-    finally:
-        kill_session(head, first=signal.SIGTERM, grace_s=5)  # `ray start --block` stops what it started
-        log.close()
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    with ray_head() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -83,3 +83,35 @@ def test_a_streaming_chain_processes_each_input_once_per_stage(tiny_models, tmp_
         table = store.query(run, f'SELECT count(DISTINCT "{key}") AS n FROM {cls.writes}').column("n")[0].as_py()
         failed = store.query(run, "SELECT count(*) AS n FROM errors WHERE stage = ?", [cls.name]).column("n")[0].as_py()
         assert report.inputs == table + failed > 0, (cls.name, report)
+
+
+class _Actor:
+    """Stands for an actor handle: `ready.remote()` is the ping the pool sends a lost actor."""
+
+    class ready:  # noqa: N801  (the handle's method name)
+        @staticmethod
+        def remote():
+            return "ping"
+
+
+def test_of_the_batches_a_lost_actor_held_only_the_one_it_was_running_counts():
+    from pipeline.pool import ActorPool
+    from pipeline.runner import Batch
+
+    pool = ActorPool([_Actor(), _Actor()])
+    batches = [Batch([{"path": str(i)}]) for i in range(5)]
+    for batch, actor in zip(batches, [0, 1, 0, 0, 1], strict=True):
+        pool.sent(batch, actor)
+    # Actor 0 died running batch 0; batches 2 and 3 were queued behind it. They come back in any order.
+    pool.returned(batches[3])
+    pool.unavailable(batches[3], RuntimeError("unavailable"))
+    assert 0 in pool.down and not list(pool.settled([batches[0], batches[1], batches[2]]))  # its life is not over yet
+    for batch in (batches[2], batches[0]):
+        pool.returned(batch)
+        pool.unavailable(batch, RuntimeError("unavailable"))
+    settled = [(pool_batch.order, died) for pool_batch, _, died in pool.settled([batches[1], batches[4]])]
+    assert settled == [(0, True), (2, False), (3, False)]
+    assert pool.load == [0, 2] and pool.life == [1, 0]
+    # A batch sent to its next life belongs to that one.
+    pool.sent(batches[3], 0)
+    assert batches[3].life == 1

@@ -65,5 +65,7 @@ def test_a_plan_never_asks_for_more_than_the_cluster_has():
         plan(_needs("caption.gpus=1", "caption.actors=3", "subjects.gpus=0", "aesthetic.gpus=0"), 2, 16)
     with pytest.raises(PlanError, match="leave no GPU for aesthetic, subjects"):
         plan(_needs("caption.gpus=1"), 2, 16)
+    with pytest.raises(PlanError, match="caption set GPUs .* the cluster has none"):
+        plan(_needs("caption.gpus=1"), 0, 16)
     with pytest.raises(PlanError, match="do not fit"):  # 3 x 0.6 fits 2 GPUs' sum, not their halves
         plan(_needs("caption.gpus=0.6", "caption.actors=3", "subjects.gpus=0", "aesthetic.gpus=0"), 2, 16)

@@ -147,7 +147,7 @@ def motion_magnitude(frames: list[np.ndarray], fps: float, method: str, height: 
     scale = min(1.0, height / h)
     size = (max(2, round(w * scale)), max(2, round(h * scale)))
     grey = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA) for f in frames]
-    mean_px, _ = motion_parts(grey, method, patch=16, static_px=0.5)
+    mean_px, _, _ = motion_parts(grey, method, patch=16, static_px=0.5)
     return 100.0 * mean_px / float(np.hypot(*size)) * fps
 
 
@@ -182,7 +182,8 @@ class Evaluator:
 
     @torch.inference_mode()
     def dino_images(self, images: list[np.ndarray]) -> torch.Tensor:
-        inputs = self.dino_processor(images=images, return_tensors="pt")
+        # HxWx3 always: a crop 3 pixels high is not channels-first ("channel dimension is ambiguous")
+        inputs = self.dino_processor(images=images, return_tensors="pt", input_data_format="channels_last")
         return self.dino(**inputs).last_hidden_state[:, 0].float()  # CLS token
 
     def regions(self, frames: list[np.ndarray], label: str) -> tuple[list[list[np.ndarray]], float]:

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -384,7 +385,8 @@ class Trainer:
     def train(self) -> None:
         config, acc = self.config, self.accelerator
         batches = self.batches()
-        bar = tqdm(total=config.max_steps, initial=self.step, disable=not acc.is_main_process, desc=self.phase.name)
+        # a bar on a terminal; a redirected log gets the plain line `log` prints instead of escape codes
+        bar = tqdm(total=config.max_steps, initial=self.step, disable=not (acc.is_main_process and sys.stderr.isatty()), desc=self.phase.name)
         while self.step < config.max_steps:
             started = time.perf_counter()
             losses, samples = [], 0
@@ -457,6 +459,8 @@ class Trainer:
         if acc.is_main_process:
             with open(self.run / "metrics.jsonl", "a") as stream:
                 stream.write(json.dumps({"step": self.step, **values}) + "\n")
+            if not sys.stderr.isatty():
+                print(f"{self.phase.name} step {self.step}/{self.config.max_steps}: loss {loss:.4f}, {seconds:.2f} s/step", file=sys.stderr, flush=True)
 
     def validate(self) -> None:
         """A video from the first training sample's references and caption, into RUN/validation/.
