@@ -148,7 +148,8 @@ def connect(run: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-QUERY_MISTAKES = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)  # the SQL, never the data
+# the SQL or the memory limit, never the data: no part is read through to look for damage
+QUERY_MISTAKES = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException, duckdb.OutOfMemoryException)
 
 
 def guarded(run: Path, action: Callable[[], T]) -> T:
