@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from manifests import store, views
-from manifests.exits import EXIT_RUN_IN_USE, UsageError, command, read_yaml, validated
+from manifests.exits import EXIT_RUN_IN_USE, StorageError, UsageError, command, read_yaml, storage_failure, validated
 from manifests.filters import FilterConfig
 from manifests.report import ReportConfig, random_tables, write_report
 from manifests.schemas import TABLES
@@ -121,6 +121,11 @@ def _compact(run: Path) -> int:
     except RunInUse as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_RUN_IN_USE
+    except OSError as error:  # no permission on RUN/.lock: the run folder's storage (exits.command)
+        line = storage_failure(error, run)
+        if line is None:
+            raise
+        raise StorageError(line) from None
     for table, n in merged.items():
         print(f"{table:<10} {n:>6} parts merged into one")
     if not merged:

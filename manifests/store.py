@@ -148,8 +148,8 @@ def connect(run: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-# the SQL or the memory limit, never the data: no part is read through to look for damage
-QUERY_MISTAKES = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException, duckdb.OutOfMemoryException)
+# Errors of the SQL or of the process, never of a part's bytes: raised as they are, no part read.
+NOT_THE_DATA = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException, duckdb.InterruptException, duckdb.OutOfMemoryException)
 
 
 def guarded(run: Path, action: Callable[[], T]) -> T:
@@ -163,7 +163,7 @@ def guarded(run: Path, action: Callable[[], T]) -> T:
         try:
             return action()
         except duckdb.Error as error:
-            damaged = None if isinstance(error, QUERY_MISTAKES) else unreadable_part(run, str(error))
+            damaged = None if isinstance(error, NOT_THE_DATA) else unreadable_part(run, str(error))
             if damaged is None:
                 raise
             quarantine(run, damaged, str(error))

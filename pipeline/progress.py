@@ -19,7 +19,7 @@ class Progress:
         self.stage, self.every_s = stage, every_s
         self.n = self.rows = self.failed = self.warnings = 0
         self.bar = tqdm(desc=f"{stage:>9}", unit="in", position=position, dynamic_ncols=True, leave=True) if sys.stderr.isatty() else None
-        self.last = time.monotonic()
+        self.last, self.printed = time.monotonic(), None
 
     def update(self, n: int, rows: int, failed: int, warnings: int) -> None:
         """`n` more inputs done; the stage's totals so far."""
@@ -34,10 +34,10 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        else:
+        elif self.printed != (self.n, self.rows, self.failed, self.warnings):  # the end, unless just said
             self._line()
 
     def _line(self) -> None:
-        self.last = time.monotonic()
+        self.last, self.printed = time.monotonic(), (self.n, self.rows, self.failed, self.warnings)
         warned = f", {self.warnings} warnings" if self.warnings else ""
         print(f"{self.stage:>9}: {self.n} inputs, {self.rows} rows, {self.failed} failed{warned}", file=sys.stderr, flush=True)

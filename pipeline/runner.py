@@ -119,8 +119,10 @@ def attempt(stage: Stage, items: list[Row], max_attempts: int) -> tuple[dict[str
 
 
 def write(run: Path, stage: Stage, rows: dict[str, list[Row]], errors: list[Row], n: int) -> Result:
+    errors = [*errors, *rows.get("errors", [])]  # a stage's `finish` may give its error rows as a table
     for table, made in rows.items():  # fused tables first, the stage's own table last
-        store.write_part(run, table, made)
+        if table != "errors":
+            store.write_part(run, table, made)
     store.write_part(run, "errors", errors)
     failed = {error["key"] for error in errors}  # inputs, as the summary counts them: one may have two error rows
     handled = failed & {str(row[stage.input_key]) for row in rows.get(stage.writes, [])}  # the summary's warnings

@@ -159,9 +159,10 @@ def test_a_read_only_run_folder_is_one_line_even_with_nothing_to_do(tmp_path):
         mount --bind {run} {run} && mount -o remount,bind,ro {run}
         {curate} > {logs}/1.out 2> {logs}/1.err; echo $? > {logs}/1.code
         {sys.executable} -m pipeline stage scenes --run {run} > {logs}/2.out 2> {logs}/2.err; echo $? > {logs}/2.code
+        {sys.executable} -m manifests compact {run} > {logs}/3.out 2> {logs}/3.err; echo $? > {logs}/3.code
     """
     done = _in_own_mounts(script, tmp_path)
-    for i in (1, 2):
+    for i in (1, 2, 3):
         assert (logs / f"{i}.code").read_text().strip() == "6", (logs / f"{i}.err").read_text() + done.stderr
         (line,) = _errors_of(logs / f"{i}.err")
         assert "cannot be written" in line and str(run) in line, line
