@@ -150,7 +150,7 @@ def main() -> None:
     out = [
         "## Filters on real footage: false positives and false negatives (issue 24)",
         "",
-        f"Machine: {machine()}. Produced by `python -m bench.filters`{' --images ' + args.images.name if args.images else ''}; labels in its docstring.",
+        f"Machine: {machine()}. Produced by `python -m bench.filters{' --images ' + str(args.images) if args.images else ''}`; labels in its docstring.",
         "",
         "| rule | items | before: false pos. / false neg. | after: false pos. / false neg. |",
         "|---|---|---|---|",

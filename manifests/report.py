@@ -265,8 +265,9 @@ def counts(con) -> dict[str, str]:
 
 
 def answers_text(con) -> str:
-    """How the captioner's answers came out, and its output tokens per second of model time (the
-    stage's busy time over its runs, `stage_runs`); "" before caption_v2 rows."""
+    """How the captioner's answers came out, and its output tokens per second of model time: per GPU
+    (busy time times each actor's GPU share, over the stage's runs in `stage_runs`), or per actor on
+    CPUs; "" before caption_v2 rows."""
     ok, truncated, unparsable, tokens, dtypes = con.execute(
         "SELECT count(*) FILTER (WHERE answer = 'ok'), count(*) FILTER (WHERE answer = 'truncated'),"
         " count(*) FILTER (WHERE answer = 'unparsable'), sum(output_tokens), string_agg(DISTINCT dtype, ', ')"
@@ -275,8 +276,11 @@ def answers_text(con) -> str:
     if not (ok or truncated or unparsable):
         return ""
     empty = con.execute("SELECT count(*) FROM errors WHERE stage = 'caption' AND message = 'empty caption'").fetchone()[0]
-    busy = con.execute("SELECT sum(busy_s) FROM stage_runs WHERE stage = 'caption'").fetchone()[0]
-    speed = f"; {tokens / busy:.1f} output tokens/s of model time per {'GPU actor' if 'bfloat16' in dtypes else 'CPU actor'}, {dtypes}" if busy else ""
+    gpu_s, cpu_s = con.execute(
+        "SELECT sum(busy_s * gpus) FILTER (WHERE gpus > 0), sum(busy_s) FILTER (WHERE COALESCE(gpus, 0) = 0) FROM stage_runs WHERE stage = 'caption'"
+    ).fetchone()
+    busy, per = (gpu_s, "per GPU") if gpu_s else (cpu_s, "per CPU actor")
+    speed = f"; {tokens / busy:.1f} output tokens/s {per} of model time, {dtypes}" if busy else ""
     return f"answers: {ok} ok, {truncated} truncated, {unparsable} unparsable, {empty} empty{speed}"
 
 

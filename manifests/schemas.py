@@ -236,6 +236,7 @@ TABLES: dict[str, TableSpec] = {
             F("actors", pa.int32()),  # model actors (model stages only)
             F("busy_s", pa.float64()),  # seconds the actors spent processing batches, all actors together
             F("utilisation", pa.float64()),  # busy_s / (actors x seconds): how well the model was fed
+            F("gpus", pa.float64()),  # each actor's GPU share (0 on CPUs), so busy_s x gpus is GPU time
         ),
     ]
 }

@@ -65,6 +65,7 @@ class StageReport:
     last_result_s: float | None = None
     actors: int = 0
     busy_s: float = 0.0  # model actors' processing time, all actors together
+    gpus: float = 0.0  # each model actor's GPU share (0: on CPUs): busy_s x gpus is the stage's GPU time
 
     @property
     def utilisation(self) -> float | None:
@@ -625,6 +626,7 @@ class StageRun:
 
             ray.kill(actor)
         self.report.actors = len(self.pool.actors) if self.pool else 0
+        self.report.gpus = self.placer.placement(self.cls.name).gpus if self.pool else 0.0
         if self.first_submit is None:
             self.report.done_before = self.done_before()
             print(f"{self.cls.name}: nothing to do ({self.report.done_before} inputs done before)")
@@ -760,4 +762,5 @@ def _stage_row(stamp: str, r: StageReport) -> Row:
         "run_started": stamp, "stage": r.stage, "inputs": r.inputs, "done_before": r.done_before, "rows": r.rows,
         "errors": r.errors, "seconds": r.seconds, "first_result_s": r.first_result_s, "last_result_s": r.last_result_s,
         "actors": r.actors or None, "busy_s": r.busy_s if r.actors else None, "utilisation": r.utilisation,
+        "gpus": r.gpus if r.actors else None,
     }  # fmt: skip

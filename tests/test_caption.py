@@ -186,9 +186,11 @@ def test_summary_counts_answers_and_checks(tmp_path):
     pq.write_table(pa.Table.from_pylist([old]), store.table_dir(tmp_path, "captions") / "part-00000000000000000001-old.parquet")
     store.write_part(tmp_path, "captions", [row for row, _ in made if row])
     store.write_part(tmp_path, "errors", [error for _, error in made if error])
-    store.write_part(tmp_path, "stage_runs", [{"run_started": "t", "stage": "caption", "busy_s": 1.5}, {"run_started": "t", "stage": "subjects", "busy_s": 9.0}])
-    con = views.connect(tmp_path)
-    assert answers_text(con) == "answers: 2 ok, 1 truncated, 1 unparsable, 1 empty; 80.0 output tokens/s of model time per GPU actor, bfloat16"
+    runs = [{"run_started": "t1", "stage": "caption", "busy_s": 2.0, "gpus": 0.25}, {"run_started": "t2", "stage": "caption", "busy_s": 1.0, "gpus": 0.5},
+            {"run_started": "t1", "stage": "subjects", "busy_s": 9.0, "gpus": 0.25}]  # fmt: skip
+    store.write_part(tmp_path, "stage_runs", runs)
+    con = views.connect(tmp_path)  # 4 answered rows of 30 tokens in 2 x 0.25 + 1 x 0.5 GPU-seconds
+    assert answers_text(con) == "answers: 2 ok, 1 truncated, 1 unparsable, 1 empty; 120.0 output tokens/s per GPU of model time, bfloat16"
     assert checks_text(con).startswith("of 2 answered: slideshow 2, synthetic 1, text_overlay 0,")
     assert con.execute("SELECT answer, reject_slideshow FROM captions WHERE clip_id = 'c0'").fetchone() == (None, None)
 
