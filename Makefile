@@ -74,9 +74,11 @@ sample: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.cinema.sample --checkpoint "$(CKPT)" --refs "$(REFS)" --prompt "$(PROMPT)" $(SAMPLE_ARGS) $(CODE)
 
 # On a CUDA machine: real-size step time, MFU and peak memory of CogVideoX-2B and 5B (random
-# weights) beside model.train.plan's estimate, in under 10 minutes; fails at once without CUDA.
+# weights) beside model.train.plan's estimate, in under 10 minutes; then the curation models on one
+# GPU (clips/s per stage against its bare models, bench/gpu-curation.md), in under 5; fails at once without CUDA.
 gpu-check: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.train.gpu_check $(CODE)
+	HF_HUB_OFFLINE=1 $(PY) -m model.curation.gpu_check $(CODE)
 
 cinema-tiny-models: setup
 	HF_HUB_OFFLINE=1 $(PY) -m model.testing.tiny $(TINY_MODELS) qwen2_5_vl cogvideox_2b
@@ -101,7 +103,7 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow"
 
 # Each bench/NAME.py writes its section to bench/results/NAME.md; bench.assemble joins them into BENCHMARKS.md.
-BENCHES := model learned train real_models scale references curation caption filters
+BENCHES := model learned train wan real_models scale references curation curation_cpu scenes caption filters
 bench: setup tiny-models
 	for name in $(BENCHES); do HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled $(PY) -m bench.$$name || exit $$?; done
 	$(PY) -m bench.assemble

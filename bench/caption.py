@@ -52,15 +52,17 @@ def before(processor, frames: np.ndarray, prompts: dict[str, str], max_pixels: i
                      padding_side="left", return_tensors="pt")  # fmt: skip
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """The fastest of `repeats` calls after a warm-up: on a shared machine the least disturbed one."""
-    fn()
-    best = float("inf")
+def timed(fns: list, repeats: int) -> list[tuple[float, object]]:
+    """Each call's fastest time of `repeats`, the calls taking turns (after a warm-up of each), so that on
+    a shared machine they meet the same load; the least disturbed run of each counts."""
+    outs = [fn() for fn in fns]
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        started = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, out
+        for i, fn in enumerate(fns):
+            started = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - started)
+    return list(zip(best, outs))
 
 
 def measure(models: Path, repeats: int) -> list[str]:
@@ -74,12 +76,11 @@ def measure(models: Path, repeats: int) -> list[str]:
     rows = []
     for source in SOURCES:
         frames = clip(source, config.n_frames, config.max_side)
-        old_s, old = timed(lambda: before(cpu.processor, frames, old_prompts, config.max_pixels), repeats)
-        new_s, request = timed(lambda: cpu.request(frames, 2.0, prompt), repeats)
-        stack_s, _ = timed(lambda: stage.captioner.batch([request]), repeats)
+        (old_s, old), (new_s, request) = timed([lambda: before(cpu.processor, frames, old_prompts, config.max_pixels),
+                                                 lambda: cpu.request(frames, 2.0, prompt)], repeats)  # fmt: skip
         answer = Answer(np.arange(3, 3 + 160) % 300, True)  # an answer of 160 tokens, decoded and parsed
-        raw = {"clip_id": "c", "tokens": answer.tokens.tolist(), "finished": True, "model_s": 0.0, "dtype": "float32"}
-        finish_s, _ = timed(lambda: stage.finish({"captions": [raw]}), repeats)
+        raw = {"clip_id": "c", "tokens": answer.tokens.tolist(), "finished": True, "dtype": "float32"}
+        (stack_s, _), (finish_s, _) = timed([lambda: stage.captioner.batch([request]), lambda: stage.finish({"captions": [raw]})], repeats)
         vision_old = int(old["image_grid_thw"].prod(-1).sum()) // 4
         vision_new = int(request["video_grid_thw"].prod(-1).sum()) // 4
         rows.append((source.name, frames.shape, old_s, stack_s, new_s, finish_s, vision_old, vision_new))
@@ -88,7 +89,7 @@ def measure(models: Path, repeats: int) -> list[str]:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs (noisy; each row's numbers come from the",
         f"same run). Per clip, {config.n_frames} frames at most {config.max_side} px a side, the processor at Qwen2.5-VL-3B's sizes",
-        f"(`caption.max_pixels` {config.max_pixels}), the fastest of {repeats} calls after one warm-up. Before: commit c256b03, where the",
+        f"(`caption.max_pixels` {config.max_pixels}), the fastest of {repeats} calls after a warm-up, before and after taking turns. Before: commit c256b03, where the",
         "actor ran the processor on two prompts with the frames as stills in each (its decode of the answers is left out).",
         "After: the processor runs once in `prepare` (a CPU task) on the clip as one video, the actor only stacks the tensors,",
         "and `finish` (a CPU task after the actor) decodes and parses the answer (160 tokens here). Vision tokens: what the",
@@ -98,8 +99,8 @@ def measure(models: Path, repeats: int) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for name, shape, old_s, stack_s, new_s, finish_s, vision_old, vision_new in rows:
-        lines.append(f"| {name} ({shape[0]} x {shape[2]}x{shape[1]}) | {1000 * old_s:.0f} ms | {1000 * stack_s:.1f} ms | "
-                     f"{1000 * new_s:.0f} ms | {1000 * finish_s:.1f} ms | {vision_old} / {vision_new} |")  # fmt: skip
+        lines.append(f"| {name} ({shape[0]} x {shape[2]}x{shape[1]}) | {1000 * old_s:.0f} ms | {1000 * stack_s:.2f} ms | "
+                     f"{1000 * new_s:.0f} ms | {1000 * finish_s:.2f} ms | {vision_old} / {vision_new} |")  # fmt: skip
         print(lines[-1], flush=True)
     return [*lines, ""]
 

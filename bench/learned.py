@@ -1,7 +1,8 @@
 """`python -m bench.learned`: per-clip time of each model stage, split by phase, at batch 1 and 8.
 
 Phases: decode + resize (the stage's `prepare`, which the runner runs in CPU tasks apart from
-the model actors), processor (tensorising inside the actor), model forward, postprocessing.
+the model actors; subjects' processors and faces are there too), processor (tensorising inside
+the actor), model forward, postprocessing (in the actor, plus `finish`, the CPU task after it).
 Inputs are the real sample clips curated with profile tiny (random-initialised tiny models of
 the real classes), so the numbers say where time goes, not what real-size models cost. Writes
 `bench/results/learned.md`.
@@ -22,6 +23,7 @@ from model.testing.tiny import ensure
 from pipeline.__main__ import main as pipeline_main
 from pipeline.config import load_config
 from pipeline.registry import STAGES
+from stages.base import BadModelOutput, tables
 from stages.clips import Clips
 from stages.scenes import Scenes
 
@@ -43,7 +45,14 @@ def measure(name: str, run: Path, config, batch: int, items: list[dict]) -> dict
         decode += time.perf_counter() - started
         rows, errors = stage.process_batch(prepared)
         assert rows or errors
-    parts = {"decode + resize": decode, "processor": stage.timings["preprocess"], "forward": stage.timings["forward"], "postprocess": stage.timings["postprocess"]}
+        with stage.timed("finish"):  # the CPU task after the actor
+            for row in tables(stage.writes, rows)[stage.writes]:
+                try:
+                    stage.finish({stage.writes: [row]})
+                except BadModelOutput:
+                    pass
+    postprocess = stage.timings["postprocess"] + stage.timings["finish"]
+    parts = {"decode + resize": decode, "processor": stage.timings["preprocess"], "forward": stage.timings["forward"], "postprocess": postprocess}
     return {k: v / len(items) for k, v in parts.items()}
 
 

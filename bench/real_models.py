@@ -3,7 +3,7 @@ PySceneDetect on real footage. Writes `bench/results/real_models.md`.
 
 Each model runs on frames of the shipped footage at the size its stage gives it: faces (dlib HOG
 detection, landmarks, 128-D embedding) on key frames at source size, text area (PP-OCRv4
-detection) and NudeNet on frames at most 640 px wide. Shot detection: the whole video through
+detection, each box read by its recognizer) and NudeNet on frames at most 640 px wide. Shot detection: the whole video through
 our decode (TransNetV2 at 48x27; PySceneDetect's adaptive detector through `detect_cuts`), both
 timed end to end from the file, on one machine in one session.
 """
@@ -48,7 +48,7 @@ def per_frame_ms(fn, images: list[np.ndarray]) -> float:
 
 def model_costs() -> list[str]:
     faces, text, nsfw = FaceModel.load(), TextArea.load(), NsfwScorer.load()
-    lines = ["| footage | frame | faces: detect | faces: detect + embed | faces found | text area (PP-OCRv4 det) | NSFW (NudeNet 320n) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| footage | frame | faces: detect | faces: detect + embed | faces found | text area (PP-OCRv4 det + rec) | NSFW (NudeNet 320n) |", "|---|---|---|---|---|---|---|"]
     for path in FOOTAGE:
         full, small = frames(path, 10), frames(path, 10, 640)
         found = sum(len(faces.detect(image)) for image in full)

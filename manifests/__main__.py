@@ -12,9 +12,9 @@ from pathlib import Path
 import duckdb
 
 from manifests import store, views
-from manifests.exits import EXIT_RUN_IN_USE, UsageError, command, read_yaml, validated
+from manifests.exits import EXIT_RUN_IN_USE, StorageError, UsageError, command, read_yaml, storage_failure, validated
 from manifests.filters import FilterConfig
-from manifests.report import ReportConfig, write_report
+from manifests.report import ReportConfig, random_tables, write_report
 from manifests.schemas import TABLES
 
 FORMATS = ["table", "csv", "json"]
@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             n_parts = len(store.parts(args.run, name))
             rows = store.count(args.run, name) if n_parts else 0
             print(f"{name:<10} {rows:>9} rows  {n_parts:>5} parts")
+        randomized = store.guarded(args.run, lambda: random_tables(args.run, views.connect(args.run)))
+        if randomized:
+            print(f"RANDOM WEIGHTS: {', '.join(randomized)} come from random-initialised models (profile tiny); not real scores")
     elif args.command == "show":
         where = f" WHERE {args.where}" if args.where else ""
         _print_table(_query(args.run, f"SELECT * FROM {args.table}{where} LIMIT {args.limit + 1}"), args.limit, args.format)
@@ -118,11 +121,24 @@ def _compact(run: Path) -> int:
     except RunInUse as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_RUN_IN_USE
+    except OSError as error:  # no permission on RUN/.lock: the run folder's storage (exits.command)
+        line = storage_failure(error, run)
+        if line is None:
+            raise
+        raise StorageError(line) from None
     for table, n in merged.items():
         print(f"{table:<10} {n:>6} parts merged into one")
     if not merged:
         print("nothing to compact: every table has at most one part")
     return 0
+
+
+def screenshot_height(html: str) -> int:
+    """A window tall enough for the whole clip grid (a headless screenshot shows the window only):
+    the page above it, then rows of three cards (about 420 px each) on its longer side."""
+    kept, _, rejected = html.partition("<section id='rejected'>")
+    cards = max(kept.count("<div class='card"), rejected.count("<div class='card"))
+    return min(16000, 3000 + 420 * -(-cards // 3))
 
 
 def _report(run: Path, per_group: int, check: bool) -> int:
@@ -138,7 +154,7 @@ def _report(run: Path, per_group: int, check: bool) -> int:
     if check:
         from manifests.browser import open_page
 
-        view = open_page(page, page.with_name("screenshot.png"))
+        view = open_page(page, page.with_name("screenshot.png"), (1400, screenshot_height(page.read_text())))
         print(view.screenshot)
         if view.console:
             print("console messages:\n  " + "\n  ".join(view.console), file=sys.stderr)

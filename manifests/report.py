@@ -83,7 +83,8 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
         write_bytes(run, out / "plots" / f"{name}.svg", histogram(values, column, label, thresholds).encode("utf-8"))
         plots[name] = {"path": f"plots/{name}.svg", "n": len(values)}
     faces = face_identities(run, con)
-    page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config, faces, stage_times(con))
+    page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config, faces, stage_times(con),
+                  probe_failures(con))  # fmt: skip
     path = out / "index.html"
     write_bytes(run, path, page.encode("utf-8"))
     return path
@@ -113,13 +114,12 @@ def title_of(status: str, filters: FilterConfig) -> str:
 def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list[Group]:
     """Kept clips, then each rejecting step in funnel order, each sampled by md5(clip_id)."""
     # First the sample's ids and statuses over every clip (few columns), then whole rows for those only.
+    # A top-n aggregate per status holds per_group ids per group; a window over every clip held them all.
     picked = con.sql(
         f"""
-        SELECT clip_id, status, group_size FROM (
-          SELECT clip_id, status, row_number() OVER (PARTITION BY status ORDER BY md5(clip_id)) AS pick,
-                 count(*) OVER (PARTITION BY status) AS group_size
-          FROM (SELECT clip_id, {status_sql(run, filters)} AS status FROM candidates))
-        WHERE pick <= {int(per_group)}
+        SELECT unnest(ids) AS clip_id, status, group_size FROM (
+          SELECT status, count(*) AS group_size, min_by(clip_id, md5(clip_id), {int(per_group)}) AS ids
+          FROM (SELECT clip_id, {status_sql(run, filters)} AS status FROM candidates) GROUP BY status)
         """
     ).to_arrow_table()
     con.register("_picked", picked)
@@ -265,17 +265,22 @@ def counts(con) -> dict[str, str]:
 
 
 def answers_text(con) -> str:
-    """How the captioner's answers came out, and its output tokens per second of model time ("" before caption_v2 rows)."""
-    ok, truncated, unparsable, tokens, model_s, dtypes = con.execute(
+    """How the captioner's answers came out, and its output tokens per second of model time: per GPU
+    (busy time times each actor's GPU share, over the stage's runs in `stage_runs`), or per actor on
+    CPUs; "" before caption_v2 rows."""
+    ok, truncated, unparsable, tokens, dtypes = con.execute(
         "SELECT count(*) FILTER (WHERE answer = 'ok'), count(*) FILTER (WHERE answer = 'truncated'),"
-        " count(*) FILTER (WHERE answer = 'unparsable'), sum(output_tokens), sum(model_s), string_agg(DISTINCT dtype, ', ')"
+        " count(*) FILTER (WHERE answer = 'unparsable'), sum(output_tokens), string_agg(DISTINCT dtype, ', ')"
         " FROM captions WHERE answer IS NOT NULL"
     ).fetchone()
     if not (ok or truncated or unparsable):
         return ""
     empty = con.execute("SELECT count(*) FROM errors WHERE stage = 'caption' AND message = 'empty caption'").fetchone()[0]
-    per = "per GPU" if "bfloat16" in dtypes else "per CPU actor"
-    speed = f"; {tokens / model_s:.1f} output tokens/s {per} of model time, {dtypes}" if model_s else ""
+    gpu_s, cpu_s = con.execute(
+        "SELECT sum(busy_s * gpus) FILTER (WHERE gpus > 0), sum(busy_s) FILTER (WHERE COALESCE(gpus, 0) = 0) FROM stage_runs WHERE stage = 'caption'"
+    ).fetchone()
+    busy, per = (gpu_s, "per GPU") if gpu_s else (cpu_s, "per CPU actor")
+    speed = f"; {tokens / busy:.1f} output tokens/s {per} of model time, {dtypes}" if busy else ""
     return f"answers: {ok} ok, {truncated} truncated, {unparsable} unparsable, {empty} empty{speed}"
 
 
@@ -416,9 +421,28 @@ def stages_section(stages: list[dict]) -> str:
     )
 
 
+PROBE_FAILURES_SHOWN = 50
+
+
+def probe_failures(con) -> tuple[int, list[tuple[str, str]]]:
+    """How many files failed at probe (files skipped as not videos aside), and the first of them by path."""
+    where = "FROM errors WHERE stage = 'probe' AND error_type <> 'not_video'"
+    total = con.execute(f"SELECT count(*) {where}").fetchone()[0]
+    return total, con.execute(f"SELECT key, message {where} ORDER BY key LIMIT {PROBE_FAILURES_SHOWN}").fetchall()
+
+
+def probe_failures_section(failures: tuple[int, list[tuple[str, str]]]) -> str:
+    total, shown = failures
+    if not total:
+        return ""
+    more = f" The first {len(shown)} by path; all: <code>python -m manifests show RUN errors --where \"stage = 'probe'\"</code>." if total > len(shown) else ""
+    rows = "".join(f"<tr><td>{text(key, 200)}</td><td>{text(message, 300)}</td></tr>" for key, message in shown)
+    return f"<h2>Files that failed at probe</h2><p class='muted'>{total} file(s).{more}</p><table id='probe-failures'><tr><th>file</th><th>why</th></tr>{rows}</table>"
+
+
 def render(
     run: Path, numbers: dict, funnel: list, randomized: list[str], plots: dict, groups: list[Group], config: ReportConfig,
-    faces: list[list[dict]] = (), stages: list[dict] = (),
+    faces: list[list[dict]] = (), stages: list[dict] = (), probe_failed: tuple[int, list[tuple[str, str]]] = (0, []),
 ) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -431,6 +455,7 @@ def render(
             "models (profile tiny); those scores, captions and crops are meaningless. Everything else comes from real weights.</div>"
         )
     parts.append("<h2>Totals</h2><table>" + "".join(f"<tr><th>{k}</th><td class='n'>{v}</td></tr>" for k, v in numbers.items()) + "</table>")
+    parts.append(probe_failures_section(probe_failed))
     parts.append(stages_section(list(stages)))
     parts.append("<h2>Funnel</h2><table id='funnel'><tr><th>step</th><th>clips left</th><th>removed</th></tr>")
     parts += [f"<tr><td>{text(step)}</td><td class='n'>{left}</td><td class='n'>{cut or ''}</td></tr>" for step, left, cut in funnel]

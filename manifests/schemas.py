@@ -130,10 +130,9 @@ TABLES: dict[str, TableSpec] = {
             F("model", pa.string()),
             F("prompt_version", pa.string()),  # model/curation/prompts/<version>.txt
             F("random_weights", pa.bool_()),
-            # from caption_v2 on (null on older rows): how the one answer came out and what it cost
+            # from caption_v2 on (null on older rows): how the one answer came out (no timings: a rerun gives the same rows)
             F("answer", pa.string()),  # ok / truncated (hit max_new_tokens) / unparsable (no valid JSON line)
             F("output_tokens", pa.int64()),
-            F("model_s", pa.float64()),  # its share of its batch's generate time, in GPU-seconds on CUDA
             F("dtype", pa.string()),  # the model's: bfloat16 on CUDA, float32 on the CPU
             *(F(f"reject_{name}", pa.bool_()) for name in VLM_CHECKS),  # the answer's reject checks, null when unparsable
         ),
@@ -237,6 +236,7 @@ TABLES: dict[str, TableSpec] = {
             F("actors", pa.int32()),  # model actors (model stages only)
             F("busy_s", pa.float64()),  # seconds the actors spent processing batches, all actors together
             F("utilisation", pa.float64()),  # busy_s / (actors x seconds): how well the model was fed
+            F("gpus", pa.float64()),  # each actor's GPU share (0 on CPUs), so busy_s x gpus is GPU time
         ),
     ]
 }

@@ -31,7 +31,8 @@ from manifests.schemas import TABLES, spec
 T = TypeVar("T")
 SCHEMA_PREFIX = "part-00000000000000000000-schema-"
 QUARANTINE = "quarantine"
-MEMORY_LIMIT = "1GB"  # per connection; a query over ten million windows needs no more
+MEMORY_LIMIT = "2GB"  # per connection: with Python and Arrow around it, a command stays under 3 GB
+GROUP_BYTES = 32 * 2**20
 FINISHED = "finished"  # the runner's records of stages with nothing left to do (pipeline/finished.py)
 
 
@@ -62,6 +63,12 @@ def ensure_table(run: Path, table: str) -> None:
         write_bytes(run, path, sink.getvalue().to_pybytes())
 
 
+def group_rows(rows: int, size: int) -> int:
+    """Rows per Parquet row group, so a group holds about GROUP_BYTES: a reader holds a group's
+    column at once, and a million rows of subject masks would not fit the memory limit."""
+    return max(1024, min(1_000_000, rows * GROUP_BYTES // max(1, size)))
+
+
 def write_part(run: Path, table: str, rows: Sequence[dict] | pa.Table) -> Path | None:
     """Write rows as one new part, atomically. Returns its path, or None for no rows."""
     data = to_arrow(table, rows)
@@ -70,7 +77,7 @@ def write_part(run: Path, table: str, rows: Sequence[dict] | pa.Table) -> Path |
     ensure_table(run, table)
     final = table_dir(run, table) / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
     with atomic_path(run, final) as tmp:
-        pq.write_table(data, tmp, compression="zstd")
+        pq.write_table(data, tmp, compression="zstd", row_group_size=group_rows(data.num_rows, data.nbytes))
     return final
 
 
@@ -141,7 +148,8 @@ def connect(run: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-QUERY_MISTAKES = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)  # the SQL, never the data
+# Errors of the SQL or of the process, never of a part's bytes: raised as they are, no part read.
+NOT_THE_DATA = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException, duckdb.InterruptException, duckdb.OutOfMemoryException)
 
 
 def guarded(run: Path, action: Callable[[], T]) -> T:
@@ -155,7 +163,7 @@ def guarded(run: Path, action: Callable[[], T]) -> T:
         try:
             return action()
         except duckdb.Error as error:
-            damaged = None if isinstance(error, QUERY_MISTAKES) else unreadable_part(run, str(error))
+            damaged = None if isinstance(error, NOT_THE_DATA) else unreadable_part(run, str(error))
             if damaged is None:
                 raise
             quarantine(run, damaged, str(error))
@@ -223,8 +231,10 @@ def count(run: Path, table: str) -> int:
 
 
 def compact(run: Path, table: str) -> int:
-    """Merge the table's parts into one, deduplicated and sorted; returns how many parts it merged.
+    """Merge the table's parts into one, deduplicated; returns how many parts it merged.
 
+    Not sorted: under the memory limit DuckDB spills a deduplication of millions of wide rows
+    (subject masks) but not a sort of them; readers that need an order ask for it.
     Reads an explicit list of parts and deletes exactly those after the merged part is in place.
     The merged part is named after the newest input, so it sorts after its inputs and before any
     later part: last-write-wins reads the same rows before, during and after a compaction.
@@ -235,10 +245,12 @@ def compact(run: Path, table: str) -> int:
             return []
         newest = found[-1].name.split("-")[1]
         final = table_dir(run, table) / f"part-{newest}-z{uuid.uuid4().hex[:11]}.parquet"
-        order = ", ".join(f'"{k}"' for k in spec(table).key)
-        sql = f"SELECT * FROM ({latest(run, table, spec(table).identity, found)}) ORDER BY {order}"
+        sql = latest(run, table, spec(table).identity, found)
+        metas = [pq.ParquetFile(p).metadata for p in found]
+        rows = sum(m.num_rows for m in metas)
+        size = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
         with atomic_path(run, final) as tmp:
-            database().execute(f"COPY ({sql}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+            database().execute(f"COPY ({sql}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {group_rows(rows, size)})")
         return found
 
     merged = guarded(run, merge)

@@ -6,6 +6,8 @@ milliseconds and a missing weight fails before any work starts, naming every mod
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 
@@ -25,6 +27,15 @@ class MissingWeights(RuntimeError):
             for name, ref in self.missing.items()
         ]
         super().__init__("Missing model weights:\n" + "\n".join(lines) + "\n" + HOW_TO_GET)
+
+
+def quiet_loads() -> None:
+    """No "Loading weights" bar for each model loaded, here and in the processes started from here
+    (Ray workers): noise in every log. transformers' load reports stay: they name weights that did
+    not fit the model. Downloads (`make weights`) never call this, and keep their bars."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is first imported
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _looks_like_path(ref: str) -> bool:

@@ -19,7 +19,7 @@ from manifests.exits import EXIT_FAILED_INPUTS, EXIT_MISSING_WEIGHTS, EXIT_RUN_I
 from manifests.files import RunInUse, RunLock, sweep_temporaries
 from manifests.filters import FilterConfig
 from manifests.report import write_report
-from model.hub import MissingWeights, require, resolve_file
+from model.hub import MissingWeights, quiet_loads, require, resolve_file
 from pipeline.config import RunConfig, load_config, write_run_config
 from pipeline.placement import PlanError
 from pipeline.registry import STAGES
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None, keep_ray: bool = True) -> int:
     if args.command == "weights":
         download_weights(load_config(args.config, args.set))
         return 0
+    quiet_loads()  # before Ray starts: its workers load the models
     cli = {"workers": args.workers} if args.workers is not None else {}
     if args.command == "curate":
         if not args.src.exists():

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from manifests import store, views
 from manifests.exits import STORAGE_ERRNOS
@@ -40,6 +39,7 @@ from manifests.filters import RULES, predicate
 from pipeline import finished, placement
 from pipeline.config import RunConfig
 from pipeline.pool import ActorPool
+from pipeline.progress import Progress
 from stages.base import FINAL_ERRORS, Row, Stage, tables
 from stages.kept import FRAMES, kept_clip_ids, kept_file
 from stages.probe import walk
@@ -58,12 +58,14 @@ class StageReport:
     inputs: int = 0  # pending inputs processed this time
     done_before: int = 0
     rows: int = 0
-    errors: int = 0
+    errors: int = 0  # inputs failed: an error row and no output
+    warnings: int = 0  # handled: an error row, and the input still has its output (a caption whose subject list did not parse)
     seconds: float = 0.0  # first input submitted to last result
     first_result_s: float | None = None  # from the start of the command
     last_result_s: float | None = None
     actors: int = 0
     busy_s: float = 0.0  # model actors' processing time, all actors together
+    gpus: float = 0.0  # each model actor's GPU share (0: on CPUs): busy_s x gpus is the stage's GPU time
 
     @property
     def utilisation(self) -> float | None:
@@ -76,8 +78,9 @@ class Result:
 
     n: int
     rows: int
-    errors: int
+    errors: int  # failed inputs
     busy_s: float = 0.0
+    warnings: int = 0  # error rows of inputs that have their output rows too
 
 
 # ---------------------------------------------------------------- in the workers
@@ -116,10 +119,14 @@ def attempt(stage: Stage, items: list[Row], max_attempts: int) -> tuple[dict[str
 
 
 def write(run: Path, stage: Stage, rows: dict[str, list[Row]], errors: list[Row], n: int) -> Result:
+    errors = [*errors, *rows.get("errors", [])]  # a stage's `finish` may give its error rows as a table
     for table, made in rows.items():  # fused tables first, the stage's own table last
-        store.write_part(run, table, made)
+        if table != "errors":
+            store.write_part(run, table, made)
     store.write_part(run, "errors", errors)
-    return Result(n, len(rows.get(stage.writes, [])), len(errors))
+    failed = {error["key"] for error in errors}  # inputs, as the summary counts them: one may have two error rows
+    handled = failed & {str(row[stage.input_key]) for row in rows.get(stage.writes, [])}  # the summary's warnings
+    return Result(n, len(rows.get(stage.writes, [])), len(failed - handled), warnings=len(handled))
 
 
 def run_cpu_batch(job: tuple, items: list[Row]) -> Result:
@@ -322,7 +329,7 @@ class StageRun:
         self.pool: ActorPool | None = None  # model stages' actors, once started
         self.pulled: list[Row] = []  # inputs taken from the stream for the batch being made
         self.job = None
-        self.bar: tqdm | None = None
+        self.bar: Progress | None = None
         self.first_submit: float | None = None
         self.cpus: float | None = None
         self.results = 0  # batches finished: a stage after this one asks again only when it grew
@@ -515,7 +522,7 @@ class StageRun:
         if self.first_submit is None:
             self.job = ray.put((self.cls, self.config, self.chain, str(self.run)))
             self.first_submit = time.perf_counter()
-            self.bar = tqdm(desc=f"{self.cls.name:>9}", unit="in", position=self.position, dynamic_ncols=True, leave=True)
+            self.bar = Progress(self.cls.name, self.position)
         if not self.cls.resources.uses_model:
             task = ray.remote(run_cpu_batch).options(num_cpus=self.cls.resources.cpus, max_retries=0)
             self.inflight[task.remote(self.job, batch.items)] = batch
@@ -564,7 +571,9 @@ class StageRun:
         except ray.exceptions.ActorUnavailableError as exc:  # restarting: the batch it ran, or one queued behind
             self.pool.unavailable(batch, exc)
         except ray.exceptions.RayError as exc:  # the worker died, or failed outside the stage's own code
-            cause = getattr(exc, "cause", None)
+            cause = exc
+            while isinstance(cause, ray.exceptions.RayTaskError):  # a model stage's chain: prepare, model, finish
+                cause = cause.cause
             if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:  # the run's disk: end the run, no error row
                 raise cause from None
             if batch.actor is not None and isinstance(exc, ray.exceptions.ActorDiedError):
@@ -586,8 +595,8 @@ class StageRun:
         self.report.busy_s += result.busy_s
         self.report.first_result_s = self.report.first_result_s or now - self.started
         self.report.last_result_s = now - self.started
-        self.bar.update(result.n)
-        self.bar.set_postfix(rows=self.report.rows, failed=self.report.errors, refresh=False)
+        self.report.warnings += result.warnings
+        self.bar.update(result.n, self.report.rows, self.report.errors, self.report.warnings)
 
     def failed(self, batch: Batch, exc: Exception) -> None:
         """Split a failed batch; retry a lone input until it has been tried `max_attempts` times."""
@@ -617,6 +626,7 @@ class StageRun:
 
             ray.kill(actor)
         self.report.actors = len(self.pool.actors) if self.pool else 0
+        self.report.gpus = self.placer.placement(self.cls.name).gpus if self.pool else 0.0
         if self.first_submit is None:
             self.report.done_before = self.done_before()
             print(f"{self.cls.name}: nothing to do ({self.report.done_before} inputs done before)")
@@ -752,4 +762,5 @@ def _stage_row(stamp: str, r: StageReport) -> Row:
         "run_started": stamp, "stage": r.stage, "inputs": r.inputs, "done_before": r.done_before, "rows": r.rows,
         "errors": r.errors, "seconds": r.seconds, "first_result_s": r.first_result_s, "last_result_s": r.last_result_s,
         "actors": r.actors or None, "busy_s": r.busy_s if r.actors else None, "utilisation": r.utilisation,
+        "gpus": r.gpus if r.actors else None,
     }  # fmt: skip

@@ -25,12 +25,14 @@ def error_counts(run: Path, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """
     from pipeline.registry import STAGES
 
+    # Only the keys that have error rows are looked up: a filter on each scan, not a set of every key done.
     done = " UNION ALL ".join(
-        f"SELECT '{name}' AS stage, CAST(\"{cls.input_key}\" AS VARCHAR) AS key FROM {store.scan(run, cls.writes)}"
+        f"SELECT '{name}' AS stage, CAST(\"{cls.input_key}\" AS VARCHAR) AS key FROM {store.scan(run, cls.writes)} "
+        f"WHERE CAST(\"{cls.input_key}\" AS VARCHAR) IN (SELECT key FROM errors WHERE stage = '{name}')"
         for name, cls in STAGES.items()
         if cls.reads != "sources"
     )
-    done += f" UNION ALL SELECT 'probe', path FROM {store.scan(run, 'videos')}"
+    done += f" UNION ALL SELECT 'probe', path FROM {store.scan(run, 'videos')} WHERE path IN (SELECT key FROM errors WHERE stage = 'probe')"
     skipped = ", ".join(f"'{t}'" for t in SKIPPED)
     sql = f"""
         SELECT count(*) FILTER (WHERE error_type IN ({skipped})) AS skipped,
@@ -76,7 +78,7 @@ def summarize(run: Path, reports: list[StageReport], seconds: float) -> tuple[st
     for r in worked:
         rate = r.inputs / r.seconds if r.seconds else 0.0
         busy = f", model busy {r.utilisation:.0%} of {r.actors} actor(s)" if r.utilisation is not None else ""
-        lines.append(f"  {r.stage:<9} {r.inputs:>8} inputs in {r.seconds:7.1f} s  ({rate:.2f}/s, {r.errors} error rows{busy})")
+        lines.append(f"  {r.stage:<9} {r.inputs:>8} inputs in {r.seconds:7.1f} s  ({rate:.2f}/s, {r.errors} failed{f', {r.warnings} warnings' if r.warnings else ''}{busy})")
     if not worked:
         lines.append("  nothing to do: every stage was already complete")
     lines.append(f"  time      {seconds:8.1f} s")

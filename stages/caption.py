@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import cv2
@@ -42,7 +41,7 @@ class CaptionConfig(ModelStageConfig):
     n_frames: int = 4  # even: Qwen's temporal patches take frames in pairs
     max_side: int = 448  # frames are scaled down to this longest side before the processor
     max_pixels: int = 448 * 448  # per frame, for the Qwen processor
-    max_new_tokens: int = 256
+    max_new_tokens: int = 320  # a caption paragraph (about 120 tokens) and the JSON line (up to about 180)
     max_subjects: int = 6
 
     def weights(self) -> dict[str, tuple[str, str | None]]:
@@ -80,7 +79,6 @@ class Caption(Stage):
         on, dtype = runtime()
         self.on = on
         self.captioner = CaptionModel.from_pretrained(self.config.model, on, dtype)
-        self.gpu_share = (self.config.gpus or 1.0) if on == "cuda" else 1.0  # model_s in GPU-seconds on CUDA
 
     def processor(self):
         from model.curation.captioner import CaptionProcessor
@@ -107,14 +105,12 @@ class Caption(Stage):
         requests = [item["request"] for item in items]
         try:
             with self.timed("forward"):
-                started = time.perf_counter()
                 generate = self.captioner.generate_each if self.on == "cpu" else self.captioner.generate
                 answers = generate(requests, self.config.max_new_tokens)
-                model_s = (time.perf_counter() - started) * self.gpu_share / len(items)
         except Exception as exc:
             return {}, [error_row(self.name, item["clip_id"], exc) for item in items]
         dtype = str(self.captioner.dtype).removeprefix("torch.")
-        raw = [{"clip_id": item["clip_id"], "tokens": a.tokens.tolist(), "finished": a.finished, "model_s": model_s, "dtype": dtype}
+        raw = [{"clip_id": item["clip_id"], "tokens": a.tokens.tolist(), "finished": a.finished, "dtype": dtype}
                for item, a in zip(items, answers)]  # fmt: skip
         return {self.writes: raw}, []
 
@@ -147,7 +143,6 @@ class Caption(Stage):
             "random_weights": cfg.random_weights,
             "answer": "truncated" if not raw["finished"] else "unparsable" if parsed.problem else "ok",
             "output_tokens": len(raw["tokens"]),
-            "model_s": raw["model_s"],
             "dtype": raw["dtype"],
             **{f"reject_{name}": (parsed.checks or {}).get(name) for name in VLM_CHECKS},
         }

@@ -247,14 +247,6 @@ def box_mask(box, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def cut_box(box, height: int, width: int) -> tuple[int, int, int, int]:
-    """The pixels a box touches, (0, 0, 0, 0) for a box with none inside the frame (its cut-out is plain grey)."""
-    try:
-        return pixel_box(box, height, width)
-    except ValueError:
-        return (0, 0, 0, 0)
-
-
 def visible_in_box(mask: np.ndarray, box) -> bool:
     """Whether the mask has any pixel inside the box (what the crops show)."""
     try:
@@ -301,13 +293,16 @@ class Subjects(Stage):
         from model.curation.clip import ImageEmbedder
         from model.curation.device import runtime
         from model.curation.grounding import Detector
+        from model.curation.regions import RegionModels
         from model.curation.segmenter import Segmenter
 
         cfg = self.config
         on, self.dtype = runtime()
-        self.detector = Detector.from_pretrained(cfg.detector, on, self.dtype)
-        self.segmenter = Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(on, self.dtype)
-        self.clip = ImageEmbedder.load(cfg.clip, model_name(cfg.clip, cfg.random_weights)).to(on, self.dtype)
+        self.models = RegionModels(
+            Detector.from_pretrained(cfg.detector, on, self.dtype),
+            Segmenter.from_pretrained(cfg.segmenter, cfg.segmenter_file, cfg.segmenter_type).to(on, self.dtype),
+            ImageEmbedder.load(cfg.clip, model_name(cfg.clip, cfg.random_weights)).to(on, self.dtype),
+        )
 
     def prepare(self, item: Row) -> Row:
         """Decode the key frames and make the models' inputs (`inputs`)."""
@@ -351,23 +346,11 @@ class Subjects(Stage):
 
     def process_clip(self, item: Row) -> Row:
         """Boxes, a mask per box and a CLIP embedding per masked cut-out, on every key frame."""
-        import torch
-
         cfg = self.config
-        frames = item["frames"]
-        per_frame = [[] for _ in frames]
         with self.timed("forward"):
-            if item["detector"] is not None:
-                per_frame = self.detector.detect(item["detector"], cfg.min_score)
-            found = []
-            for image, resized, detections in zip(frames, item["sam"], per_frame):
-                detections = sorted(detections, key=lambda d: -d.score)[: cfg.max_per_label * len(item["kinds"])]
-                boxes = np.array([d.box for d in detections], np.float32).reshape(-1, 4)
-                masks, _ = self.segmenter.masks(resized, image.shape[:2], boxes)
-                frame = torch.from_numpy(image).to(masks.device)
-                embeddings = self.clip.embed_cutouts(frame, masks, [cut_box(d.box, *image.shape[:2]) for d in detections])
-                found.append((detections, masks.cpu().numpy(), embeddings))
-        return {**{k: item[k] for k in ("clip_id", "frames", "frame_indices", "kinds", "faces")}, "found": found, "dtype": str(self.dtype).removeprefix("torch.")}
+            found = self.models.find(item["frames"], item["detector"], item["sam"], cfg.min_score, cfg.max_per_label * len(item["kinds"]))
+        kept = {k: item[k] for k in ("clip_id", "frames", "frame_indices", "kinds", "faces")}
+        return {**kept, "found": found, "dtype": str(self.dtype).removeprefix("torch.")}
 
     def finish(self, rows: dict[str, list[Row]]) -> dict[str, list[Row]]:
         """The model's finds of one clip -> its subject rows and reference crops."""
@@ -379,10 +362,10 @@ class Subjects(Stage):
         labels = list(item["kinds"])
         counts = {"boxes": 0, "zero_area": 0, "small": 0}
         per_frame = []
-        for position, (detections, masks, embeddings) in enumerate(item["found"]):
-            counts["boxes"] += len(detections)
+        for position, finds in enumerate(item["found"]):
+            counts["boxes"] += len(finds.detections)
             kept = []
-            for d, mask, embedding in zip(detections, masks, embeddings):
+            for d, mask, embedding in zip(finds.detections, finds.masks, finds.embeddings):
                 area = float(mask.mean())
                 if not visible_in_box(mask, d.box):
                     counts["zero_area"] += 1

@@ -50,7 +50,7 @@ def test_answers_parse_strictly():
 
 def test_each_answer_gets_one_status(tmp_path):
     stage = Caption(load_config(profile="tiny").caption, tmp_path)
-    raw = {"clip_id": "c1", "tokens": [1] * 7, "finished": True, "model_s": 0.5, "dtype": "float32"}
+    raw = {"clip_id": "c1", "tokens": [1] * 7, "finished": True, "dtype": "float32"}
     row, error = stage.row(raw, answer())
     assert error is None and row["answer"] == "ok" and row["subjects_source"] == "model" and row["output_tokens"] == 7
     assert [row[f"reject_{name}"] for name in VLM_CHECKS] == [name == "slideshow" for name in VLM_CHECKS]
@@ -163,7 +163,7 @@ def test_the_actor_runs_no_processor(stage, monkeypatch):
         patched.setattr("stages.caption.clip_frames", refuse)
         patched.setattr("stages.caption.cv2.resize", refuse)
         raw, errors = stage.process_batch(items)
-    assert not errors and all(set(row) == {"clip_id", "tokens", "finished", "model_s", "dtype"} for row in raw["captions"])
+    assert not errors and all(set(row) == {"clip_id", "tokens", "finished", "dtype"} for row in raw["captions"])
     done = [stage.finish({"captions": [row]}) for row in raw["captions"]]
     assert [d["captions"][0]["caption"] for d in done] and all(d["errors"][0]["error_type"] == "bad_model_output" for d in done)
 
@@ -176,7 +176,7 @@ def test_summary_counts_answers_and_checks(tmp_path):
     from manifests.report import answers_text, checks_text
 
     stage = Caption(load_config(profile="tiny").caption, tmp_path)
-    raw = {"clip_id": "c1", "tokens": [1] * 30, "finished": True, "model_s": 0.5, "dtype": "bfloat16"}
+    raw = {"clip_id": "c1", "tokens": [1] * 30, "finished": True, "dtype": "bfloat16"}
     made = [stage.row(raw, answer()), stage.row({**raw, "clip_id": "c2"}, answer(checks={**CHECKS, "synthetic": True})),
             stage.row({**raw, "clip_id": "c3", "finished": False}, "A man walks"), stage.row({**raw, "clip_id": "c4"}, "A dog."),
             stage.row({**raw, "clip_id": "c5"}, "")]  # fmt: skip
@@ -186,8 +186,11 @@ def test_summary_counts_answers_and_checks(tmp_path):
     pq.write_table(pa.Table.from_pylist([old]), store.table_dir(tmp_path, "captions") / "part-00000000000000000001-old.parquet")
     store.write_part(tmp_path, "captions", [row for row, _ in made if row])
     store.write_part(tmp_path, "errors", [error for _, error in made if error])
-    con = views.connect(tmp_path)
-    assert answers_text(con) == "answers: 2 ok, 1 truncated, 1 unparsable, 1 empty; 60.0 output tokens/s per GPU of model time, bfloat16"
+    runs = [{"run_started": "t1", "stage": "caption", "busy_s": 2.0, "gpus": 0.25}, {"run_started": "t2", "stage": "caption", "busy_s": 1.0, "gpus": 0.5},
+            {"run_started": "t1", "stage": "subjects", "busy_s": 9.0, "gpus": 0.25}]  # fmt: skip
+    store.write_part(tmp_path, "stage_runs", runs)
+    con = views.connect(tmp_path)  # 4 answered rows of 30 tokens in 2 x 0.25 + 1 x 0.5 GPU-seconds
+    assert answers_text(con) == "answers: 2 ok, 1 truncated, 1 unparsable, 1 empty; 120.0 output tokens/s per GPU of model time, bfloat16"
     assert checks_text(con).startswith("of 2 answered: slideshow 2, synthetic 1, text_overlay 0,")
     assert con.execute("SELECT answer, reject_slideshow FROM captions WHERE clip_id = 'c0'").fetchone() == (None, None)
 
@@ -207,7 +210,7 @@ def test_vlm_rule_shows_in_the_funnel_only_when_set(curated, tmp_path):
     passing = views.candidates(run, earlier, keep_all).column("clip_id").to_pylist()
     windows = store.read_table(run, "scenes").column("clip_id").to_pylist()
     assert len(passing) >= 3
-    raw = {"tokens": [1], "finished": True, "model_s": 0.1, "dtype": "float32"}
+    raw = {"tokens": [1], "finished": True, "dtype": "float32"}
     texts = {passing[0]: answer(), passing[1]: "no JSON line"}  # slideshow (CHECKS), unknown checks; the rest clean
     clean = answer(checks=dict.fromkeys(VLM_CHECKS, False))
     store.write_part(run, "captions", [stage.row({**raw, "clip_id": c}, texts.get(c, clean))[0] for c in windows])
@@ -216,3 +219,14 @@ def test_vlm_rule_shows_in_the_funnel_only_when_set(curated, tmp_path):
     assert steps["filter: vlm"] == 2
     steps = {step: cut for step, _, cut in views.funnel(run, keep_all.model_copy(update={"vlm_reject": ["synthetic"]}))}
     assert steps["filter: vlm"] == 1  # only the unknown answer
+
+
+def test_bf16_model_takes_the_fp32_processor_output(stage):
+    """The CUDA path's precision, run on the CPU: the model in bf16, the processor's fp32 pixels cast on the way in."""
+    from model.curation.captioner import CaptionModel
+
+    model = CaptionModel.from_pretrained(stage.config.model, "cpu", torch.bfloat16)
+    request = mixed_batch(stage)[2]["request"]
+    assert request["pixel_values_videos"].dtype == np.float32 and model.batch([request])["pixel_values_videos"].dtype == torch.bfloat16
+    answers = model.generate([request, request], 4)
+    assert len(answers) == 2 and all(0 < len(a.tokens) <= 4 for a in answers)

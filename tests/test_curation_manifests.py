@@ -136,8 +136,10 @@ def test_funnel_follows_the_run_thresholds(curated):
         steps.append((match[1], int(match[2]), int(match[3] or 0)))
     # The run kept every window (its config.yaml has KEEP_ALL's thresholds), so nothing is removed.
     assert steps == [
-        ("windows", 13, 0), ("filter: duration", 13, 0), ("filter: resolution", 13, 0), ("filter: motion", 13, 0), ("clips", 13, 0)
-    ]
+        ("windows", 13, 0), ("filter: duration", 13, 0), ("filter: resolution", 13, 0), ("filter: bitrate", 13, 0),
+        ("filter: frame_rate", 13, 0), ("filter: aspect", 13, 0), ("filter: motion", 13, 0), ("filter: slideshow", 13, 0),
+        ("filter: camera", 13, 0), ("clips", 13, 0),
+    ]  # fmt: skip
     # The same run seen with the default thresholds: short windows drop out, by their duration.
     default = views.funnel(curated.run, FilterConfig())
     assert [s for s, _, _ in default] == [s for s, _, _ in steps]

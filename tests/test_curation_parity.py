@@ -212,7 +212,7 @@ def test_gpu_actors_process_batch_runs_no_processor_and_no_cpu_detector(tiny_mod
         forbid(monkeypatch, target, name)
     made, errors = stage.process_batch(prepared)
     assert not errors and [m["clip_id"] for m in made] == ["c1", "c2"]
-    assert all(len(found[0]) for m in made for found in m["found"])  # boxes were found on every frame
+    assert all(len(finds.detections) for m in made for finds in m["found"])  # boxes were found on every frame
     rows, errors = aesthetic.process_batch([squares])
     assert not errors and rows[0]["dtype"] == "float32"
     monkeypatch.undo()

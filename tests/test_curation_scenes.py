@@ -9,10 +9,21 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import GOLDEN
+import scenedetect
+from conftest import GOLDEN, REAL
 from videos import static_frames, write_video
 
-from stages.scenes import CLIP_NAMESPACE, Scenes, ScenesConfig, clip_id, detect_cuts, windows
+from stages.scenes import (
+    CLIP_NAMESPACE,
+    FastAdaptiveDetector,
+    FastContentDetector,
+    Scenes,
+    ScenesConfig,
+    clip_id,
+    detect_cuts,
+    windows,
+)
+from stages.video import iter_frames, prefetch
 
 DETECTOR_NAMES = {
     "AdaptiveDetector": "adaptive",
@@ -73,6 +84,36 @@ def test_vfr_cut_indices_are_decode_positions():
     cuts, pts = found.cuts, found.pts
     assert cuts == [60, 140]
     assert len(pts) == 160 and pts == sorted(pts)
+
+
+@pytest.mark.parametrize(
+    "video,expected",
+    [(REAL / "bikes.mp4", [30, 76, 137, 187, 242]), (REAL / "carphone_pristine.mp4", []), (GOLDEN / "goldeneye-vfr-drop3.mp4", [60, 140])],
+)
+def test_known_cuts_of_real_footage(video, expected):
+    """The default detector on footage with known cuts: bikes' five hard cuts, carphone's one shot."""
+    assert detect_cuts(str(video), "adaptive", {}).cuts == expected
+
+
+@pytest.mark.parametrize("ours,theirs", [(FastContentDetector, scenedetect.ContentDetector), (FastAdaptiveDetector, scenedetect.AdaptiveDetector)])
+def test_one_call_distances_score_as_pyscenedetect(ours, theirs):
+    """Our detectors' frame scores are PySceneDetect's own, to the last bit, on frames across a cut and a fade."""
+    mine, reference = ours(), theirs()
+    frames = [f.image for f in iter_frames(GOLDEN / "fades.mp4", size=(256, 171), keep=lambda i: 60 <= i < 110)]
+    scores = [(mine._calculate_frame_score(None, f), reference._calculate_frame_score(None, f)) for f in frames]
+    assert all(a == b for a, b in scores) and len({a for a, _ in scores}) > 10
+
+
+def test_prefetch_keeps_order_and_raises_after_the_items_before_the_error():
+    def items():
+        yield from range(21)
+        raise ValueError("broken at 21")
+
+    seen = []
+    with pytest.raises(ValueError, match="broken at 21"):
+        for item in prefetch(items(), chunk=8):
+            seen.append(item)
+    assert seen == list(range(21))
 
 
 def _scenes_rows(video: Path, config: ScenesConfig, tmp_path) -> list[dict]:

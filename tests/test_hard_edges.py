@@ -12,12 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from conftest import REAL, ROOT, manifests_cli, pipeline_cli, run_cli, subprocess_env
+from conftest import REAL, ROOT, kill_session, manifests_cli, pipeline_cli, run_cli, subprocess_env
 
 from manifests import store
 
@@ -158,9 +159,10 @@ def test_a_read_only_run_folder_is_one_line_even_with_nothing_to_do(tmp_path):
         mount --bind {run} {run} && mount -o remount,bind,ro {run}
         {curate} > {logs}/1.out 2> {logs}/1.err; echo $? > {logs}/1.code
         {sys.executable} -m pipeline stage scenes --run {run} > {logs}/2.out 2> {logs}/2.err; echo $? > {logs}/2.code
+        {sys.executable} -m manifests compact {run} > {logs}/3.out 2> {logs}/3.err; echo $? > {logs}/3.code
     """
     done = _in_own_mounts(script, tmp_path)
-    for i in (1, 2):
+    for i in (1, 2, 3):
         assert (logs / f"{i}.code").read_text().strip() == "6", (logs / f"{i}.err").read_text() + done.stderr
         (line,) = _errors_of(logs / f"{i}.err")
         assert "cannot be written" in line and str(run) in line, line
@@ -254,6 +256,7 @@ def test_exit_codes_through_python_m_and_make(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(src), "--out", str(run), *PROBE_SCENES],
                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 3 and "--retry-errors" in done.stderr, done.stderr
+    assert "\x1b[" not in done.stderr and "    probe: 2 inputs, 1 rows, 1 failed" in done.stderr, done.stderr  # a log, not a bar
     made = _make("curate", f"SRC={src}", f"OUT={run}", "STAGES=probe,scenes")
     assert made.returncode == 2 and "make curate: exit code 3 from the tool" in made.stderr, made.stdout + made.stderr
     made = _make("curate", f"SRC={tmp_path / 'nothing here'}", f"OUT={run}")
@@ -295,3 +298,34 @@ def test_a_damaged_packet_a_fifo_and_a_playlist(tmp_path):
     assert set(errors) == {"list.m3u8", "pipe.mp4"}
     assert "playlist" in errors["list.m3u8"]["message"] and "not a regular file" in errors["pipe.mp4"]["message"]
     assert all(e["error_type"] == "bad_input" and e["attempts"] == 1 for e in errors.values())
+
+
+@pytest.mark.slow
+def test_the_memory_plan_says_what_it_does_within_seconds():
+    """Planning a real-size model takes minutes on a CPU: its first line comes within 10 s of the
+    imports (timed beside it: on a shared machine importing torch alone can take longer)."""
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import model.train.plan"], cwd=ROOT, env=subprocess_env(), check=True, timeout=300)
+    imports = time.monotonic() - started
+    proc = subprocess.Popen([sys.executable, "-m", "model.train.plan", str(ROOT / "configs" / "train_full.yaml"), "--references", "0"],
+                            cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+    try:
+        started = time.monotonic()
+        first = proc.stdout.readline()
+        seconds = time.monotonic() - started
+    finally:
+        kill_session(proc)
+    assert first.startswith("planning zai-org/CogVideoX-5b") and seconds < imports + 10, (first, seconds, imports)
+
+
+def test_report_names_the_files_that_failed_at_probe(hostile):
+    _, run, _, _ = hostile
+    page = (run / "report" / "index.html").read_text()
+    assert "Files that failed at probe" in page and "bad\\xffname.mp4" in page and "not valid UTF-8" in page
+
+
+@pytest.mark.skipif(any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")), reason="Chromium is installed")
+def test_report_check_without_chromium_is_one_line(hostile):
+    _, run, _, _ = hostile
+    result = manifests_cli("report", run, "--check")
+    assert result.code == 2 and "make test-deps" in _one_line_error(result.err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REAL, pipeline_cli
+from conftest import REAL, manifests_cli, pipeline_cli
 from learned_fixtures import run_model_stage, tiny_args, tiny_models  # noqa: F401  (fixture)
 
 from manifests import store, views
@@ -102,6 +103,11 @@ def test_tiny_chain_makes_shards_that_join_back(tiny_models, tmp_path):
     result = pipeline_cli("curate", src, "--out", run, *tiny_args(tiny_models))
     assert result.code == 0, result.out + result.err
     assert "RANDOM WEIGHTS" in result.out and "warnings" in result.out  # random answers do not parse
+    # one vocabulary: the summary's warnings are the stage lines' warnings, and nothing is called "error rows"
+    (warned,) = [int(line.split()[1]) for line in result.out.splitlines() if line.split()[:1] == ["warnings"]]
+    per_stage = [int(m) for m in re.findall(r"(\d+) warnings[,)]", result.out)]
+    assert sum(per_stage) == warned > 0 and "error rows" not in result.out, result.out
+    assert "RANDOM WEIGHTS" in manifests_cli("summary", run).out
     shards = store.read_table(run, "shards")
     clips = set(store.read_table(run, "clips").column("clip_id").to_pylist())
     subjects = {r["subject_id"]: r for r in store.read_table(run, "subjects").to_pylist()}

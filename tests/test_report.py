@@ -56,7 +56,10 @@ def report_run(curated, tmp_path_factory):
     run = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(curated.run, run, ignore=shutil.ignore_patterns("report"))
     motion = {r["clip_id"]: r["score"] for r in read_table(run, "motion").to_pylist()}
-    filters = FilterConfig(min_duration_s=0.2, min_short_side=0, min_motion=float(np.median(list(motion.values()))), max_motion=1e5)
+    filters = FilterConfig(
+        min_duration_s=0.2, min_short_side=0, min_bpp=0, min_frame_rate=0, min_residual_px=0,
+        min_motion=float(np.median(list(motion.values()))), max_motion=1e5,
+    )  # fmt: skip
     clips = sorted(read_table(run, "clips").to_pylist(), key=lambda c: c["clip_id"])
     moving = [c for c in clips if motion.get(c["clip_id"], -1) >= filters.min_motion]
     low, bare = moving[0]["clip_id"], moving[1]["clip_id"]

@@ -96,3 +96,41 @@ def test_gpu_check_measures_the_planned_step(cinema_models, tmp_path):
     step = step_of(config, 2, size=(9, 32, 48))
     assert measure(step, torch.device("cpu"), steps=1) > 0
     assert step_flops(step_of(config, 4, size=(9, 32, 48))) > step_flops(step) > 0
+
+
+def test_gpu_check_measures_a_wan_step(wan_models, tmp_path):
+    """The Wan rows of `make gpu-check`: the same measuring path on the tiny Wan2.1 base, its FLOPs from its base
+    (self-attention over video and references, cross-attention to 512 text tokens), and the real configs it names."""
+    from model.train.gpu_check import TRANSFORMERS, config_step, measure, step_flops
+
+    torch.set_num_threads(1)
+    config = tiny_wan_train_config(wan_models, tmp_path, tmp_path / "run", precision="bf16", gradient_checkpointing=True)
+    step = step_of(config, 2, size=(9, 32, 48))
+    assert measure(step, torch.device("cpu"), steps=1) > 0
+    assert step_flops(step_of(config, 4, size=(9, 32, 48))) > step_flops(step) > 0
+    real = {name: config_step(path, name, 4) for name, path in TRANSFORMERS.items() if name.startswith("Wan-AI/")}
+    assert [(s.frames, s.height, s.width, s.transformer["in_channels"]) for s in real.values()] == [(81, 480, 832, 16), (121, 704, 1280, 48)]
+    # Wan2.1-1.3B at 81 x 480 x 832 with 4 references: 25 latent frames of 30 x 52 tokens, 39,000 tokens.
+    assert step_flops(real["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"]) == pytest.approx(4 * 30 * 2 * (39000 * (6 * 1536**2 + 2 * 1536 * 8960) + 512 * 2 * 1536**2 + 2 * 39000**2 * 1536 + 2 * 39000 * 512 * 1536))
+
+
+@pytest.mark.parametrize(
+    ("name", "clip", "channels", "compression"),
+    [("1_3b", (81, 480, 832), 16, (4, 8)), ("5b", (121, 704, 1280), 48, (4, 16)), ("14b", (81, 480, 832), 16, (4, 8))],
+)
+def test_the_wan_configs_plan_their_clip_on_the_wan_base(name, clip, channels, compression):
+    """configs/train_wan_*.yaml: the real Wan configs (nothing fetched), each clip a multiple of its VAE and patch."""
+    from pathlib import Path
+
+    from model.cinema.bases import base_named
+    from model.cinema.bases.wan import WanBase
+    from model.train.config import load_train_config
+
+    config = load_train_config(Path(__file__).resolve().parents[1] / "configs" / f"train_wan_{name}.yaml")
+    step = step_of(config, 4)
+    base = base_named(step.transformer)
+    assert isinstance(base, WanBase) and base.text_length(step.transformer) == 512
+    assert (step.frames, step.height, step.width) == clip and step.transformer["in_channels"] == channels
+    assert base.compression(step.vae) == compression
+    assert all(side % (2 * compression[1]) == 0 for bucket in config.data.buckets for side in bucket)
+    assert config.data.fps == base.native(step.vae).fps

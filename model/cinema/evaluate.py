@@ -38,7 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from manifests.exits import EXIT_MISSING_WEIGHTS, UsageError, command, read_yaml, validated
-from model.hub import MissingWeights, require, resolve_file
+from model.hub import MissingWeights, quiet_loads, require, resolve_file
 from stages.crops import box_crop
 from stages.motion import motion_parts
 from stages.video import iter_frames
@@ -147,7 +147,7 @@ def motion_magnitude(frames: list[np.ndarray], fps: float, method: str, height: 
     scale = min(1.0, height / h)
     size = (max(2, round(w * scale)), max(2, round(h * scale)))
     grey = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA) for f in frames]
-    mean_px, _ = motion_parts(grey, method, patch=16, static_px=0.5)
+    mean_px, _, _ = motion_parts(grey, method, patch=16, static_px=0.5)
     return 100.0 * mean_px / float(np.hypot(*size)) * fps
 
 
@@ -182,7 +182,8 @@ class Evaluator:
 
     @torch.inference_mode()
     def dino_images(self, images: list[np.ndarray]) -> torch.Tensor:
-        inputs = self.dino_processor(images=images, return_tensors="pt")
+        # HxWx3 always: a crop 3 pixels high is not channels-first ("channel dimension is ambiguous")
+        inputs = self.dino_processor(images=images, return_tensors="pt", input_data_format="channels_last")
         return self.dino(**inputs).last_hidden_state[:, 0].float()  # CLS token
 
     def regions(self, frames: list[np.ndarray], label: str) -> tuple[list[list[np.ndarray]], float]:
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="YAML of EvalConfig values (model refs)")
     p.add_argument("--tiny-models", type=Path, help="use the tiny random models built in this folder instead")
     args = p.parse_args(argv)
+    quiet_loads()
     if args.tiny_models:
         config = tiny_config(args.tiny_models)
     else:

@@ -29,6 +29,7 @@ from model.cinema.bases.wan import WanBase
 from model.cinema.checkpoint import model_config
 from model.cinema.mllm import MLLMStates
 from model.cinema.model import CinemaModel, Conditions, on_white, pad_tokens
+from model.hub import quiet_loads
 from stages.video import encode_mp4
 
 SCHEDULER_NAMES = [*CogVideoXBase.scheduler_names, *WanBase.scheduler_names]  # each base takes its own
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = _per_reference(args.labels, refs, "object", "labels")
     if bad := [k for k in kinds if k not in ("human", "face", "object")]:
         raise UsageError(f"--kinds: {bad[0]!r} is not one of human, face, object")
+    quiet_loads()
     pipe = CinemaPipeline.from_pretrained(args.checkpoint, args.scheduler)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     references = [on_white(ref.read_bytes()) for ref in refs]

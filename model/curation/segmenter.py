@@ -72,6 +72,7 @@ class Segmenter:
 
     def __init__(self, sam: Sam):
         self.predictor = SamPredictor(sam.eval())
+        self.dtype = torch.float32
 
     @classmethod
     def from_pretrained(cls, ref: str, checkpoint: str, model_type: str) -> Segmenter:
@@ -80,8 +81,14 @@ class Segmenter:
         return cls(sam)
 
     def to(self, device: str, dtype: torch.dtype = torch.float32) -> Segmenter:
-        self.predictor.model.to(device, dtype)
+        """On `device`, computing in `dtype` by autocast: segment_anything casts box coordinates to fp32
+        itself, so its weights stay fp32 (375 MB for ViT-B) and autocast runs the matmuls in bf16."""
+        self.predictor.model.to(device)
+        self.dtype = dtype
         return self
+
+    def autocast(self):
+        return torch.autocast(self.predictor.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     @torch.inference_mode()
     def masks(self, resized: np.ndarray, original_size: tuple[int, int], boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +98,8 @@ class Segmenter:
         if len(boxes) == 0:
             return torch.zeros((0, *original_size), dtype=torch.bool, device=predictor.device), torch.zeros(0, device=predictor.device)
         image = torch.as_tensor(resized, device=predictor.device).permute(2, 0, 1).contiguous()[None]
-        predictor.set_torch_image(image, tuple(original_size))
-        dtype = predictor.model.pixel_mean.dtype
         transformed = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float32, device=predictor.device), original_size)
-        masks, iou, _ = predictor.predict_torch(None, None, boxes=transformed.to(dtype), multimask_output=False)
+        with self.autocast():
+            predictor.set_torch_image(image, tuple(original_size))
+            masks, iou, _ = predictor.predict_torch(None, None, boxes=transformed, multimask_output=False)
         return masks[:, 0], iou[:, 0].float()

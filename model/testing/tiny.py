@@ -385,7 +385,7 @@ def build_aesthetic_head(out: Path) -> None:
 BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
 
 
-def _bert_tokenizer():
+def bert_tokenizer():
     """A WordPiece vocabulary of the corpus with BERT's special tokens at bert-base-uncased's ids."""
     from transformers import BertTokenizerFast
 
@@ -410,7 +410,7 @@ def build_grounding_dino(out: Path) -> None:
         SwinConfig,
     )
 
-    tokenizer = _bert_tokenizer()
+    tokenizer = bert_tokenizer()
     backbone = SwinConfig(
         embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7, out_features=["stage2", "stage3", "stage4"]
     )

@@ -385,6 +385,8 @@ def plan_table(config: TrainConfig, gpus: int, references: list[int]) -> str:
         f"| references | trained params | per-GPU peak (GiB) | headroom on {GPU_MEMORY / GIB:.0f} GiB | at the peak (GiB) |",
         "|---|---|---|---|---|",
     ]
+    print(f"planning {config.model.transformer.ref}, {kind}, for {', '.join(map(str, references))} reference(s): "
+          "a row as each is planned (minutes each on a CPU for real sizes)", flush=True)  # fmt: skip
     for count in references:
         started = time.perf_counter()
         found = estimate(step_of(config, count), 1 if config.lora else gpus)

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -53,6 +54,7 @@ from model.cinema.aligner import alignment_loss
 from model.cinema.mllm import MLLMStates
 from model.cinema.model import CinemaModel, Conditions
 from model.cinema.sample import CinemaPipeline, export_mp4
+from model.hub import quiet_loads
 from model.train.config import TrainConfig, load_train_config
 from model.train.data import Batch, latent_seed, make_loader
 from model.train.ema import EMA
@@ -384,7 +386,8 @@ class Trainer:
     def train(self) -> None:
         config, acc = self.config, self.accelerator
         batches = self.batches()
-        bar = tqdm(total=config.max_steps, initial=self.step, disable=not acc.is_main_process, desc=self.phase.name)
+        # a bar on a terminal; a redirected log gets the plain line `log` prints instead of escape codes
+        bar = tqdm(total=config.max_steps, initial=self.step, disable=not (acc.is_main_process and sys.stderr.isatty()), desc=self.phase.name)
         while self.step < config.max_steps:
             started = time.perf_counter()
             losses, samples = [], 0
@@ -457,6 +460,8 @@ class Trainer:
         if acc.is_main_process:
             with open(self.run / "metrics.jsonl", "a") as stream:
                 stream.write(json.dumps({"step": self.step, **values}) + "\n")
+            if not sys.stderr.isatty():
+                print(f"{self.phase.name} step {self.step}/{self.config.max_steps}: loss {loss:.4f}, {seconds:.2f} s/step", file=sys.stderr, flush=True)
 
     def validate(self) -> None:
         """A video from the first training sample's references and caption, into RUN/validation/.
@@ -535,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True, help="YAML training config (configs/train_*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     args = p.parse_args(argv)
+    quiet_loads()
     Trainer(load_train_config(args.config, args.set)).fit()
     return 0
 

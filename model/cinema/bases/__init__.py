@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Native:
-    """The size and rate a base was trained at: defaults for sampling and the memory plan."""
+    """The clip a base was trained at: the sampler's default frame count and the rate its videos are written at."""
 
     frames: int
     height: int

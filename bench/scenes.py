@@ -1,0 +1,211 @@
+"""`python -m bench.scenes`: the scene pass (`probe,scenes,motion`) against the PySceneDetect command line
+and against decode-only, side by side on over ten minutes of real footage, and where its CPU goes per frame.
+
+The corpus is the shipped footage (tests/data: H.264 from 176x144 to 1920x1080, MPEG-4 part 2,
+variable frame rate), each file played over in one file by copying its packets (same codec, no
+re-encode), one file four minutes long. The three commands run interleaved, each with as many files
+at once as the machine has CPUs (ours: the runner's default), start-up included. Writes
+`bench/results/scenes.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+
+from bench.sections import ROOT, write_section
+
+# (shipped file, times played over): about eleven minutes in six files, the longest four minutes
+CORPUS = [("pyscenedetect/testvideo.mp4", 10), ("pyscenedetect/fades.mp4", 10), ("pyscenedetect/goldeneye-vfr-drop3.mp4", 10),
+          ("pyscenedetect/counter.mp4", 20), ("real/bikes.mp4", 10), ("real/carphone_pristine.mp4", 15)]  # fmt: skip
+PARTS = ["decode", "convert", "detect", "motion", "overhead"]
+
+
+def looped_copy(source: Path, out: Path, times: int) -> Path:
+    """`source` played `times` over in one file: its video packets copied with shifted timestamps."""
+    with av.open(str(source)) as src, av.open(str(out), "w") as dst:
+        stream = src.streams.video[0]
+        copy = dst.add_stream_from_template(stream)
+        packets = [p for p in src.demux(stream) if p.dts is not None]
+        first = min(p.dts for p in packets)
+        span = max((p.pts if p.pts is not None else p.dts) + (p.duration or 0) for p in packets) - first
+        for k in range(times):
+            for p in packets:
+                q = av.Packet(bytes(p))
+                q.pts, q.dts = (None if p.pts is None else p.pts + k * span), p.dts + k * span
+                q.duration, q.is_keyframe, q.time_base, q.stream = p.duration, p.is_keyframe, p.time_base, copy
+                dst.mux(q)
+    return out
+
+
+def corpus(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [looped_copy(ROOT / "tests/data" / name, folder / Path(name).name, times) for name, times in CORPUS]
+
+
+def frames_and_seconds(files: list[Path]) -> tuple[int, float]:
+    frames = seconds = 0
+    for path in files:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames += stream.frames
+            seconds += float(stream.duration * stream.time_base)
+    return frames, seconds
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+DECODE = "import av, sys\nc = av.open(sys.argv[1]); s = c.streams.video[0]; s.thread_type = 'AUTO'\nfor _ in c.decode(s): pass"
+
+
+def each_file(files: list[Path], command, at_once: int) -> float:
+    """Wall seconds of `command(file)` run for every file, `at_once` at a time."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(at_once) as pool:
+        list(pool.map(lambda f: subprocess.run(command(f), check=True, capture_output=True, env=ENV), files))
+    return time.perf_counter() - started
+
+
+def cli(files: list[Path], at_once: int, out: Path) -> float:
+    scenedetect = str(Path(sys.executable).with_name("scenedetect"))
+    return each_file(files, lambda f: [scenedetect, "-q", "-i", str(f), "detect-adaptive", "list-scenes", "-o", str(out)], at_once)
+
+
+def decode_only(files: list[Path], at_once: int) -> float:
+    return each_file(files, lambda f: [sys.executable, "-c", DECODE, str(f)], at_once)
+
+
+def ours(folder: Path, run: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline", "curate", str(folder), "--out", str(run), "--stages", "probe,scenes,motion"],
+                   check=True, cwd=ROOT, capture_output=True, env=ENV)  # fmt: skip
+    return time.perf_counter() - started
+
+
+def cost_split(files: list[Path]) -> dict[str, float]:
+    """CPU seconds of the scene pass with motion on `files`, split by part (its stages imported here, so
+    `split_in` can measure another tree's). decode: a decode-only pass
+    (same threading); convert, detect, motion: CPU of the threads running them; overhead: the rest of the
+    pass's process CPU (Python around the frames, threads handing frames on, windows, rows)."""
+    from stages import scenes, video
+    from stages.motion import MotionConfig
+    from stages.probe import Probe, ProbeConfig
+
+    spent = dict.fromkeys(PARTS, 0.0)
+
+    def timed(part, fn):
+        def wrapper(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[part] += time.thread_time() - started
+
+        return wrapper
+
+    if hasattr(video, "Converter"):  # every swscale conversion goes through it
+        video.Converter.__call__ = timed("convert", video.Converter.__call__)
+    else:  # the code before it (c256b03): the detector's frame and the grids' frames
+        scenes.PySceneDetect.image = timed("convert", scenes.PySceneDetect.image)
+        video.FrameGrid.add = timed("convert", video.FrameGrid.add)
+    scenes.PySceneDetect.push = timed("detect", scenes.PySceneDetect.push)
+    scenes.motion_row = timed("motion", scenes.motion_row)
+    total = 0.0
+    with tempfile.TemporaryDirectory() as run:
+        for path in files:
+            started = time.process_time()
+            container, stream = video.open_video(path)
+            with container:
+                for _ in container.decode(stream):
+                    pass
+            spent["decode"] += time.process_time() - started
+            (row,) = Probe(ProbeConfig(), Path(run)).process({"path": str(path)})
+            started = time.process_time()
+            scenes.Scenes(scenes.ScenesConfig(), Path(run), {"motion": MotionConfig()}).process(row)
+            total += time.process_time() - started
+    spent["overhead"] = total - sum(spent.values())
+    return spent
+
+
+def split_in(tree: Path, files: list[Path]) -> dict[str, float]:
+    """`cost_split` with the stages of another tree (`git archive COMMIT | tar -x -C DIR`): before and after in one run."""
+    code = (f"import json, pathlib, sys; sys.path.insert(0, {str(ROOT)!r}); from bench.scenes import cost_split; "
+            f"sys.path.insert(0, {str(tree)!r}); print(json.dumps(cost_split([pathlib.Path(f) for f in {[str(f) for f in files]!r}])))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tree, env=ENV)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def split_rows(splits: dict[str, dict[str, float]], frames: int) -> list[str]:
+    lines = ["| code | " + " | ".join(PARTS) + " | total | total / decode |", "|---|" + "---|" * (len(PARTS) + 2)]
+    for name, spent in splits.items():
+        total = sum(spent.values())
+        cells = " | ".join(f"{1e6 * spent[p] / frames:.0f}" for p in PARTS)
+        lines.append(f"| {name} | {cells} | {1e6 * total / frames:.0f} | {total / spent['decode']:.2f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three commands, interleaved")
+    parser.add_argument("--before", type=Path, help="the code before, unpacked (git archive COMMIT | tar -x -C DIR): its cost split too")
+    args = parser.parse_args()
+    at_once = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = corpus(tmp / "corpus")
+        frames, seconds = frames_and_seconds(files)
+        times: dict[str, list[float]] = {"ours": [], "cli": [], "decode": []}
+        for k in range(args.repeats):
+            times["decode"].append(decode_only(files, at_once))
+            times["cli"].append(cli(files, at_once, tmp / f"cli{k}"))
+            times["ours"].append(ours(tmp / "corpus", tmp / f"run{k}"))
+            print({name: t[-1] for name, t in times.items()}, flush=True)
+        splits = {**({"before": split_in(args.before, files)} if args.before else {}), "now": cost_split(files)}
+    load = os.getloadavg()
+    best = {name: min(t) for name, t in times.items()}
+    lines = [
+        "## Scene pass against the PySceneDetect command line and decode-only (issue 22)",
+        "",
+        f"Machine: {platform.machine()}, {at_once} CPUs, Python {platform.python_version()}, PyAV {av.__version__}; "
+        f"load average {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) at the end: shared with other jobs, so wall times are "
+        f"noisy and the ratios are taken between runs interleaved in one session. Corpus: {len(files)} files, "
+        f"{seconds / 60:.1f} min, {frames} frames (`bench/scenes.py` CORPUS: the shipped footage played over by copying "
+        f"packets). Each command {at_once} files at a time, start-up included; {args.repeats} interleaved rounds.",
+        "",
+        "| command | seconds, each round | best |",
+        "|---|---|---|",
+        f"| decode only (PyAV, every frame, FFmpeg threads), {at_once} files at a time | "
+        + ", ".join(f"{t:.1f}" for t in times["decode"]) + f" | {best['decode']:.1f} |",
+        f"| `scenedetect -i FILE detect-adaptive list-scenes`, {at_once} files at a time | "
+        + ", ".join(f"{t:.1f}" for t in times["cli"]) + f" | {best['cli']:.1f} |",
+        "| `pipeline curate --stages probe,scenes,motion` on the folder (summary and report included) | "
+        + ", ".join(f"{t:.1f}" for t in times["ours"]) + f" | {best['ours']:.1f} |",
+        "",
+        f"Ours / CLI: **{best['ours'] / best['cli']:.2f}** best of rounds, "
+        f"{statistics.median(o / c for o, c in zip(times['ours'], times['cli'])):.2f} median of the per-round ratios (goal 0.9 or less). "
+        f"Ours / decode-only: **{best['ours'] / best['decode']:.2f}**, "
+        f"{statistics.median(o / d for o, d in zip(times['ours'], times['decode'])):.2f} (goal 1.4 or less).",
+        "",
+        "CPU per frame of the scene stage's pass with motion (microseconds; one file after another in one process; "
+        "decode from a decode-only pass, the other parts from the CPU time of the threads that run them):",
+        "",
+        *split_rows(splits, frames),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    print(f"wrote {write_section('scenes', text)}")
+
+
+if __name__ == "__main__":
+    main()
