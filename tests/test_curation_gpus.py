@@ -73,7 +73,10 @@ class SeenSubjects(Subjects):
 class LastSourceWaits(Scenes):
     """The last source's scene pass waits until subjects wrote (6 minutes at most: the machine may
     be busy): every model stage before subjects then still has windows to do after subjects began,
-    which only a plan that runs all model stages at once can do."""
+    which only a plan that runs all model stages at once can do. It reserves almost no CPU while
+    it waits: of the cluster's 2 CPUs the GPU actors reserve about one, and `clips` needs the other."""
+
+    resources = Resources(cpus=0.01)
 
     def process(self, item):
         if item["path"].endswith("zz-last.mp4"):
