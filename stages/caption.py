@@ -91,7 +91,7 @@ class Caption(Stage):
             raise BadInput(f"clip {item['clip_id']} has no clip file (run the clips stage)")
         cfg = self.config
         n = item["end_frame"] - item["start_frame"]
-        frames = [image for _, image in clip_frames(self.run_dir, item["clip_id"], item["clip_path"], n, cfg.clip_request())]
+        frames = [image for _, image in clip_frames(self.run_dir, item, cfg.clip_request())]
         h, w = frames[0].shape[:2]
         scale = min(1.0, cfg.max_side / max(h, w))
         if scale < 1.0:

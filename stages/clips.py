@@ -12,12 +12,10 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
-
 from manifests.files import atomic_path
 from stages.base import BadInput, Row, Stage, StageConfig
-from stages.kept import has_room, jpeg, keep
-from stages.video import Frame, encode_mp4, even, iter_frames, rotate_upright, spread
+from stages.kept import has_room, keep
+from stages.video import Frame, as_kept, encode_mp4, iter_frames, rotate_upright, spread
 
 
 class ClipsConfig(StageConfig):
@@ -78,7 +76,6 @@ class Clips(Stage):
     def upright(frames: Iterator[Frame], rotation: int, start: int, wanted: set[int], kept: dict[int, bytes]) -> Iterator:
         """The frames to encode; those at `wanted` clip indices also go to `kept` as the clip file shows them."""
         for frame in frames:
-            image = rotate_upright(frame.image, rotation)
             if frame.index - start in wanted:
-                kept[frame.index - start] = jpeg(cv2.cvtColor(even(image), cv2.COLOR_RGB2BGR))
-            yield image
+                kept[frame.index - start] = as_kept(frame.image, rotation)
+            yield rotate_upright(frame.image, rotation)

@@ -38,6 +38,7 @@ import math
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import cv2
@@ -46,9 +47,9 @@ import pyarrow as pa
 
 from manifests import store
 from model.curation.faces import SAME_PERSON_DISTANCE
-from stages.base import Row, Stage, StageConfig
+from stages.base import BadInput, Row, Stage, StageConfig
 from stages.neighbours import complete_linkage, components, cosine_radius, pairs_within, radius_pairs
-from stages.video import clip_frames, iter_frames
+from stages.video import iter_frames, spread
 
 IDENTITY_NAMESPACE = uuid.UUID("2b0f6f1e-8a7c-4e55-b1f3-6d2c9e4a7b10")
 POLICIES = ("same_clip", "other_shot", "cross_video")
@@ -207,6 +208,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
+def sample_frames(clip: Path, n_frames: int, count: int):
+    """`count` frames spread over the clip file: the training sample as the trainer will read it."""
+    frames = list(iter_frames(clip, fmt="rgb24", keep=set(spread(0, n_frames, count)).__contains__))
+    if not frames:
+        raise BadInput(f"{clip}: no frame decodes")
+    return frames
+
+
 class Identities(Stage):
     name = "identities"
     reads = "candidates"
@@ -279,7 +288,7 @@ class Identities(Stage):
                 candidate["copy_psnr"] = None  # same_clip: a frame of the sample by design, not checked
                 if candidate["policy"] != "same_clip":
                     if sample is None:
-                        sample = [thumbnail(image) for _, image in clip_frames(self.run_dir, item["clip_id"], item["clip_path"], item["n_frames"], cfg.copy_frames)]
+                        sample = [thumbnail(f.image) for f in sample_frames(self.run_dir / item["clip_path"], item["n_frames"], cfg.copy_frames)]
                     source = self.source_frame(candidate)
                     candidate["copy_psnr"] = round(max(psnr(source, frame) for frame in sample), 1)  # x264 clip files differ in the last bits run to run
                     if candidate["copy_psnr"] > cfg.copy_max_psnr:

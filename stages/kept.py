@@ -59,6 +59,11 @@ def jpeg(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+def through_jpeg(data: bytes) -> np.ndarray:
+    """A kept JPEG back as rgb24."""
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
 def keep(run_dir: Path, producer: str, clip_id: str, frames: dict[tuple[int, int], bytes]) -> None:
     """Store JPEG frames by (count, position)."""
     if not frames:
@@ -79,5 +84,4 @@ def kept(run_dir: Path, producer: str, clip_id: str, count: int) -> list[tuple[i
         names = {int(n[len(prefix) : -4]): n for n in archive.namelist() if n.startswith(prefix)}
         if not names:
             return None
-        images = [(position, cv2.imdecode(np.frombuffer(archive.read(names[position]), np.uint8), cv2.IMREAD_COLOR)) for position in sorted(names)]
-    return [(position, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)) for position, image in images]
+        return [(position, through_jpeg(archive.read(names[position]))) for position in sorted(names)]

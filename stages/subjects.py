@@ -309,8 +309,7 @@ class Subjects(Stage):
         cfg = self.config
         if not item.get("clip_path") or item.get("subjects_json") is None:
             raise BadInput(f"clip {item['clip_id']} has no clip file or caption yet")
-        n = item["end_frame"] - item["start_frame"]
-        frames = clip_frames(self.run_dir, item["clip_id"], item["clip_path"], n, cfg.clip_request())
+        frames = clip_frames(self.run_dir, item, cfg.clip_request())
         kinds = {}
         for s in json.loads(item["subjects_json"]) + DEFAULT_SUBJECTS:
             kinds.setdefault(s["label"], s["kind"])

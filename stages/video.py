@@ -21,7 +21,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from stages.base import BadInput
-from stages.kept import keep, kept
+from stages.kept import jpeg, keep, kept, through_jpeg
 
 
 @dataclass(frozen=True)
@@ -136,17 +136,27 @@ def spread(start: int, end: int, n: int) -> list[int]:
     return sorted({start + int((i + 0.5) * (end - start) / count) for i in range(count)})
 
 
-def clip_frames(run_dir: Path, clip_id: str, clip_path: str, n_frames: int, count: int) -> list[tuple[int, np.ndarray]]:
-    """(index in the clip, rgb24 image) of `count` frames spread over a clip of `n_frames` frames, what
-    the clip's model stages see. Kept by the clips stage when both ran; else decoded from the clip file
-    (`clip_path`, relative to `run_dir`, as the clips stage records it)."""
-    picks = spread(0, n_frames, count)
-    frames = kept(run_dir, "clips", clip_id, count)
+def clip_frames(run_dir: Path, item: dict, count: int) -> list[tuple[int, np.ndarray]]:
+    """(index in the clip, rgb24 image) of `count` frames spread over a clip's window, what the clip's
+    model stages see: the source frames upright, cropped to even sides and through JPEG, as the clips
+    stage keeps them. Read from its archive when it kept them, else decoded from the source here the
+    same way, bit for bit: a stage's answer never depends on which of the two it found (a kill, a
+    sweep or the kept-frames budget decides that)."""
+    start, end = item["start_frame"], item["end_frame"]
+    picks = spread(0, end - start, count)
+    frames = kept(run_dir, "clips", item["clip_id"], count)
     if frames is None or [index for index, _ in frames] != picks:
-        frames = [(f.index, f.image) for f in iter_frames(run_dir / clip_path, fmt="rgb24", keep=set(picks).__contains__)]
+        wanted = {start + index for index in picks}
+        decoded = iter_frames(item["video_path"], start_frame=start, start_pts=item["start_pts"], end_frame=end, fmt="rgb24", keep=wanted.__contains__)
+        frames = [(f.index - start, through_jpeg(as_kept(f.image, item["rotation"]))) for f in decoded]
     if not frames:
-        raise BadInput(f"{clip_path}: no frame decodes")
+        raise BadInput(f"{item['video_path']}: frames {start}..{end}: no frame decodes")
     return frames
+
+
+def as_kept(image: np.ndarray, rotation: int) -> bytes:
+    """An rgb24 source frame as the clips stage keeps it: upright, even sides, JPEG."""
+    return jpeg(cv2.cvtColor(even(rotate_upright(image, rotation)), cv2.COLOR_RGB2BGR))
 
 
 def even(image: np.ndarray) -> np.ndarray:
