@@ -52,7 +52,8 @@ RULES: dict[str, tuple[str | None, str]] = {
     "aspect": (None, "GREATEST(width, height) <= {max_aspect} * LEAST(width, height)"),
     "motion": ("motion", "motion_score >= {min_motion} AND motion_score <= {max_motion}"),
     "slideshow": ("motion", "clip_id IN (SELECT clip_id FROM motion WHERE residual_px >= {min_residual_px})"),
-    "camera": ("motion", "clip_id IN (SELECT clip_id FROM motion WHERE NOT list_contains({reject_camera_motion}, camera_motion))"),
+    # a window the fit could not class (too few flow points) is not of a rejected class
+    "camera": ("motion", "clip_id IN (SELECT clip_id FROM motion WHERE camera_motion IS NULL OR NOT list_contains({reject_camera_motion}, camera_motion))"),
     "aesthetic": ("aesthetic", "aesthetic_score >= {min_aesthetic}"),
     # uncorrelated, so the rule holds whatever the candidates view is called in the query
     "text": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE text_area <= {max_text_area})"),

@@ -105,13 +105,8 @@ def test_kill_9_in_the_middle_then_rerun_gives_the_tables_of_a_fresh_run(fresh_i
     assert result.code == 0, result.out + result.err
     for table in ("identities", "sample_refs"):
         assert rows(run, table) == rows(again, table), table
-    differ = [t for t in ("captions", "subjects", "identities", "sample_refs", "errors") if rows(run, t) != rows(fresh_identities, t)]
-    if differ:
-        pytest.xfail(
-            f"{differ} differ from a fresh run's: a clip stage's frames come either from the JPEG frames the clips stage kept "
-            "or from decoding the clip file, whichever is there when it runs (stages/kept.py, stages/video.py clip_frames); "
-            "after a kill the path differs, so the models see other pixels (dlib's face scores on the same frames moved by 0.05-0.08)"
-        )
+    for table in ("captions", "subjects", "identities", "sample_refs", "errors"):  # the kept frames or their decode: the same pixels
+        assert rows(run, table) == rows(fresh_identities, table), table
 
 
 @pytest.mark.slow

@@ -30,9 +30,10 @@ def run(tmp_path: Path) -> Path:
     write_shard(run, [sample(key, i) for i, key in enumerate(KEYS)], name="train-listed")
     write_shard(run, [sample(ORPHAN, 2)], name="train-orphan")
     store.write_part(run, "shards", [{"shard": "train-listed", "split": "train", "path": "shards/train-listed.tar", "n_samples": 2, "bytes": 0, "clip_ids": KEYS}])
-    store.write_part(run, "videos", [{"video_id": "v", "path": "v.mp4", "fps": 8.0, "width": 640, "height": 360}])
-    store.write_part(run, "scenes", [{"video_id": "v", "scene_index": i, "clip_id": key, "n_frames": 48} for i, key in enumerate(KEYS + [ORPHAN])])
-    store.write_part(run, "motion", [{"clip_id": key, "score": score} for key, score in zip(KEYS + [ORPHAN], (1.0, 5.0, 5.0))])
+    store.write_part(run, "videos", [{"video_id": "v", "path": "v.mp4", "bytes": 10**7, "duration_s": 12.0, "fps": 24.0, "width": 640, "height": 360}])
+    store.write_part(run, "scenes", [{"video_id": "v", "scene_index": i, "clip_id": key, "n_frames": 96} for i, key in enumerate(KEYS + [ORPHAN])])
+    motion = zip(KEYS + [ORPHAN], (1.0, 5.0, 5.0))  # residual_px: a real shot, not a slideshow
+    store.write_part(run, "motion", [{"clip_id": key, "score": score, "residual_px": 5.0} for key, score in motion])
     write_run_config(run, load_config(profile="tiny"))
     return run
 
