@@ -354,7 +354,7 @@ def run_binding_world(models: Path, workdir: Path, steps: int = 1500, seeds: tup
     ]  # fmt: skip
     trained = train_world(models, workdir, samples, steps, batch=len(arrangements), references=2)
     pipe, model = trained.pipe, trained.pipe.model
-    crossed = CinemaPipeline(CrossedReferences(model.mllm, model.aligner, model.vae, model.transformer, model.scheduler, model.config), pipe.scheduler)
+    crossed = CinemaPipeline(CrossedReferences(model.mllm, model.aligner, model.vae, model.transformer, model.scheduler, model.config, model.base), pipe.scheduler)
     clips = {a: through_vae(pipe, binding_clip(*a), latent_seed(trained.config.seed, f"bind-{i}-0")) for i, a in enumerate(arrangements)}
     spaces = {"latent": {a: c[0] for a, c in clips.items()}, "pixels": {a: c[1] for a, c in clips.items()}}
 
