@@ -74,6 +74,12 @@ def scored_in(stage: str) -> str:
     return "captions" if stage == "caption" else stage
 
 
+def rules_through(last: str) -> tuple[str, ...]:
+    """The rules in chain order up to `last`: a stage applies every rule scored before it."""
+    names = list(RULES)
+    return tuple(names[: names.index(last) + 1])
+
+
 def applies(rule: str, config: FilterConfig) -> bool:
     """False for a rule the config leaves unset (`vlm` without checks): it filters nothing and the funnel leaves it out."""
     return rule != "vlm" or bool(config.vlm_reject)

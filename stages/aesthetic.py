@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from manifests.filters import rules_through
 from stages.base import ModelStageConfig, Resources, Row, Stage, error_row
 from stages.video import window_frames
 
@@ -47,7 +48,7 @@ class Aesthetic(Stage):
     reads = "candidates"
     writes = "aesthetic"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera")
+    filters = rules_through("camera")
     resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=3)  # CLIP ViT-L/14 + head in bf16, 32 frames
     batch_size = 8
     Config = AestheticConfig

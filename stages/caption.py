@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from manifests.filters import VLM_CHECKS
+from manifests.filters import VLM_CHECKS, rules_through
 from stages.aesthetic import model_name
 from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
 from stages.caption_answer import DEFAULT_SUBJECTS, parse_answer
@@ -66,7 +66,7 @@ class Caption(Stage):
     reads = "candidates"
     writes = "captions"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
+    filters = rules_through("nsfw")
     needs = "clip_path IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=14)  # Qwen2.5-VL-3B in bf16 (7.5 GB) and a batch's frames and cache
     batch_size = 4

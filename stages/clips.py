@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from manifests.files import atomic_path
+from manifests.filters import rules_through
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.kept import has_room, keep
 from stages.video import Frame, as_kept, encode_mp4, iter_frames, rotate_upright, spread
@@ -33,7 +34,7 @@ class Clips(Stage):
     reads = "candidates"
     writes = "clips"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw")
+    filters = rules_through("nsfw")
     feeds = ("caption", "subjects")
     Config = ClipsConfig
 

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from manifests import store
+from manifests.filters import rules_through
 from stages.base import Row, Stage, StageConfig
 from stages.neighbours import components, cosine_radius, radius_pairs
 
@@ -35,7 +36,7 @@ class Dedup(Stage):
     reads = "candidates"
     writes = "dedup"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm")
+    filters = rules_through("vlm")
     needs = "clip_id IN (SELECT clip_id FROM aesthetic WHERE embedding IS NOT NULL)"
     barrier = True
     batch_size = 4096  # each work item is one row made in `plan`: write them in few parts

@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from manifests import store
+from manifests.filters import rules_through
 from model.curation.faces import SAME_PERSON_DISTANCE
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.neighbours import complete_linkage, components, cosine_radius, pairs_within, radius_pairs
@@ -221,7 +222,7 @@ class Identities(Stage):
     reads = "candidates"
     writes = "identities"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm", "dedup")
+    filters = rules_through("dedup")
     needs = "clip_path IS NOT NULL AND n_subjects > 0"
     barrier = True
     batch_size = 16

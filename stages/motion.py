@@ -22,6 +22,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from manifests.filters import rules_through
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.video import window_samples
 
@@ -119,7 +120,7 @@ class Motion(Stage):
     reads = "candidates"
     writes = "motion"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect")
+    filters = rules_through("aspect")
     batch_size = 4
     Config = MotionConfig
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from manifests.filters import rules_through
 from stages.base import ModelStageConfig, Resources, Row, Stage
 from stages.video import window_frames
 
@@ -62,7 +63,7 @@ class Screen(Stage):
     reads = "candidates"
     writes = "screen"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic")
+    filters = rules_through("aesthetic")
     resources = Resources(cpus=1.0, uses_model=True)  # OCR and NudeNet run on CPUs: one actor per few CPUs
     batch_size = 4
     Config = ScreenConfig

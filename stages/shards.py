@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from manifests import store
 from manifests.files import atomic_path
+from manifests.filters import rules_through
 from stages.base import BadInput, Row, Stage, StageConfig
 
 SAMPLE_COLUMNS = (
@@ -56,7 +57,7 @@ class Shards(Stage):
     reads = "candidates"
     writes = "shards"
     input_key = "shard"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm", "dedup", "references")
+    filters = rules_through("references")
     needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND clip_id IN (SELECT clip_id FROM sample_refs WHERE n_references > 0)"
     barrier = True
     wants = ("subjects",)

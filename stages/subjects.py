@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from manifests.files import write_bytes
+from manifests.filters import rules_through
 from stages.aesthetic import model_name
 from stages.base import BadInput, BadModelOutput, ModelStageConfig, Resources, Row, Stage, error_row
 from stages.caption import DEFAULT_SUBJECTS
@@ -283,7 +284,7 @@ class Subjects(Stage):
     reads = "candidates"
     writes = "subjects"
     input_key = "clip_id"
-    filters = ("duration", "resolution", "bitrate", "frame_rate", "aspect", "motion", "slideshow", "camera", "aesthetic", "text", "slide", "blur", "nsfw", "vlm")
+    filters = rules_through("vlm")
     needs = "clip_path IS NOT NULL AND subjects_json IS NOT NULL"
     resources = Resources(cpus=1.0, uses_model=True, gpu_memory_gb=5)  # GroundingDINO-T + SAM-B + CLIP-L in bf16, 800x1333 inputs
     batch_size = 2
