@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from model.curation.clip import load_clip
+from model.curation.device import tensor
 from model.hub import resolve_file
 
 
@@ -68,7 +69,7 @@ class AestheticScorer(nn.Module):
         """(n, size, size, 3) uint8 -> (n, d) L2-normalised image embeddings."""
         if frames.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"frames are {frames.shape[1:3]}, CLIP expects {self.image_size}x{self.image_size}")
-        pixels = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        pixels = tensor(frames).to(self.device).permute(0, 3, 1, 2).float() / 255.0
         features = self.clip.encode_image(((pixels - self.mean.float()) / self.std.float()).to(self.mean.dtype)).float()
         return features / features.norm(dim=-1, keepdim=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 
@@ -30,3 +31,8 @@ def runtime() -> tuple[str, torch.dtype]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return on, dtype(on)
+
+
+def tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over `array`; one from Ray's object store is read-only, and torch must not write through it: copied."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())

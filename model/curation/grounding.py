@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
+from model.curation.device import tensor
 from model.hub import resolve
 
 
@@ -117,8 +118,8 @@ class Detector:
         """Boxes scoring above `threshold`, per frame, each with its label; the backbone runs once per frame."""
         model, on = self.model, self.model.device
         labels = len(inputs.labels)
-        pixel_values = torch.from_numpy(inputs.pixel_values).to(on, model.dtype)
-        pixel_mask = torch.from_numpy(inputs.pixel_mask).to(on)
+        pixel_values = tensor(inputs.pixel_values).to(on, model.dtype)
+        pixel_mask = tensor(inputs.pixel_mask).to(on)
         features, positions = model.model.backbone(pixel_values, pixel_mask)
         rows = lambda t: t.repeat_interleave(labels, dim=0)  # noqa: E731  (frame-major: frame f, label l is row f * labels + l)
         features = ([(rows(f), rows(m)) for f, m in features], [rows(p) for p in positions])
@@ -127,8 +128,8 @@ class Detector:
             outputs = model(
                 pixel_values=pixel_values[:1, :1, :1, :1].expand(n, *pixel_values.shape[1:]),  # its shape only
                 pixel_mask=rows(pixel_mask),
-                input_ids=torch.from_numpy(inputs.input_ids).to(on).expand(n, -1),
-                attention_mask=torch.from_numpy(inputs.label_masks).to(on).repeat(len(pixel_values), 1).long(),
+                input_ids=tensor(inputs.input_ids).to(on).expand(n, -1),
+                attention_mask=tensor(inputs.label_masks).to(on).repeat(len(pixel_values), 1).long(),
             )
         scores = outputs.logits.float().sigmoid().max(-1).values  # masked tokens score 0, as in the per-label prompt
         cx, cy, w, h = outputs.pred_boxes.float().unbind(-1)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from model.curation.clip import ImageEmbedder
+from model.curation.device import tensor
 from model.curation.grounding import Detection, Detector, DetectorInputs
 from model.curation.segmenter import Segmenter
 from stages.crops import pixel_box
@@ -48,7 +49,7 @@ class RegionModels:
             detections = sorted(detections, key=lambda d: -d.score)[:per_frame]
             boxes = np.array([d.box for d in detections], np.float32).reshape(-1, 4)
             masks, _ = self.segmenter.masks(resized, image.shape[:2], boxes)
-            frame = torch.from_numpy(image).to(masks.device)
+            frame = tensor(image).to(masks.device)
             embeddings = self.embedder.embed_cutouts(frame, masks, [cut_box(d.box, *image.shape[:2]) for d in detections])
             out.append(FrameFinds(detections, masks.cpu().numpy(), embeddings))
         return out
