@@ -15,6 +15,7 @@ from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from model.curation.device import tensor
 from model.hub import resolve_file
 
 # model_type -> (embed_dim, depth, heads, global attention blocks, input size); as build_sam.py
@@ -97,7 +98,7 @@ class Segmenter:
         predictor = self.predictor
         if len(boxes) == 0:
             return torch.zeros((0, *original_size), dtype=torch.bool, device=predictor.device), torch.zeros(0, device=predictor.device)
-        image = torch.as_tensor(resized, device=predictor.device).permute(2, 0, 1).contiguous()[None]
+        image = tensor(resized).to(predictor.device).permute(2, 0, 1).contiguous()[None]
         transformed = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float32, device=predictor.device), original_size)
         with self.autocast():
             predictor.set_torch_image(image, tuple(original_size))
