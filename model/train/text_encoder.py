@@ -35,6 +35,8 @@ def text_target(transformer: PartRef, ref: str, dtype: torch.dtype = torch.float
 
 
 class T5TargetEncoder(nn.Module):
+    model_class = T5EncoderModel  # the checkpoint's `text_encoder/`
+
     def __init__(self, tokenizer, model: T5EncoderModel, max_length: int = MAX_LENGTH):
         super().__init__()
         self.tokenizer = tokenizer
@@ -51,7 +53,7 @@ class T5TargetEncoder(nn.Module):
         `tokenizer/` is sentencepiece files only (no tokenizer.json): the `sentencepiece` package builds it."""
         folder = resolve(ref)
         tokenizer = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        model = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype)
+        model = cls.model_class.from_pretrained(folder, subfolder="text_encoder", dtype=dtype)
         return cls(tokenizer, model, max_length)
 
     @property
@@ -67,29 +69,11 @@ class T5TargetEncoder(nn.Module):
         return features, tokens.attention_mask.bool()
 
 
-class UMT5TargetEncoder(nn.Module):
+class UMT5TargetEncoder(T5TargetEncoder):
     """Wan's text condition, as `WanPipeline._get_t5_prompt_embeds` makes it: cleaned prompt, UMT5 run with
-    the attention mask, features past each caption's real length set to zero."""
+    the attention mask, features past each caption's real length set to zero. `ref` is a Wan checkpoint."""
 
-    def __init__(self, tokenizer, model: UMT5EncoderModel, max_length: int):
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.model = model
-        self.max_length = max_length
-        self.requires_grad_(False)
-        self.eval()
-
-    @classmethod
-    def from_pretrained(cls, ref: str, max_length: int, dtype: torch.dtype = torch.float32) -> UMT5TargetEncoder:
-        """`ref` is a Wan checkpoint (its `tokenizer/` and `text_encoder/` folders)."""
-        folder = resolve(ref)
-        tokenizer = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        model = UMT5EncoderModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype)
-        return cls(tokenizer, model, max_length)
-
-    @property
-    def width(self) -> int:
-        return self.model.config.d_model
+    model_class = UMT5EncoderModel
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, max_length, width) features, zero past the real tokens, and their (batch, max_length) bool mask."""
