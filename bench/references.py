@@ -2,23 +2,26 @@
 
 Synthetic face embeddings with dlib's geometry (128-D; one person's faces about 0.35 apart, two
 people about 0.95, threshold 0.6): identities appear in a few videos each, ten faces per video.
-Times `stages.identities.blocked_pairs` + `stages.neighbours.components` (the identities stage's
-numerical core) at each size; recall is the share of truly linked pairs (same identity) that end in
-one identity, and of the pairs exact search finds on a subset. Writes `bench/results/references.md`.
+Times `stages.identities.linked` + `stages.neighbours.components` (the identities stage's numerical
+core: candidate pairs, then complete linkage inside each group they link) at each size; recall is
+the share of truly linked pairs (same identity) that end in one identity, and of the pairs exact
+search finds on a subset. Then complete linkage of one large candidate group, sparse (ours) against
+the textbook algorithm on the full distance matrix. Writes `bench/results/references.md`.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 from bench.model import machine
 from bench.sections import section_path, write_section
-from stages.identities import blocked_pairs
-from stages.neighbours import components, pairs_within, radius_pairs
+from stages.identities import linked
+from stages.neighbours import complete_linkage, components, pairs_within, radius_pairs
 
 RADIUS = 0.6
 FACES_PER_VIDEO = 10
@@ -57,7 +60,7 @@ def pair_recall(labels: np.ndarray, truth: np.ndarray, sample: int = 200_000, se
 def cluster_time(n: int) -> tuple[float, float, float, int]:
     vectors, truth, videos = synthetic(n)
     started = time.perf_counter()
-    pairs = blocked_pairs(vectors, videos, RADIUS, probes=2, unit=False)
+    pairs = linked(vectors, videos, RADIUS, probes=2, unit=False)
     labels = components(n, pairs)
     seconds = time.perf_counter() - started
     recall, precision = pair_recall(labels, truth)
@@ -78,7 +81,54 @@ def exact_comparison(n: int) -> tuple[float, float, float]:
     return exact_s, ivf_s, recall
 
 
-def report(sizes: list[int], exact_n: int) -> str:
+def dense_complete_linkage(x: np.ndarray, radius: float) -> np.ndarray:
+    """The textbook algorithm on the full distance matrix (the baseline; tests check ours equals it)."""
+    x = np.asarray(x, np.float64)
+    n, label = len(x), np.arange(len(x))
+    d = np.sqrt(np.maximum((x * x).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * x @ x.T, 0.0)) if n > 512 else \
+        np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))  # fmt: skip
+    np.fill_diagonal(d, np.inf)
+    alive = np.ones(n, bool)
+    while True:
+        masked = np.where(alive[:, None] & alive[None, :], d, np.inf)
+        i, j = divmod(int(np.argmin(masked)), n)
+        if masked[i, j] >= radius:
+            return label
+        i, j = min(i, j), max(i, j)
+        d[i, :] = d[:, i] = np.maximum(d[i, :], d[j, :])
+        d[i, i] = np.inf
+        alive[j] = False
+        label[label == j] = i
+
+
+def measured(call) -> tuple[object, float, float]:
+    """(result, seconds, peak MiB of Python allocations, numpy's included)."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return result, seconds, peak
+
+
+def one_group(sizes: list[int], dense_max: int) -> list[str]:
+    """Complete linkage of one candidate group of n faces (every face a candidate of the others)."""
+    lines = ["| faces in one candidate group | sparse: seconds / peak MiB | dense: seconds / peak MiB | same labels |", "|---:|---:|---:|---|"]
+    for n in sizes:
+        vectors, _, _ = synthetic(n, seed=3)
+        sparse, s_seconds, s_peak = measured(lambda: complete_linkage(vectors, RADIUS))
+        if n <= dense_max:
+            dense, d_seconds, d_peak = measured(lambda: dense_complete_linkage(vectors, RADIUS))
+            baseline, same = f"{d_seconds:.1f} / {d_peak:.0f}", str(bool(np.array_equal(sparse, dense))).lower()
+        else:
+            baseline, same = f"not run (its matrix alone: {n * n * 8 / 2**30:.1f} GiB)", ""
+        lines.append(f"| {n:,} | {s_seconds:.1f} / {s_peak:.0f} | {baseline} | {same} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def report(sizes: list[int], exact_n: int, groups: list[int], dense_max: int) -> str:
     lines = [
         "## Identities at scale: blocking by video + IVF",
         "",
@@ -104,6 +154,12 @@ def report(sizes: list[int], exact_n: int) -> str:
             f"it would take about {exact_s * (biggest / exact_n) ** 2 / 3600:.1f} h here."
         ),
         "",
+        "Complete linkage inside one candidate group (the same synthetic faces, all in one group), ours",
+        "sparse (only pairs under the threshold kept, with per pair of clusters their count and largest",
+        "distance) against the textbook algorithm on the full distance matrix, in the same run:",
+        "",
+        *one_group(groups, dense_max),
+        "",
     ]
     return "\n".join(lines)
 
@@ -112,9 +168,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100000,1000000", help="subject counts, comma-separated")
     parser.add_argument("--exact", type=int, default=30000, help="vectors in the exact-search baseline")
+    parser.add_argument("--groups", default="500,2000,20000", help="faces in one candidate group, comma-separated")
+    parser.add_argument("--dense-max", type=int, default=2000, help="largest group the dense baseline runs on")
     parser.add_argument("--out", type=Path, default=section_path("references"))
     args = parser.parse_args()
-    text = report([int(s) for s in args.sizes.split(",")], args.exact)
+    text = report([int(s) for s in args.sizes.split(",")], args.exact, [int(g) for g in args.groups.split(",")], args.dense_max)
     print(text)
     print(f"wrote {write_section('references', text, args.out)}")
 

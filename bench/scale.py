@@ -26,6 +26,7 @@ import pyarrow as pa
 from bench.sections import ROOT, section_path, write_section
 from manifests import store
 from pipeline.config import load_config, write_run_config
+from stages.identities import Identities, subjects_of
 
 WINDOWS_PER_VIDEO = 10
 CHUNK = 100_000  # windows per written part, in pieces the generator can hold; then every table is compacted
@@ -78,7 +79,9 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
         kept_mask = index % 2 == 0  # half the windows pass the filters; the others fail the motion rule
         store.write_part(run, "motion", pa.table({
             "clip_id": clip_ids, "score": pa.array(np.where(kept_mask, rng.uniform(1.0, 30.0, n), 0.1)), "flow_mean_px": pa.array(rng.random(n)),
-            "static_share": pa.array(rng.random(n)), "n_pairs": pa.array(np.full(n, 5, np.int32)), "method": pa.array(["dis"] * n),
+            "static_share": pa.array(rng.random(n)), "camera_motion": pa.array(["pan_tilt"] * n), "pan_px": pa.array(rng.random(n)),
+            "zoom_px": pa.array(rng.random(n)), "residual_px": pa.array(rng.uniform(0.5, 5.0, n)),
+            "n_pairs": pa.array(np.full(n, 5, np.int32)), "method": pa.array(["dis"] * n),
         }))  # fmt: skip
         store.write_part(run, "aesthetic", pa.table({
             "clip_id": clip_ids, "score": pa.array(rng.uniform(4.5, 7.0, n)), "score_min": pa.array(rng.uniform(4.0, 4.5, n)),
@@ -109,17 +112,21 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
             "crop_path": pa.array(["refs/c/s.crop.png"] * s), "masked_path": pa.array(["refs/c/s.masked.png"] * s),
             "model": pa.array(["IDEA-Research/grounding-dino-tiny + ybelkada/segment-anything"] * s), "random_weights": pa.array(np.zeros(s, bool)),
         }))  # fmt: skip
-        _later_tables(run, kept, subject_clips, start)
+        _later_tables(run, kept, subject_clips, start, Identities(config.identities, run))
     store.compact_all(run)  # as each stage leaves its table when it ends
     for i in range(20):  # the last batches of a run, before their stage compacts them
         store.write_part(run, "errors", [{"stage": "motion", "key": f"clip{i:012d}x", "error_type": "bad_input", "message": "too short", "attempts": 1}])
 
 
-def _later_tables(run: Path, kept: pa.Array, subject_clips: np.ndarray, start: int) -> None:
-    """screen, dedup, identities, sample_refs and shards of the clips: every stage of the chain is done."""
+def _later_tables(run: Path, kept: pa.Array, subject_clips: np.ndarray, start: int, identities: Identities) -> None:
+    """screen, dedup, identities, sample_refs and shards of the clips: every stage of the chain is done.
+    Each sample_refs row has the digest the identities stage computes for its clip (its subjects
+    link to nothing: no embeddings), so a rerun finds them done, as it would a run's own rows."""
     k, s = len(kept), len(subject_clips)
+    digests = {item["clip_id"]: item["inputs_digest"] for item, _ in identities.planned(subjects_of(run, pa.table({"clip_id": kept})))}
     store.write_part(run, "screen", pa.table({
-        "clip_id": kept, "text_area": pa.array(np.full(k, 0.01)), "text_area_mean": pa.array(np.full(k, 0.005)),
+        "clip_id": kept, "text_area": pa.array(np.full(k, 0.01)), "text_area_max": pa.array(np.full(k, 0.02)),
+        "text_content": pa.array(np.full(k, 0.01)), "sharpness": pa.array(np.full(k, 200.0)),
         "nsfw_score": pa.array(np.full(k, 0.02)), "n_frames": pa.array(np.full(k, 4, np.int32)),
         "text_model": pa.array(["rapidocr"] * k), "nsfw_model": pa.array(["nudenet"] * k), "random_weights": pa.array(np.zeros(k, bool)),
     }))  # fmt: skip
@@ -135,6 +142,7 @@ def _later_tables(run: Path, kept: pa.Array, subject_clips: np.ndarray, start: i
     store.write_part(run, "sample_refs", pa.table({
         "clip_id": kept, "policy": pa.array(["same_clip"] * k), "n_references": pa.array(np.full(k, 2, np.int32)),
         "references_json": pa.array(['[{"clip_id": "c", "frame": 1}, {"clip_id": "c", "frame": 40}]'] * k), "dropped_json": pa.array(["[]"] * k),
+        "inputs_digest": pa.array([digests[c] for c in kept.to_pylist()]),
     }))  # fmt: skip
     groups = [kept.slice(i, SHARD) for i in range(0, k, SHARD)]
     store.write_part(run, "shards", pa.table({

@@ -239,18 +239,36 @@ def compact(run: Path, table: str) -> int:
     The merged part is named after the newest input, so it sorts after its inputs and before any
     later part: last-write-wins reads the same rows before, during and after a compaction.
     """
+    return _merge(run, table, at_least=2)
+
+
+def withdraw(run: Path, table: str, column: str, keys: pa.Table) -> int:
+    """Rewrite the table without the rows whose `column` is among `keys` (a one-column table):
+    rows a whole stage no longer stands by. A compaction that leaves them out, so a kill -9 during
+    it leaves the rows readable still, and the stage's next plan withdraws them again."""
+    if not keys.num_rows:
+        return 0
+    return _merge(run, table, at_least=1, without=(column, keys))
+
+
+def _merge(run: Path, table: str, at_least: int, without: tuple[str, pa.Table] | None = None) -> int:
     def merge() -> list[Path]:
         found = parts(run, table)
-        if len(found) < 2:
+        if len(found) < at_least:
             return []
         newest = found[-1].name.split("-")[1]
         final = table_dir(run, table) / f"part-{newest}-z{uuid.uuid4().hex[:11]}.parquet"
         sql = latest(run, table, spec(table).identity, found)
+        con = database()
+        if without is not None:
+            column, keys = without
+            con.register("_without", keys)
+            sql = f'SELECT * FROM ({sql}) WHERE "{column}" NOT IN (SELECT "{keys.column_names[0]}" FROM _without)'
         metas = [pq.ParquetFile(p).metadata for p in found]
         rows = sum(m.num_rows for m in metas)
         size = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
         with atomic_path(run, final) as tmp:
-            database().execute(f"COPY ({sql}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {group_rows(rows, size)})")
+            con.execute(f"COPY ({sql}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {group_rows(rows, size)})")
         return found
 
     merged = guarded(run, merge)

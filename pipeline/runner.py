@@ -299,8 +299,9 @@ def pending_query(stage_cls: type[Stage], run: Path, decides: str, retry_errors:
     """`pending_sql` for a given `deciding` condition, restricted to the inputs meeting `only`."""
     key = stage_cls.input_key
     conditions = [decides, only]
-    conditions.append(f'NOT EXISTS (SELECT 1 FROM {store.scan(run, stage_cls.writes)} o WHERE o."{key}" = i."{key}")')
-    if not retry_errors:
+    if not stage_cls.whole:  # a whole stage's plan compares what it would write with what it wrote, and skips failures itself
+        conditions.append(f'NOT EXISTS (SELECT 1 FROM {store.scan(run, stage_cls.writes)} o WHERE o."{key}" = i."{key}")')
+    if not retry_errors and not stage_cls.whole:
         conditions.append(
             f"NOT EXISTS (SELECT 1 FROM {store.scan(run, 'errors')} e "
             f"WHERE e.stage = '{stage_cls.name}' AND e.key = CAST(i.\"{key}\" AS VARCHAR))"
@@ -368,8 +369,8 @@ class StageRun:
             self.tables = finished.input_tables(self.cls, self.decides)
             full = pending_query(self.cls, self.run, self.decides, self.retry_errors)
             self.digest = finished.digest(self.run, full, getattr(self.config, self.cls.name))
-            if self.record is not None and self.record.digest != self.digest:
-                self.record = None
+            if self.record is not None and (self.record.digest != self.digest or not store.has_rows(self.run, self.cls.writes)):
+                self.record = None  # another ask, or its table deleted (to redo the stage): the full ask decides
         inflight = self._inflight_keys()
         if self.final_poll and self.asked is not None:
             self.asked.update(inflight.column("key").to_pylist())
@@ -379,6 +380,8 @@ class StageRun:
             if self.final_poll:
                 self.final_parts = parts
             only = finished.restriction(self.run, self.cls, self.record, parts)
+            if self.cls.whole and only != "FALSE":  # its plan needs every input, not only the new ones
+                only = None
             if only == "FALSE":  # nothing the inputs depend on changed since the record was written
                 return None
             con = views.connect(self.run)
@@ -453,7 +456,7 @@ class StageRun:
 
     def remember(self, item: Row) -> None:
         """Keep the key of an input a final ask gave: when the stage ends, only these can be pending."""
-        if not self.final_poll or self.asked is None:
+        if not self.final_poll or self.asked is None or self.cls.whole:  # a whole stage's plan skips what it wrote: done items leave none
             return
         if self.cls.barrier or len(self.asked) >= ASKED_KEYS:  # planned items are not input rows
             self.asked = None

@@ -8,10 +8,11 @@ where a subject comes back, and where `other_shot` looks); across videos only on
 within-video group is searched, with `stages.neighbours` (exact, or IVF at scale). The groups
 those candidate pairs link are split by complete linkage: every two faces of an identity are
 closer than the threshold, so a logo or a background figure near one face of a person cannot
-chain two people into one. An identity's id derives from its smallest subject_id, and every
-rerun clusters all the run's subjects again and rewrites the rows of the clips whose identities
-or reference candidates changed (`sample_refs.inputs_digest`), so a run reached by re-thresholding,
-rerun or resume holds the tables a fresh run would.
+chain two people into one. An identity's id derives from its smallest subject_id. The stage is
+`whole`: a rerun whose inputs changed (new clips, another filter setting) clusters the subjects of
+every clip that is an input now, withdraws the rows of clips that no longer are, and rewrites the
+rows of the clips whose identities or reference candidates changed (`sample_refs.inputs_digest`),
+so a run reached by re-thresholding, rerun or resume holds the tables a fresh run would.
 
 References. Per sample (clip), at most `max_references` subjects, one per identity and kind,
 the best of each kind first (by the subjects stage's `quality`). Each takes its reference from:
@@ -97,11 +98,11 @@ def linked(vectors: np.ndarray, videos: list[str], radius: float, probes: int, u
     """(m, 2) pairs of one cluster each: candidates found by `blocked_pairs`, each group they link
     split by complete linkage, so every member of a cluster is close to every other one."""
     candidates = components(len(vectors), blocked_pairs(vectors, videos, radius, probes, unit))
+    order = np.argsort(candidates, kind="stable")
     pairs = []
-    for root in np.unique(candidates):
-        inside = np.flatnonzero(candidates == root)
+    for inside in np.split(order, np.flatnonzero(np.diff(candidates[order])) + 1):  # each group's members, in index order
         if len(inside) > 1:
-            label = complete_linkage(vectors[inside], radius)
+            label = complete_linkage(vectors[inside], radius, probes)
             pairs += [(inside[a], inside[b]) for a, b in zip(label.tolist(), range(len(inside))) if a != b]
     return np.array(pairs, np.int64).reshape(-1, 2)
 
@@ -217,6 +218,19 @@ def sample_frames(clip: Path, n_frames: int, count: int):
     return frames
 
 
+def subjects_of(run: Path, clips: pa.Table) -> list[Row]:
+    """What the plan reads of the subjects of `clips` (a table of clip_id), in clip and subject order."""
+    return store.query(
+        run,
+        "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
+        "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
+        "c.path AS clip_path, c.n_frames, r.inputs_digest AS done_digest "
+        "FROM subjects s JOIN _clips USING (clip_id) JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id) "
+        "LEFT JOIN sample_refs r USING (clip_id) ORDER BY s.clip_id, s.subject_id",
+        tables={"_clips": clips},
+    ).to_pylist()
+
+
 class Identities(Stage):
     name = "identities"
     reads = "candidates"
@@ -225,25 +239,26 @@ class Identities(Stage):
     filters = rules_through("dedup")
     needs = "clip_path IS NOT NULL AND n_subjects > 0"
     barrier = True
+    whole = True
     batch_size = 16
     Config = IdentitiesConfig
 
     def plan(self, items: Iterable[Row]) -> Iterator[Row]:
-        """Cluster the subjects of the pending clips with those of clips done before; one work item per pending clip."""
-        pending = pa.table({"clip_id": pa.array([item["clip_id"] for item in items], pa.string())})
-        if not pending.num_rows:
+        """Cluster the subjects of every clip that is an input now, done or not; one work item per
+        clip whose row would change. Rows of clips that are no longer inputs (a stricter filter)
+        are withdrawn first, so the tables are those a fresh run with this config writes."""
+        inputs = pa.table({"clip_id": pa.array([item["clip_id"] for item in items], pa.string())})
+        for table in ("sample_refs", "identities"):
+            lost = store.query(self.run_dir, f"SELECT DISTINCT clip_id FROM {table} ANTI JOIN _inputs USING (clip_id)", tables={"_inputs": inputs})
+            store.withdraw(self.run_dir, table, "clip_id", lost)
+        if not inputs.num_rows:
             return
+        for item, done_digest in self.planned(subjects_of(self.run_dir, inputs)):
+            if item["inputs_digest"] != done_digest:
+                yield item
 
-        subjects = store.query(
-            self.run_dir,
-            "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
-            "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
-            "c.path AS clip_path, c.n_frames, r.inputs_digest AS done_digest, p.clip_id IS NOT NULL AS pending "
-            "FROM subjects s JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id) "
-            "LEFT JOIN _pending p USING (clip_id) LEFT JOIN sample_refs r USING (clip_id) "
-            "WHERE p.clip_id IS NOT NULL OR s.clip_id IN (SELECT clip_id FROM sample_refs) ORDER BY s.clip_id, s.subject_id",
-            tables={"_pending": pending},
-        ).to_pylist()
+    def planned(self, subjects: list[Row]) -> Iterator[tuple[Row, str | None]]:
+        """(work item, the digest of the clip's row written before) per clip of `subjects`, clustered together."""
         label, via = cluster(subjects, self.config)
         ids = identity_ids(subjects, label)
         size = Counter(label.tolist())
@@ -257,9 +272,7 @@ class Identities(Stage):
             members[s["identity_id"]].append(s)
             by_clip[s["clip_id"]].append(s)
         for clip_id, own in by_clip.items():
-            item = self.work(clip_id, own, members)
-            if own[0]["pending"] or item["inputs_digest"] != own[0]["done_digest"]:
-                yield item
+            yield self.work(clip_id, own, members), own[0]["done_digest"]
 
     def work(self, clip_id: str, own: list[Row], members: dict[str, list[Row]]) -> Row:
         cfg = self.config

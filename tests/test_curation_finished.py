@@ -1,7 +1,8 @@
 """The `finished` records: a rerun with nothing changed asks nothing, and the shortcut is never wrong.
 
 Each test reruns stages of a copy of the shared curated run after one change that gives them work:
-a part added to an input table, parts replaced by compaction, a part quarantined, a config change.
+a part added to an input table, parts replaced by compaction, a part quarantined, a config change,
+the stage's own table deleted.
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ def test_rows_lost_to_a_quarantined_part_are_made_again(run):
     assert not (run / store.FINISHED).exists()
     assert rerun(run) == {"scenes": 0, "motion": 0, "clips": n}
     assert store.count(run, "clips") == n
+
+
+def test_a_deleted_output_table_redoes_its_stage(run):
+    n = store.count(run, "motion")
+    shutil.rmtree(store.table_dir(run, "motion"))
+    assert finished.load(run, "motion"), "the record stays: the runner must not trust it"
+    assert rerun(run) == {"scenes": 0, "motion": n, "clips": 0}
 
 
 def test_a_filter_change_that_lets_windows_in_gives_them_work(run):

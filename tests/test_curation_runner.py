@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import ray.cloudpickle
 from conftest import REAL, ROOT, manifests_cli, pipeline_cli, subprocess_env
@@ -164,6 +165,19 @@ def test_kill_during_compaction_loses_and_duplicates_nothing(tmp_path):
         assert len(store.parts(run, "errors")) == 1 and store.read_raw(run, "errors").num_rows == expected.num_rows
         assert store.read_table(run, "errors") == expected, name
     assert "writing" in killed, "the kill must land while the merged part is written"
+
+
+def test_withdrawn_rows_are_gone_and_the_others_read_as_before(tmp_path):
+    run = tmp_path / "run"
+    _many_parts(run, 3, 5)
+    before = store.read_table(run, "errors").to_pylist()
+    gone = pa.table({"key": [r["key"] for r in before if r["key"].startswith("/v/1-")]})
+    assert gone.num_rows == 5
+    assert store.withdraw(run, "errors", "key", gone) == 3
+    assert store.read_table(run, "errors").to_pylist() == [r for r in before if r["key"] not in gone.column("key").to_pylist()]
+    assert store.withdraw(run, "errors", "key", pa.table({"key": pa.array([], pa.string())})) == 0  # nothing to withdraw: no rewrite
+    assert store.withdraw(run, "errors", "key", pa.table({"key": ["/v/0-0.mp4"]})) == 1  # one part is rewritten too
+    assert len(store.read_table(run, "errors")) == len(before) - 6
 
 
 def test_files_that_are_not_videos_are_counted_listed_and_can_be_let_in(tmp_path):

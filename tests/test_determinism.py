@@ -62,6 +62,20 @@ def fresh_identities(src, tiny_models, tmp_path_factory) -> Path:  # noqa: F811
     return run
 
 
+@pytest.fixture(scope="module")
+def fresh_strict(src, tiny_models, tmp_path_factory) -> Path:  # noqa: F811
+    """The stages up to identities, without the setting."""
+    run = tmp_path_factory.mktemp("fresh-strict") / "run"
+    curate(src, run, tiny_models, *TO_IDENTITIES)  # min_duration_s 2: the 1.92 s shot is not a sample
+    assert len(rows(run, "sample_refs")) == 3
+    return run
+
+
+def rerun_of(run: Path, at: Path) -> Path:
+    shutil.copytree(run, at, ignore=shutil.ignore_patterns(".lock"))
+    return at
+
+
 @pytest.mark.slow
 def test_two_fresh_runs_give_equal_tables(fresh, src, tiny_models, tmp_path):  # noqa: F811
     again = tmp_path / "run"
@@ -72,13 +86,19 @@ def test_two_fresh_runs_give_equal_tables(fresh, src, tiny_models, tmp_path):  #
 
 
 @pytest.mark.slow
-def test_a_rerun_with_a_setting_gives_the_identities_of_a_fresh_run_with_it(fresh_identities, src, tiny_models, tmp_path):  # noqa: F811
-    run = tmp_path / "run"
-    curate(src, run, tiny_models, *TO_IDENTITIES)  # min_duration_s 2: the 1.92 s shot is not a sample
-    assert len(rows(run, "sample_refs")) == 3
+def test_a_rerun_with_a_setting_gives_the_identities_of_a_fresh_run_with_it(fresh_strict, fresh_identities, src, tiny_models, tmp_path):  # noqa: F811
+    run = rerun_of(fresh_strict, tmp_path / "run")
     curate(src, run, tiny_models, *TO_IDENTITIES, *SHORT_SHOTS)
     for table in ("identities", "sample_refs"):
         assert rows(run, table) == rows(fresh_identities, table), table
+
+
+@pytest.mark.slow
+def test_a_stricter_rerun_withdraws_what_a_fresh_run_with_it_never_writes(fresh_strict, fresh_identities, src, tiny_models, tmp_path):  # noqa: F811
+    run = rerun_of(fresh_identities, tmp_path / "run")
+    curate(src, run, tiny_models, *TO_IDENTITIES, "--set", "filter.min_duration_s=2")  # the 1.92 s shot is no longer an input
+    for table in ("identities", "sample_refs"):
+        assert rows(run, table) == rows(fresh_strict, table), table
 
 
 @pytest.mark.slow

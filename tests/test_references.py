@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from bench.references import dense_complete_linkage
 from conftest import REAL, pipeline_cli
 from learned_fixtures import tiny_args, tiny_models  # noqa: F401  (fixture)
 from PIL import Image
@@ -26,7 +27,7 @@ from model.train.config import DataConfig, ReferenceAugment
 from model.train.data import augment, decode
 from pipeline.config import load_config
 from stages.identities import Identities, psnr, thumbnail
-from stages.neighbours import components, pairs_within, radius_pairs
+from stages.neighbours import complete_linkage, components, pairs_within, radius_pairs
 from stages.subjects import Found, Track, link_tracks, merge_duplicates, merge_humans_by_face
 from stages.video import encode_mp4, iter_frames
 
@@ -112,13 +113,14 @@ def test_other_shot_takes_the_face_from_the_other_shot_and_same_clip_from_its_ow
 
 
 @pytest.mark.slow
-def test_anti_copy_check_drops_a_source_frame_inside_the_sample(shots_run):
+def test_anti_copy_check_drops_a_source_frame_inside_the_sample(shots_run, tmp_path):
     """A source that is a frame of the sample itself (as a repeated shot would be) is dropped by the PSNR check."""
-    run = shots_run
+    run = tmp_path / "run"  # without its identities, so that the plan has every clip to do
+    shutil.copytree(shots_run, run, ignore=shutil.ignore_patterns("identities", "sample_refs", ".lock"))
     first, _ = man_windows(run)
     stage = Identities(load_config(overrides=["identities.policy=other_shot"]).identities, run)
-    pending = views.query(run, f"SELECT * FROM candidates WHERE clip_id = '{first['clip_id']}'").to_pylist()
-    (item,) = list(stage.plan(pending))
+    inputs = views.query(run, f"SELECT * FROM candidates WHERE {Identities.needs}").to_pylist()  # a whole stage plans over all its inputs
+    item = next(item for item in stage.plan(inputs) if item["clip_id"] == first["clip_id"])
     choices = json.loads(item["choices"])
     face = next(c for c in choices if c["candidates"] and c["candidates"][0]["kind"] == "face")
     own_path = views.query(run, f"SELECT path FROM clips WHERE clip_id = '{first['clip_id']}'").column("path")[0].as_py()
@@ -209,6 +211,17 @@ def test_ivf_pairs_match_exact_search_and_components_link_them():
     groups = components(len(x), np.array(sorted(exact)))
     same = label[:, None] == label[None, :200]
     assert np.array_equal(groups[:, None] == groups[None, :200], same)
+
+
+def test_sparse_complete_linkage_equals_the_dense_algorithm_and_never_chains():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        centres = rng.normal(scale=1.5, size=(int(rng.integers(2, 12)), 4))
+        x = centres[rng.integers(0, len(centres), int(rng.integers(2, 150)))] + rng.normal(scale=0.6, size=(1, 4))
+        x = x + rng.normal(scale=0.4, size=x.shape)
+        assert np.array_equal(complete_linkage(x, 1.0), dense_complete_linkage(x, 1.0)), trial
+    line = np.arange(10, dtype=np.float64)[:, None]  # each point 1 from the next: one chain for single linkage
+    assert complete_linkage(line, 1.5).tolist() == [0, 0, 2, 2, 4, 4, 6, 6, 8, 8]  # ties: the lowest indices merge first
 
 
 def test_reference_order_and_augmentation_are_drawn_per_sample():
