@@ -219,8 +219,10 @@ def sample_frames(clip: Path, n_frames: int, count: int):
 
 
 def subjects_of(run: Path, clips: pa.Table) -> list[Row]:
-    """What the plan reads of the subjects of `clips` (a table of clip_id), in clip and subject order."""
-    return store.query(
+    """What the plan reads of the subjects of `clips` (a table of clip_id), in clip and subject order.
+    Each embedding is a view into one float32 array: as Python floats, a million subjects' would
+    take gigabytes."""
+    table = store.query(
         run,
         "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
         "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
@@ -228,7 +230,14 @@ def subjects_of(run: Path, clips: pa.Table) -> list[Row]:
         "FROM subjects s JOIN _clips USING (clip_id) JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id) "
         "LEFT JOIN sample_refs r USING (clip_id) ORDER BY s.clip_id, s.subject_id",
         tables={"_clips": clips},
-    ).to_pylist()
+    )
+    column = table.column("embedding").combine_chunks()
+    offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    rows = table.drop_columns(["embedding"]).to_pylist()
+    for i, (row, valid) in enumerate(zip(rows, column.is_valid().to_numpy(zero_copy_only=False))):
+        row["embedding"] = flat[offsets[i] : offsets[i + 1]] if valid else None
+    return rows
 
 
 class Identities(Stage):
