@@ -380,12 +380,14 @@ class StageRun:
             if self.final_poll:
                 self.final_parts = parts
             only = finished.restriction(self.run, self.cls, self.record, parts)
-            if self.cls.whole and only != "FALSE":  # its plan needs every input, not only the new ones
-                only = None
-            if only == "FALSE":  # nothing the inputs depend on changed since the record was written
-                return None
             con = views.connect(self.run)
             con.register("_inflight", inflight)
+            if self.cls.whole and only not in (None, "FALSE"):  # its plan needs every input, if the new parts touch one
+                inputs = pending_query(self.cls, self.run, self.decides, self.retry_errors, only)
+                touched = f"SELECT 1 FROM ({inputs}) UNION ALL SELECT 1 FROM {self.cls.writes} i WHERE {only}"
+                only = None if con.sql(f"{touched} LIMIT 1").fetchall() else "FALSE"
+            if only == "FALSE":  # nothing the inputs depend on changed since the record was written
+                return None
             return con.sql(pending_query(self.cls, self.run, self.decides, self.retry_errors, only or "TRUE")).to_arrow_reader(4096)
 
         started = time.perf_counter()

@@ -18,6 +18,10 @@ from learned_fixtures import tiny_args, tiny_models  # noqa: F401  (fixture)
 
 from manifests import store
 from manifests.schemas import TABLES
+from pipeline import finished
+from pipeline.config import load_config
+from pipeline.runner import run_chain
+from stages.identities import Identities
 
 MEGAMIND = REAL.parent / "opencv" / "Megamind.avi"
 SHORT_SHOTS = ["--set", "filter.min_duration_s=0.5"]  # the setting: the 1.92 s shot is kept
@@ -99,6 +103,23 @@ def test_a_stricter_rerun_withdraws_what_a_fresh_run_with_it_never_writes(fresh_
     curate(src, run, tiny_models, *TO_IDENTITIES, "--set", "filter.min_duration_s=2")  # the 1.92 s shot is no longer an input
     for table in ("identities", "sample_refs"):
         assert rows(run, table) == rows(fresh_strict, table), table
+
+
+@pytest.mark.slow
+def test_identities_plans_again_only_when_new_parts_touch_its_inputs(fresh_identities, tmp_path, monkeypatch):
+    run = rerun_of(fresh_identities, tmp_path / "run")
+    assert finished.load(run, "identities"), "the fresh run recorded having nothing left to do"
+    plans = []
+    real = Identities.plan
+    monkeypatch.setattr(Identities, "plan", lambda self, items: plans.append(1) or real(self, items))
+    config = load_config(run / "config.yaml")
+    window = store.read_table(run, "scenes").to_pylist()[0]
+    store.write_part(run, "scenes", [{**window, "scene_index": 99, "clip_id": "a-window-without-a-clip"}])
+    assert {r.stage: r.inputs for r in run_chain([Identities], config, run)} == {"identities": 0}
+    assert plans == [], "a new window that is no input of identities made it cluster the run again"
+    store.write_part(run, "subjects", store.read_table(run, "subjects").slice(0, 1))  # a clip's subject written again
+    assert {r.stage: r.inputs for r in run_chain([Identities], config, run)} == {"identities": 0}  # the same answer
+    assert plans == [1], "a new part naming one of its inputs must make it plan"
 
 
 @pytest.mark.slow
