@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from manifests.exits import command
-from model.cinema.bases import base_named
+from model.cinema.bases import Base, base_named
 from model.cinema.model import CinemaConfig, PartRef
 from model.train.config import TrainConfig, load_train_config
 
@@ -119,7 +119,7 @@ class TrainedParts(nn.Module):
     The DiT is called as the model calls it (`Base.predict`), so Wan's per-token timestep of
     `reference_timestep: zero` is in the step."""
 
-    def __init__(self, aligner: nn.Module, transformer: nn.Module, base, reference_timestep: str = "video"):
+    def __init__(self, aligner: nn.Module, transformer: nn.Module, base: Base, reference_timestep: str = "video"):
         super().__init__()
         self.aligner, self.transformer = aligner, transformer
         self.base, self.reference_timestep = base, reference_timestep
