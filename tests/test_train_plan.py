@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -60,16 +62,22 @@ def test_planned_peak_is_within_15_percent_of_the_measured_one(cinema_models, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [None, LoraConfig(rank=8)], ids=["fsdp2", "lora"])
-def test_wan_planned_peak_is_within_15_percent_of_the_measured_one(wan_models, tmp_path, lora):
-    """The tiny Wan2.1 base, 2 references: its DiT's blocks sharded, its VAE's 8x compression, 512 text tokens."""
+@pytest.mark.parametrize(
+    ("lora", "reference_timestep"), [(None, "video"), (LoraConfig(rank=8), "video"), (None, "zero")], ids=["fsdp2", "lora", "fsdp2-zero"]
+)
+def test_wan_planned_peak_is_within_15_percent_of_the_measured_one(wan_models, tmp_path, lora, reference_timestep):
+    """The tiny Wan2.1 base, 2 references: its DiT's blocks sharded, its VAE's 8x compression, 512 text tokens;
+    with `reference_timestep: zero`, the per-token timestep's modulation (every block's, per token) counted too."""
     torch.set_num_threads(1)
     config = tiny_wan_train_config(wan_models, tmp_path, tmp_path / "run", precision="bf16", gradient_checkpointing=True, lora=lora)
+    config.model.reference_timestep = reference_timestep
     step = step_of(config, 2, size=(17, 64, 96))
     planned = estimate(step, gpus=1).peak
     measured = measured_peak(step)
-    print(f"Wan {'LoRA' if lora else 'FSDP2'}: planned {planned / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
+    print(f"Wan {'LoRA' if lora else 'FSDP2'}, {reference_timestep}: planned {planned / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB")
     assert planned == pytest.approx(measured, rel=0.15)
+    if reference_timestep == "zero":
+        assert planned > estimate(replace(step, reference_timestep="video"), gpus=1).peak
 
 
 def test_lora_planned_peak_is_within_15_percent_of_the_measured_one(cinema_models, tmp_path):

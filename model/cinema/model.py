@@ -188,7 +188,7 @@ class CinemaModel(nn.Module):
         (batch, frames, C, h, w); references are not predicted."""
         text = self.aligner(conditions.mllm_states, conditions.mllm_mask).to(self.transformer.dtype)
         references = [latents.to(noisy_latents.dtype) for latents in conditions.reference_latents]
-        return self.base.predict(self.transformer, noisy_latents, text, timestep, references, self.config)
+        return self.base.predict(self.transformer, noisy_latents, text, timestep, references, self.config.reference_timestep)
 
     def training_loss(
         self, latents: torch.Tensor, conditions: Conditions, generator: torch.Generator | list[torch.Generator] | None = None

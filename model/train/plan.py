@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from manifests.exits import command
-from model.cinema.bases import base_named
+from model.cinema.bases import Base, base_named
 from model.cinema.model import CinemaConfig, PartRef
 from model.train.config import TrainConfig, load_train_config
 
@@ -114,15 +114,19 @@ def _fields(cls, config: dict) -> dict:
 
 
 class TrainedParts(nn.Module):
-    """AlignerNet and the DiT: what a joint step trains, and the only module FSDP shards."""
+    """AlignerNet and the DiT: what a joint step trains, and the only module FSDP shards.
 
-    def __init__(self, aligner: nn.Module, transformer: nn.Module):
+    The DiT is called as the model calls it (`Base.predict`), so Wan's per-token timestep of
+    `reference_timestep: zero` is in the step."""
+
+    def __init__(self, aligner: nn.Module, transformer: nn.Module, base: Base, reference_timestep: str = "video"):
         super().__init__()
         self.aligner, self.transformer = aligner, transformer
+        self.base, self.reference_timestep = base, reference_timestep
 
     def forward(self, states, mask, noisy, timestep, references, target) -> torch.Tensor:
         text = self.aligner(states, mask).to(noisy.dtype)
-        prediction = self.transformer(noisy, text, timestep, references=references).sample
+        prediction = self.base.predict(self.transformer, noisy, text, timestep, references, self.reference_timestep)
         return F.mse_loss(prediction.float(), target.float())
 
 
@@ -143,6 +147,7 @@ class Step:
     width: int
     references: int
     mllm_tokens: int
+    reference_timestep: str = "video"  # CinemaConfig's: "zero" gives Wan's reference tokens timestep 0, per token
 
 
 def step_of(config: TrainConfig, references: int, size: tuple[int, int, int] | None = None) -> Step:
@@ -156,6 +161,7 @@ def step_of(config: TrainConfig, references: int, size: tuple[int, int, int] | N
         lora=config.lora, checkpointing=config.gradient_checkpointing, bf16=config.precision == "bf16",
         batch=config.data.batch_size, frames=frames, height=height, width=width, references=references,
         mllm_tokens=references * per_image + 64,  # the instruction template and caption: about 64 tokens
+        reference_timestep=model.reference_timestep,
     )  # fmt: skip
 
 
@@ -183,7 +189,7 @@ def build_parts(step: Step) -> TrainedParts:
         for name, p in transformer.named_parameters():
             if "lora" in name:
                 p.data = p.data.float()
-    return TrainedParts(aligner, transformer)
+    return TrainedParts(aligner, transformer, base, step.reference_timestep)
 
 
 def shard(parts: TrainedParts, bf16: bool, mesh) -> None:

@@ -122,8 +122,10 @@ class Base(ABC):
         """Matmul FLOPs of one DiT forward over `frames` latent frames (video + references) of height x width latents."""
 
     @abstractmethod
-    def predict(self, transformer, noisy: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, references, config: CinemaConfig) -> torch.Tensor:
-        """The DiT's prediction for the video latents (batch, frames, C, h, w)."""
+    def predict(
+        self, transformer, noisy: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, references, reference_timestep: str
+    ) -> torch.Tensor:
+        """The DiT's prediction for the video latents (batch, frames, C, h, w); `reference_timestep` is the config's."""
 
 
 def _read_json(path: Path) -> dict | None:

@@ -115,7 +115,7 @@ class CogVideoXBase(Base):
         per_layer = 2 * tokens * (4 * width * width + 2 * 4 * width * width) + 4 * tokens * tokens * width
         return transformer["num_layers"] * per_layer
 
-    def predict(self, transformer, noisy, text, timestep, references, config) -> torch.Tensor:
-        if config.reference_timestep != "video":
+    def predict(self, transformer, noisy, text, timestep, references, reference_timestep) -> torch.Tensor:
+        if reference_timestep != "video":
             raise ValueError("CogVideoX has one timestep per sample: reference_timestep must be 'video'")
         return transformer(noisy, text, timestep, references=references).sample

@@ -148,6 +148,6 @@ class WanBase(Base):
         scores = 2 * video_tokens * video_tokens * width + 2 * video_tokens * text * width
         return transformer["num_layers"] * 2 * (projections + scores)
 
-    def predict(self, transformer, noisy, text, timestep, references, config) -> torch.Tensor:
-        at_zero = config.reference_timestep == "zero"
+    def predict(self, transformer, noisy, text, timestep, references, reference_timestep) -> torch.Tensor:
+        at_zero = reference_timestep == "zero"
         return transformer(noisy, text, timestep, references=references, references_at_zero=at_zero).sample
