@@ -139,25 +139,16 @@ def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list
 
 
 def poster(run: Path, row: dict, folder: Path, width: int) -> str | None:
-    """The middle frame of the clip (its file, or the source window), as a JPEG; None if none decodes."""
-    from stages.video import iter_frames, rotate_upright
+    """A frame near the middle of the clip (its file, or the source window), as a JPEG; None if none decodes."""
+    from stages.video import near_middle, rotate_upright
 
     path = folder / f"{row['clip_id']}.jpg"
     if not path.exists():
-        middle = (row["end_frame"] - row["start_frame"]) // 2
-        if row["clip_path"]:
-            frames = iter_frames(run / row["clip_path"], fmt="rgb24", keep=middle.__eq__)
-        else:
-            frames = iter_frames(
-                row["video_path"],
-                start_frame=row["start_frame"],
-                start_pts=row["start_pts"],
-                end_frame=row["end_frame"],
-                fmt="rgb24",
-                keep=(row["start_frame"] + middle).__eq__,
-            )
         try:
-            image = next((f.image for f in frames), None)
+            if row["clip_path"]:
+                image = near_middle(run / row["clip_path"])
+            else:
+                image = near_middle(row["video_path"], row["start_pts"], row["end_pts"])
         except Exception:  # an unreadable video shows as "no frame", the report goes on
             image = None
         if image is None:
