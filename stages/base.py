@@ -67,6 +67,7 @@ class Stage:
     fuses: ClassVar[tuple[str, ...]] = ()  # later stages whose work this one does in the same pass when both run
     feeds: ClassVar[tuple[str, ...]] = ()  # later stages whose frames this one's decode keeps when both run
     barrier: ClassVar[bool] = False  # plans over all its inputs at once: starts when the stages before it end
+    first: ClassVar[str] = ""  # SQL order of its pending inputs `i`, costliest first: a long one started last runs alone at the end
     resources: ClassVar[Resources] = Resources()
     batch_size: ClassVar[int] = 1
     Config: ClassVar[type[StageConfig]] = StageConfig
