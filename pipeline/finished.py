@@ -7,9 +7,11 @@ decide its inputs (`input_tables`). Its own output table and `errors` only ever 
 (compaction keeps every key; a quarantine, which loses rows, removes every record), so they are
 not among them. A later ask with the same digest:
 - finds the same parts: nothing is pending, and no query runs;
-- finds every recorded part still there and some new ones: only inputs named in a new part can
-  be pending, so the ask is restricted to those keys (`restriction`);
-- finds a recorded part gone (compacted, quarantined) or another digest: the full ask.
+- finds the recorded first part of each table still there, and new parts: only inputs named in a
+  new part can be pending, so the ask is restricted to those keys (`restriction`). A recorded part
+  gone after it was merged by a tiered compaction (`store.compact`), whose output is a new part
+  holding every key of its inputs;
+- finds a table's first part gone (a whole compaction), or another digest: the full ask.
 """
 
 from __future__ import annotations
@@ -74,14 +76,15 @@ def save(run: Path, stage: str, record: Record) -> None:
 
 def restriction(run: Path, stage_cls: type[Stage], record: Record | None, now: dict[str, list[str]]) -> str | None:
     """SQL condition on the input `i` that every pending input meets, given the record: "FALSE"
-    when nothing changed; the keys of the new parts when parts were only added; None (no
-    restriction: the full ask) when a recorded part is gone or a new part cannot be keyed."""
+    when nothing changed; the keys of the new parts when the recorded first part of each table is
+    still there; None (no restriction: the full ask) when it is not or a new part cannot be keyed."""
     if record is None or set(record.parts) != set(now):
         return None
     conditions = []
     for table, names in now.items():
         before = set(record.parts[table])
-        if not before <= set(names):
+        first = [n for n in record.parts[table] if not n.startswith(store.SCHEMA_PREFIX)][:1]
+        if not set(first) <= set(names):
             return None
         added = [store.table_dir(run, table) / n for n in names if n not in before and not n.startswith(store.SCHEMA_PREFIX)]
         if added:
