@@ -129,12 +129,14 @@ def latest(run: Path, table: str, key: Sequence[str] | None = None, files: Seque
         found = parts(run, table)
         if found and "-z" in found[0].name:  # a compaction output
             schema_parts = sorted(table_dir(run, table).glob(f"{SCHEMA_PREFIX}*.parquet"))
-            base = f"SELECT {columns} FROM {scan(run, table, [*schema_parts, found[0]])} b"
             if len(found) == 1:
-                return base
-            later = [*schema_parts, *found[1:]]
-            same = " AND ".join(f'l."{k}" = b."{k}"' for k in keys)
-            return f"{base} WHERE NOT EXISTS (SELECT 1 FROM {scan(run, table, later)} l WHERE {same}) UNION ALL {latest(run, table, keys, later)}"
+                return f"SELECT {columns} FROM {scan(run, table, [*schema_parts, found[0]])}"
+            # A row stays unless the last row of its key in the later parts is another.
+            later = f"SELECT {by}, filename, file_row_number FROM {scan(run, table, [*schema_parts, *found[1:]])} " \
+                    f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1"
+            same = " AND ".join(f'l."{k}" = t."{k}"' for k in keys)
+            return (f"SELECT {columns} FROM {scan(run, table, [*schema_parts, *found])} t WHERE NOT EXISTS (SELECT 1 FROM ({later}) l "
+                    f"WHERE {same} AND (l.filename <> t.filename OR l.file_row_number <> t.file_row_number))")
     return (
         f"SELECT {columns} FROM {scan(run, table, files)} "
         f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1"
