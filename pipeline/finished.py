@@ -21,6 +21,9 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from manifests import store, views
@@ -29,6 +32,7 @@ from manifests.schemas import TABLES, spec
 from stages.base import Stage
 
 BASE = {"candidates": ["videos", "scenes"]}  # the view's rows: a window of a video; its other tables are LEFT JOINed
+CONSTANT_KEYS = 10_000  # keys of new parts written into an ask as constants, up to this many
 
 
 class Record(BaseModel):
@@ -91,10 +95,21 @@ def restriction(run: Path, stage_cls: type[Stage], record: Record | None, now: d
             key = _key_column(stage_cls, table)
             if key is None:
                 return None
-            files = store.scan(run, table, added)
-            column = f"unnest({key[1]})" if key[1] == "clip_ids" else f'"{key[1]}"'
-            conditions.append(f'i."{key[0]}" IN (SELECT {column} FROM {files})')
+            conditions.append(f'i."{key[0]}" IN ({_keys(run, table, added, key[1])})')
     return " OR ".join(conditions) or "FALSE"
+
+
+def _keys(run: Path, table: str, files: list[Path], column: str) -> str:
+    """SQL for the values of `column` in these parts: a list of constants when there are few, which
+    DuckDB pushes into the scans of every table of `candidates` (a subquery it joins after
+    joining them all: a new video's ask took seconds at a million windows), else a subquery."""
+    if sum(pq.ParquetFile(f).metadata.num_rows for f in files) <= CONSTANT_KEYS:
+        values = pa.concat_tables(pq.read_table(f, columns=[column]) for f in files).column(column)
+        values = pc.unique(pc.list_flatten(values) if column == "clip_ids" else values).to_pylist()
+        if len(values) <= CONSTANT_KEYS:
+            return ", ".join(store.literal(v) if isinstance(v, str) else str(v) for v in values) or "NULL"
+    selected = f"unnest({column})" if column == "clip_ids" else f'"{column}"'
+    return f"SELECT {selected} FROM {store.scan(run, table, files)}"
 
 
 def _key_column(stage_cls: type[Stage], table: str) -> tuple[str, str] | None:
