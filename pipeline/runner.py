@@ -50,6 +50,7 @@ COMPACT_PARTS = 256  # a table with more parts than this is compacted while the 
 COMPACT_EVERY_S = 60.0
 ASKED_KEYS = 100_000  # inputs of the final asks a stage keeps, to check at its end that none is pending
 POLL_S = 2.0  # at least this long between two asks of a stage whose inputs are still being made
+WALK_CHUNK = 65536  # files per anti-join with `videos` and `errors`: each scans their paths
 
 
 @dataclass
@@ -406,7 +407,7 @@ class StageRun:
         """Files under SRC not yet probed, the largest first (`Stage.first`): videos go to the stage,
         the rest become rows of `errors` here."""
         probe = self.config.probe
-        for chunk in walk(Path(self.config.src), probe.extensions, 8192):
+        for chunk in walk(Path(self.config.src), probe.extensions, WALK_CHUNK):
             new = store.query(
                 self.run,
                 f"SELECT i.* FROM _walked i WHERE NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'videos')} v WHERE v.path = i.path) "
