@@ -123,12 +123,17 @@ def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list
         """
     ).to_arrow_table()
     con.register("_picked", picked)
-    # The ids as constants too: DuckDB pushes them into every table of `candidates`, below the
-    # aggregation of `subjects`; the join alone made it aggregate every clip's (1M windows: 3.0 GB, 15 s; now 1.7 GB, 11 s).
+    # The ids as constants too: DuckDB pushes them into the scans of `candidates`' tables. Not below
+    # its aggregation of `subjects`, though, which it made for every clip (1M windows: 15 of the
+    # report's 27 s): the sample's subjects are aggregated from their own rows.
     ids = ", ".join("'" + clip_id.replace("'", "''") + "'" for clip_id in picked.column("clip_id").to_pylist()) or "NULL"
     data = con.sql(
-        f"SELECT c.*, p.status, p.group_size FROM candidates c JOIN _picked p USING (clip_id) WHERE c.clip_id IN ({ids}) ORDER BY p.status, clip_id"
+        f"SELECT c.* EXCLUDE ({', '.join(views.COSTLY)}), p.status, p.group_size FROM candidates c JOIN _picked p USING (clip_id) "
+        f"WHERE c.clip_id IN ({ids}) ORDER BY p.status, clip_id"
     ).to_arrow_table().to_pylist()
+    subjects = dict(con.sql(f"SELECT clip_id, subjects FROM ({views.SUBJECTS.format(source=f'subjects WHERE clip_id IN ({ids})')})").fetchall())
+    for row in data:
+        row["subjects"] = subjects.get(row["clip_id"])
     order = ["kept", *RULES, *(table for table, *_ in LATER_STEPS)]
     groups = []
     for status in order:
@@ -139,25 +144,16 @@ def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list
 
 
 def poster(run: Path, row: dict, folder: Path, width: int) -> str | None:
-    """The middle frame of the clip (its file, or the source window), as a JPEG; None if none decodes."""
-    from stages.video import iter_frames, rotate_upright
+    """A frame near the middle of the clip (its file, or the source window), as a JPEG; None if none decodes."""
+    from stages.video import near_middle, rotate_upright
 
     path = folder / f"{row['clip_id']}.jpg"
     if not path.exists():
-        middle = (row["end_frame"] - row["start_frame"]) // 2
-        if row["clip_path"]:
-            frames = iter_frames(run / row["clip_path"], fmt="rgb24", keep=middle.__eq__)
-        else:
-            frames = iter_frames(
-                row["video_path"],
-                start_frame=row["start_frame"],
-                start_pts=row["start_pts"],
-                end_frame=row["end_frame"],
-                fmt="rgb24",
-                keep=(row["start_frame"] + middle).__eq__,
-            )
         try:
-            image = next((f.image for f in frames), None)
+            if row["clip_path"]:
+                image = near_middle(run / row["clip_path"])
+            else:
+                image = near_middle(row["video_path"], row["start_pts"], row["end_pts"])
         except Exception:  # an unreadable video shows as "no frame", the report goes on
             image = None
         if image is None:

@@ -6,8 +6,10 @@ readers keep the last written row of each key: that is how a retried input repla
 error and how a rewrite after a crash replaces its first copy. Every table also holds one empty
 part with its current schema, so a table with no rows yet, or parts from an older schema, still
 read with every column. Nothing here loads a whole table: queries project columns and push
-filters down into the scan; `compact` merges many small parts into one, atomically and resumably
-(a kill -9 during it leaves inputs and output side by side, which read the same).
+filters down into the scan; `compact` merges parts, deduplicated, atomically and resumably (a
+kill -9 during it leaves inputs and output side by side, which read the same). It is tiered: a
+table's large first part (its base) is left alone while the parts after it are few and small, so
+adding a video to a large run rewrites nothing and keeps the parts the `finished` records name.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ QUARANTINE = "quarantine"
 MEMORY_LIMIT = "2GB"  # per connection: with Python and Arrow around it, a command stays under 3 GB
 GROUP_BYTES = 32 * 2**20
 FINISHED = "finished"  # the runner's records of stages with nothing left to do (pipeline/finished.py)
+BASE_SHARE = 4  # a first part with this many times the rows of all later parts is the table's base
+TIER_PARTS = 8  # the parts after a base are merged once there are this many
 
 
 def table_dir(run: Path, table: str) -> Path:
@@ -114,16 +118,25 @@ def scan(run: Path, table: str, files: Sequence[Path] | None = None) -> str:
 def latest(run: Path, table: str, key: Sequence[str] | None = None, files: Sequence[Path] | None = None) -> str:
     """SQL for one row per key, the last written, with the table's columns only.
 
-    A table compacted into one part holds one row per key already: it is read without the
-    deduplicating window (the part is named, so parts written later are not read unsorted).
+    A first part that a compaction wrote holds one row per key already: it is read without the
+    deduplicating window, less the keys of the parts after it, which are read with it (the parts
+    are named, so parts written later are not read unsorted).
     """
     columns = ", ".join(f'"{c}"' for c in spec(table).schema.names)
-    by = ", ".join(f'"{k}"' for k in (key or spec(table).key))
+    keys = key or spec(table).key
+    by = ", ".join(f'"{k}"' for k in keys)
     if files is None and spec(table).identity == spec(table).key:
         found = parts(run, table)
-        if len(found) == 1 and "-z" in found[0].name:  # a compaction output
+        if found and "-z" in found[0].name:  # a compaction output
             schema_parts = sorted(table_dir(run, table).glob(f"{SCHEMA_PREFIX}*.parquet"))
-            return f"SELECT {columns} FROM {scan(run, table, [*schema_parts, found[0]])}"
+            if len(found) == 1:
+                return f"SELECT {columns} FROM {scan(run, table, [*schema_parts, found[0]])}"
+            # A row stays unless the last row of its key in the later parts is another.
+            later = f"SELECT {by}, filename, file_row_number FROM {scan(run, table, [*schema_parts, *found[1:]])} " \
+                    f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1"
+            same = " AND ".join(f'l."{k}" = t."{k}"' for k in keys)
+            return (f"SELECT {columns} FROM {scan(run, table, [*schema_parts, *found])} t WHERE NOT EXISTS (SELECT 1 FROM ({later}) l "
+                    f"WHERE {same} AND (l.filename <> t.filename OR l.file_row_number <> t.file_row_number))")
     return (
         f"SELECT {columns} FROM {scan(run, table, files)} "
         f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1"
@@ -230,41 +243,46 @@ def count(run: Path, table: str) -> int:
     return query(run, f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py()
 
 
-def compact(run: Path, table: str) -> int:
-    """Merge the table's parts into one, deduplicated; returns how many parts it merged.
+def compact(run: Path, table: str, whole: bool = False) -> int:
+    """Merge the table's newest parts (`to_merge`; all of them if `whole`) into one, deduplicated;
+    returns how many parts it merged.
 
     Not sorted: under the memory limit DuckDB spills a deduplication of millions of wide rows
     (subject masks) but not a sort of them; readers that need an order ask for it.
     Reads an explicit list of parts and deletes exactly those after the merged part is in place.
-    The merged part is named after the newest input, so it sorts after its inputs and before any
-    later part: last-write-wins reads the same rows before, during and after a compaction.
+    They are the newest, so the merged part, named after the newest of them, sorts after every
+    other part and before any later one: last-write-wins reads the same rows before, during and
+    after a compaction.
     """
-    return _merge(run, table, at_least=2)
+    return _merge(run, table, lambda rows: len(rows) if whole else to_merge(rows), at_least=2)
 
 
 def withdraw(run: Path, table: str, column: str, keys: pa.Table) -> int:
     """Rewrite the table without the rows whose `column` is among `keys` (a one-column table):
-    rows a whole stage no longer stands by. A compaction that leaves them out, so a kill -9 during
-    it leaves the rows readable still, and the stage's next plan withdraws them again."""
+    rows a whole stage no longer stands by. A whole compaction that leaves them out, so a kill -9
+    during it leaves the rows readable still, and the stage's next plan withdraws them again."""
     if not keys.num_rows:
         return 0
-    return _merge(run, table, at_least=1, without=(column, keys))
+    return _merge(run, table, len, at_least=1, without=(column, keys))
 
 
-def _merge(run: Path, table: str, at_least: int, without: tuple[str, pa.Table] | None = None) -> int:
+def _merge(run: Path, table: str, newest: Callable[[list[int]], int], at_least: int, without: tuple[str, pa.Table] | None = None) -> int:
+    """Merge the `newest(row counts)` newest parts, if at least `at_least`, leaving out `without`'s keys."""
+
     def merge() -> list[Path]:
         found = parts(run, table)
-        if len(found) < at_least:
+        metas = [pq.ParquetFile(p).metadata for p in found]
+        count = newest([m.num_rows for m in metas])
+        found, metas = found[len(found) - count :], metas[len(found) - count :]
+        if not found or len(found) < at_least:
             return []
-        newest = found[-1].name.split("-")[1]
-        final = table_dir(run, table) / f"part-{newest}-z{uuid.uuid4().hex[:11]}.parquet"
+        final = table_dir(run, table) / f"part-{found[-1].name.split('-')[1]}-z{uuid.uuid4().hex[:11]}.parquet"
         sql = latest(run, table, spec(table).identity, found)
         con = database()
         if without is not None:
             column, keys = without
             con.register("_without", keys)
             sql = f'SELECT * FROM ({sql}) WHERE "{column}" NOT IN (SELECT "{keys.column_names[0]}" FROM _without)'
-        metas = [pq.ParquetFile(p).metadata for p in found]
         rows = sum(m.num_rows for m in metas)
         size = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
         with atomic_path(run, final) as tmp:
@@ -277,5 +295,16 @@ def _merge(run: Path, table: str, at_least: int, without: tuple[str, pa.Table] |
     return len(merged)
 
 
+def to_merge(rows: list[int]) -> int:
+    """How many of the newest parts, of these row counts in write order, a compaction merges: all,
+    unless the first is a base (BASE_SHARE times the rows of all later parts); then the later
+    ones once there are TIER_PARTS of them, else none. The later parts grow into a base's share
+    in merges of their own, so a row is rewritten a few times, not once per compaction."""
+    if len(rows) > 1 and rows[0] >= BASE_SHARE * sum(rows[1:]):
+        return len(rows) - 1 if len(rows) - 1 >= TIER_PARTS else 0
+    return len(rows)
+
+
 def compact_all(run: Path) -> dict[str, int]:
-    return {name: merged for name in TABLES if (merged := compact(run, name))}
+    """Every table into one part (`python -m manifests compact`)."""
+    return {name: merged for name in TABLES if (merged := compact(run, name, whole=True))}

@@ -17,7 +17,12 @@ import pyarrow as pa
 from manifests import store
 from manifests.filters import RULES, FilterConfig, applies, predicate, scored_in
 
-CANDIDATES = """
+# Per clip: its subjects, aggregated from `source` (the table, or the rows of some clips).
+SUBJECTS = """  SELECT clip_id, count(*) AS n_subjects, bool_or(random_weights) AS random_weights,
+         to_json(list(struct_pack(subject_id, kind, label, frame_index, box, score, area_fraction,
+                                  crop_path, masked_path, model) ORDER BY subject_id))::VARCHAR AS subjects
+  FROM {source} GROUP BY clip_id"""
+CANDIDATES = f"""
 CREATE VIEW candidates AS
 SELECT s.*, s.n_frames / v.fps AS duration_s,
        v.path AS video_path, v.fps, v.bytes AS video_bytes, v.duration_s AS video_duration_s, v.width, v.height, v.rotation,
@@ -34,10 +39,7 @@ LEFT JOIN aesthetic a USING (clip_id)
 LEFT JOIN clips c USING (clip_id)
 LEFT JOIN captions cap USING (clip_id)
 LEFT JOIN (
-  SELECT clip_id, count(*) AS n_subjects, bool_or(random_weights) AS random_weights,
-         to_json(list(struct_pack(subject_id, kind, label, frame_index, box, score, area_fraction,
-                                  crop_path, masked_path, model) ORDER BY subject_id))::VARCHAR AS subjects
-  FROM subjects GROUP BY clip_id
+{SUBJECTS.format(source="subjects")}
 ) sub USING (clip_id)
 LEFT JOIN (
   SELECT clip_id, min(shard) AS shard FROM (SELECT unnest(clip_ids) AS clip_id, shard FROM shards) GROUP BY clip_id
@@ -103,17 +105,21 @@ LATER_STAGES = {
 def funnel(run: Path, config: FilterConfig | None = None) -> list[tuple[str, int, int]]:
     """(step, clips left, removed by this step) for each rule in order, then the later stages.
 
-    One scan: each step's count is a conditional count over the same rows.
+    One scan: each step's count is a conditional count over the same rows, of the steps' outcomes
+    computed once per row (each step's condition written into every later count joined the run's
+    tables once per count: at 1M windows, past the memory limit).
     """
     config = config or FilterConfig()
-    steps, conditions = ["windows"], ["TRUE"]
+    steps, conditions = ["windows"], []
     for rule in (r for r in active_rules(run, list(RULES)) if applies(r, config)):
         steps.append(f"filter: {rule}")
-        conditions.append(f"{conditions[-1]} AND {predicate(rule, config)}")
+        conditions.append(predicate(rule, config))
     for table, done in LATER_STAGES.items():
         if store.has_rows(run, table):
             steps.append(table)
-            conditions.append(f"{conditions[-1]} AND {done}")
-    counts = ", ".join(f"count(*) FILTER (WHERE {c})" for c in conditions)
-    left = list(store.guarded(run, lambda: connect(run).execute(f"SELECT {counts} FROM candidates").fetchone()))
+            conditions.append(done)
+    outcomes = ", ".join(f"({c}) AS s{i}" for i, c in enumerate(conditions)) or "NULL AS none"
+    counts = ", ".join(["count(*)", *(f"count(*) FILTER (WHERE {' AND '.join(f's{j}' for j in range(i + 1))})" for i in range(len(conditions)))])
+    sql = f"SELECT {counts} FROM (SELECT {outcomes} FROM candidates)"
+    left = list(store.guarded(run, lambda: connect(run).execute(sql).fetchone()))
     return [(step, n, (left[i - 1] - n) if i else 0) for i, (step, n) in enumerate(zip(steps, left))]

@@ -7,9 +7,11 @@ decide its inputs (`input_tables`). Its own output table and `errors` only ever 
 (compaction keeps every key; a quarantine, which loses rows, removes every record), so they are
 not among them. A later ask with the same digest:
 - finds the same parts: nothing is pending, and no query runs;
-- finds every recorded part still there and some new ones: only inputs named in a new part can
-  be pending, so the ask is restricted to those keys (`restriction`);
-- finds a recorded part gone (compacted, quarantined) or another digest: the full ask.
+- finds the recorded first part of each table still there, and new parts: only inputs named in a
+  new part can be pending, so the ask is restricted to those keys (`restriction`). A recorded part
+  gone after it was merged by a tiered compaction (`store.compact`), whose output is a new part
+  holding every key of its inputs;
+- finds a table's first part gone (a whole compaction), or another digest: the full ask.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from manifests import store, views
@@ -27,6 +32,7 @@ from manifests.schemas import TABLES, spec
 from stages.base import Stage
 
 BASE = {"candidates": ["videos", "scenes"]}  # the view's rows: a window of a video; its other tables are LEFT JOINed
+CONSTANT_KEYS = 10_000  # keys of new parts written into an ask as constants, up to this many
 
 
 class Record(BaseModel):
@@ -74,24 +80,36 @@ def save(run: Path, stage: str, record: Record) -> None:
 
 def restriction(run: Path, stage_cls: type[Stage], record: Record | None, now: dict[str, list[str]]) -> str | None:
     """SQL condition on the input `i` that every pending input meets, given the record: "FALSE"
-    when nothing changed; the keys of the new parts when parts were only added; None (no
-    restriction: the full ask) when a recorded part is gone or a new part cannot be keyed."""
+    when nothing changed; the keys of the new parts when the recorded first part of each table is
+    still there; None (no restriction: the full ask) when it is not or a new part cannot be keyed."""
     if record is None or set(record.parts) != set(now):
         return None
     conditions = []
     for table, names in now.items():
         before = set(record.parts[table])
-        if not before <= set(names):
+        first = [n for n in record.parts[table] if not n.startswith(store.SCHEMA_PREFIX)][:1]
+        if not set(first) <= set(names):
             return None
         added = [store.table_dir(run, table) / n for n in names if n not in before and not n.startswith(store.SCHEMA_PREFIX)]
         if added:
             key = _key_column(stage_cls, table)
             if key is None:
                 return None
-            files = store.scan(run, table, added)
-            column = f"unnest({key[1]})" if key[1] == "clip_ids" else f'"{key[1]}"'
-            conditions.append(f'i."{key[0]}" IN (SELECT {column} FROM {files})')
+            conditions.append(f'i."{key[0]}" IN ({_keys(run, table, added, key[1])})')
     return " OR ".join(conditions) or "FALSE"
+
+
+def _keys(run: Path, table: str, files: list[Path], column: str) -> str:
+    """SQL for the values of `column` in these parts: a list of constants when there are few, which
+    DuckDB pushes into the scans of every table of `candidates` (a subquery it joins after
+    joining them all: a new video's ask took seconds at a million windows), else a subquery."""
+    if sum(pq.ParquetFile(f).metadata.num_rows for f in files) <= CONSTANT_KEYS:
+        values = pa.concat_tables(pq.read_table(f, columns=[column]) for f in files).column(column)
+        values = pc.unique(pc.list_flatten(values) if column == "clip_ids" else values).to_pylist()
+        if len(values) <= CONSTANT_KEYS:
+            return ", ".join(store.literal(v) if isinstance(v, str) else str(v) for v in values) or "NULL"
+    selected = f"unnest({column})" if column == "clip_ids" else f'"{column}"'
+    return f"SELECT {selected} FROM {store.scan(run, table, files)}"
 
 
 def _key_column(stage_cls: type[Stage], table: str) -> tuple[str, str] | None:

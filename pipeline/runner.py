@@ -50,6 +50,7 @@ COMPACT_PARTS = 256  # a table with more parts than this is compacted while the 
 COMPACT_EVERY_S = 60.0
 ASKED_KEYS = 100_000  # inputs of the final asks a stage keeps, to check at its end that none is pending
 POLL_S = 2.0  # at least this long between two asks of a stage whose inputs are still being made
+WALK_CHUNK = 65536  # files per anti-join with `videos` and `errors`: each scans their paths
 
 
 @dataclass
@@ -308,6 +309,7 @@ def pending_query(stage_cls: type[Stage], run: Path, decides: str, retry_errors:
         )
     conditions.append(f'CAST(i."{key}" AS VARCHAR) NOT IN (SELECT key FROM _inflight)')
     order = f' ORDER BY i."{"clip_id" if stage_cls.reads == "candidates" else key}"' if stage_cls.barrier else ""
+    order = order or (f" ORDER BY {stage_cls.first}" if stage_cls.first else "")
     skip = [c for c in views.COSTLY if c not in stage_cls.wants] if stage_cls.reads == "candidates" else []
     columns = f"i.* EXCLUDE ({', '.join(skip)})" if skip else "i.*"
     return f"SELECT {columns} FROM {stage_cls.reads} i WHERE " + " AND ".join(f"({c})" for c in conditions) + order
@@ -407,14 +409,15 @@ class StageRun:
         return (item for item in items if str(item[self.cls.input_key]) not in failed)
 
     def _sources(self) -> Iterator[Row]:
-        """Files under SRC not yet probed: videos go to the stage, the rest become rows of `errors` here."""
+        """Files under SRC not yet probed, the largest first (`Stage.first`): videos go to the stage,
+        the rest become rows of `errors` here."""
         probe = self.config.probe
-        for chunk in walk(Path(self.config.src), probe.extensions, 8192):
+        for chunk in walk(Path(self.config.src), probe.extensions, WALK_CHUNK):
             new = store.query(
                 self.run,
-                f"SELECT w.* FROM _walked w WHERE NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'videos')} v WHERE v.path = w.path) "
-                f"AND NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'errors')} e WHERE e.stage = 'probe' AND e.key = w.path) "
-                "AND w.path NOT IN (SELECT key FROM _inflight)",
+                f"SELECT i.* FROM _walked i WHERE NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'videos')} v WHERE v.path = i.path) "
+                f"AND NOT EXISTS (SELECT 1 FROM {store.scan(self.run, 'errors')} e WHERE e.stage = 'probe' AND e.key = i.path) "
+                f"AND i.path NOT IN (SELECT key FROM _inflight) ORDER BY {self.cls.first}",
                 tables={"_walked": pa.Table.from_pylist(chunk), "_inflight": self._inflight_keys()},
             ).to_pylist()
             problems = [{"stage": "probe", "key": r["path"], "error_type": r["kind"], "message": r["message"], "attempts": 1}

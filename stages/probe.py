@@ -28,14 +28,15 @@ class ProbeConfig(StageConfig):
 
 def walk(src: Path, extensions: list[str], chunk: int) -> Iterator[list[Row]]:
     """Files under src in chunks (following links, each real folder once), each with its `kind`:
-    `video`, `not_video` (skipped by extension) or `bad_input`, and a message for the last two."""
+    `video`, `not_video` (skipped by extension) or `bad_input`, a message for the last two, and a
+    video's `bytes`."""
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"SRC does not exist: {src}")
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found: list[Row] = []
     for row in _entries(src, suffixes):
-        found.append(_printable(row))
+        found.append({"bytes": None} | _printable(row))
         if len(found) == chunk:
             yield found
             found = []
@@ -56,7 +57,7 @@ def _printable(row: Row) -> Row:
 
 def _entries(src: Path, suffixes: set[str]) -> Iterator[Row]:
     if src.is_file():
-        yield {"path": str(src.absolute()), "kind": "video", "message": None}
+        yield {"path": str(src.absolute()), "kind": "video", "message": None, "bytes": src.stat().st_size}
         return
     seen_dirs: set[str] = set()
     for folder, dirs, files in os.walk(src, followlinks=True):
@@ -74,15 +75,15 @@ def _entries(src: Path, suffixes: set[str]) -> Iterator[Row]:
                 yield {"path": str(path.absolute()), "kind": "not_video", "message": message}
                 continue
             try:
-                mode = path.stat().st_mode
+                info = path.stat()
             except OSError as exc:
                 yield {"path": str(path.absolute()), "kind": "bad_input", "message": f"cannot read {path}: {exc.strerror}"}
                 continue
-            if not stat.S_ISREG(mode):  # opening a FIFO would wait forever for a writer
+            if not stat.S_ISREG(info.st_mode):  # opening a FIFO would wait forever for a writer
                 message = f"{path}: not a regular file (a FIFO, socket or device); skipped"
                 yield {"path": str(path.absolute()), "kind": "bad_input", "message": message}
                 continue
-            yield {"path": str(path.absolute()), "kind": "video", "message": None}
+            yield {"path": str(path.absolute()), "kind": "video", "message": None, "bytes": info.st_size}
 
 
 def content_hash(path: Path, size: int) -> str:
@@ -117,6 +118,7 @@ class Probe(Stage):
     reads = "sources"
     writes = "videos"
     input_key = "path"
+    first = "i.bytes DESC NULLS LAST"
     batch_size = 4
     Config = ProbeConfig
 

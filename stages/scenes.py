@@ -216,6 +216,7 @@ class Scenes(Stage):
     input_key = "video_id"
     fuses = ("motion",)
     feeds = ("aesthetic", "screen")
+    first = "i.n_frames * i.width * i.height DESC"  # decode cost
     Config = ScenesConfig
 
     def process(self, item: Row) -> dict[str, list[Row]]:

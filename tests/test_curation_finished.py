@@ -38,10 +38,11 @@ def rerun(run: Path, stages: list[str] = CHAIN, settings: list[str] = SETTINGS) 
     return {r.stage: r.inputs for r in run_chain([STAGES[s] for s in stages], config, run)}
 
 
-def add_window(run: Path) -> str:
-    """A new window of a real video (its first two windows as one), written as a new scenes part."""
+def add_window(run: Path, k: int = 0) -> str:
+    """A new window of a real video (the k-th pair of its adjacent windows as one), written as a new scenes part."""
     rows = store.read_table(run, "scenes").to_pylist()
-    first, second = next((a, b) for a, b in zip(rows, rows[1:]) if a["video_id"] == b["video_id"] and a["scene_index"] == 0)
+    pairs = [(a, b) for a, b in zip(rows, rows[1:]) if a["video_id"] == b["video_id"] and b["scene_index"] == a["scene_index"] + 1]
+    first, second = pairs[k]
     new = {**first, "scene_index": max(r["scene_index"] for r in rows) + 1, "end_frame": second["end_frame"],
            "end_pts": second["end_pts"], "end_s": second["end_s"], "n_frames": second["end_frame"] - first["start_frame"]}  # fmt: skip
     new["clip_id"] = clip_id(new["video_id"], new["start_frame"], new["end_frame"])
@@ -73,8 +74,21 @@ def test_a_window_added_in_a_new_part_is_scored_and_cut(run):
 
 def test_a_window_added_then_compacted_away_from_its_part_is_still_found(run):
     add_window(run)
-    store.compact(run, "scenes")  # the recorded part and the new one become one new part
+    store.compact(run, "scenes", whole=True)  # as `manifests compact`: the recorded part and the new one become one new part
     assert rerun(run) == {"scenes": 0, "motion": 1, "clips": 1}
+
+
+def test_windows_added_in_parts_that_a_tiered_compaction_merged_beside_the_base_are_found(run, monkeypatch):
+    monkeypatch.setattr(store, "TIER_PARTS", 2)  # the shared run's tables are small: a base of a few windows
+    (base,) = store.parts(run, "scenes")
+    add_window(run, 0)
+    assert rerun(run) == {"scenes": 0, "motion": 1, "clips": 1}  # the records now name the new part beside the base
+    add_window(run, 1)
+    assert store.compact(run, "scenes") == 2  # the recorded part and the new one become one new part; the base stays
+    assert store.parts(run, "scenes")[0] == base and len(store.parts(run, "scenes")) == 2
+    motion = store.parts(run, "motion")[0]
+    assert rerun(run) == {"scenes": 0, "motion": 1, "clips": 1}
+    assert store.parts(run, "motion")[0] == motion, "the stage's end left its base alone"
 
 
 def test_rows_lost_to_a_quarantined_part_are_made_again(run):

@@ -41,6 +41,21 @@ def test_last_written_row_of_a_key_wins(tmp_path):
     assert store.read_table(tmp_path, "errors").column("message").to_pylist() == ["third try", "boom"]
 
 
+def test_compaction_leaves_a_large_base_alone_and_merges_the_small_parts_after_it_once_there_are_many(tmp_path):
+    for half in range(2):
+        store.write_part(tmp_path, "errors", [_error(f"/{i}.mp4") for i in range(half, 8 * store.BASE_SHARE * store.TIER_PARTS, 2)])
+    store.compact(tmp_path, "errors")
+    (base,) = store.parts(tmp_path, "errors")
+    for k in range(store.TIER_PARTS):  # the last write of /0.mp4 and /1.mp4 wins, beside the base and after a merge
+        store.write_part(tmp_path, "errors", [_error(f"/{k % 2}.mp4", f"try {k}")])
+        assert store.compact(tmp_path, "errors") == (store.TIER_PARTS if k == store.TIER_PARTS - 1 else 0)
+        assert store.read_table(tmp_path, "errors", where="key IN ('/0.mp4', '/1.mp4')").column("message").to_pylist() == [
+            f"try {k - (k % 2)}", f"try {k - 1 + (k % 2)}" if k else "boom"]  # fmt: skip
+    assert store.parts(tmp_path, "errors")[0] == base and len(store.parts(tmp_path, "errors")) == 2
+    assert store.count(tmp_path, "errors") == 8 * store.BASE_SHARE * store.TIER_PARTS
+    assert store.to_merge([100, 30]) == 2 and store.to_merge([100, *[1] * 7]) == 0 and store.to_merge([100, *[1] * 8]) == 8
+
+
 def test_leftover_temporary_files_are_never_read_and_are_removed(tmp_path):
     store.write_part(tmp_path, "errors", [_error("/a.mp4")])
     half = files.temporary(tmp_path, ".parquet")

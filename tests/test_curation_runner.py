@@ -197,3 +197,19 @@ def test_files_that_are_not_videos_are_counted_listed_and_can_be_let_in(tmp_path
     assert wider.code == 3  # the text file is now an input, and not a readable video
     (error,) = store.read_table(tmp_path / "wider", "errors", where="error_type = 'bad_input'").to_pylist()
     assert error["key"].endswith("notes.txt") and "not a readable video" in error["message"]
+
+
+def test_videos_with_the_most_pixels_to_decode_are_cut_first(tmp_path):
+    """The longest decode starts first, so it does not run alone at the end of the pass (the probe takes the largest files first)."""
+    import pyarrow as pa
+
+    from manifests import views
+    from pipeline.runner import pending_sql
+    from stages.scenes import Scenes
+
+    sizes = {"short": (100, 640, 360), "long": (9000, 1280, 720), "big": (600, 1920, 1080)}
+    store.write_part(tmp_path, "videos", [{"video_id": k, "path": f"/{k}.mp4", "n_frames": n, "width": w, "height": h} for k, (n, w, h) in sizes.items()])
+    con = views.connect(tmp_path)
+    con.register("_inflight", pa.table({"key": pa.array([], pa.string())}))
+    sql = pending_sql(Scenes, load_config(None, [f"src={tmp_path}"]), ["scenes"], tmp_path, False)
+    assert [row[0] for row in con.sql(f"SELECT video_id FROM ({sql})").fetchall()] == ["long", "big", "short"]

@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 import cv2
 import numpy as np
 import pytest
-from conftest import KEEP_ALL, manifests_cli, pipeline_cli
+from conftest import DATA, KEEP_ALL, manifests_cli, pipeline_cli
 
 from manifests import views
 from manifests.filters import FilterConfig
@@ -19,7 +19,8 @@ from manifests.report import ReportConfig, duration_text, sample_groups, write_r
 from manifests.store import read_table, write_part
 from stages.crops import box_crop, masked_crop
 from stages.subjects import write_png
-from stages.video import iter_frames
+from stages import video
+from stages.video import iter_frames, near_middle
 
 NO_SUBJECT = "no subject kept: 0 boxes above score 0.35"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -126,6 +127,15 @@ def test_funnel_shows_removals_as_positive_counts_and_short_footage_readably(rep
     assert 0 < seconds < 60  # the shared sample footage: seconds, which "0.01 h" hid
     videos = read_table(run, "videos").num_rows
     assert f"<th>videos</th><td class='n'>{videos} ({seconds} s)</td>" in page
+
+
+def test_a_poster_is_the_keyframe_nearest_the_middle_inside_the_window_else_the_middle_frame():
+    path = DATA / "pyscenedetect" / "testvideo.mp4"  # keyframes at frames 0, 30, 180 and 480; a frame is 1001 pts
+    frames = {f.index: f.image for f in iter_frames(path, fmt="rgb24", keep={180, 250}.__contains__, end_frame=251)}
+    decoded = sum(video.DECODED.values())
+    assert np.array_equal(near_middle(path, 150 * 1001, 300 * 1001), frames[180])  # the keyframe before the middle (225) lies inside
+    assert sum(video.DECODED.values()) - decoded <= 3  # that frame, and the decoder's reorder delay
+    assert np.array_equal(near_middle(path, 200 * 1001, 300 * 1001), frames[250])  # none inside: the middle, from frame 180
 
 
 def test_duration_text_reads_like_a_person_would_say_it():
