@@ -45,6 +45,7 @@ from typing import Literal
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from manifests import store
 from manifests.filters import rules_through
@@ -107,38 +108,56 @@ def linked(vectors: np.ndarray, videos: list[str], radius: float, probes: int, u
     return np.array(pairs, np.int64).reshape(-1, 2)
 
 
-def cluster(subjects: list[Row], cfg: IdentitiesConfig) -> tuple[np.ndarray, list[str]]:
-    """Cluster label per subject, and how each was linked."""
-    n = len(subjects)
+class Embeddings:
+    """A table's embedding column as one float32 array: as Python floats, a million subjects' would
+    take gigabytes. `[i]` is row i's vector (a view) or None."""
+
+    def __init__(self, column: pa.ChunkedArray):
+        column = column.combine_chunks()
+        self.offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+        self.flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        self.valid = column.is_valid().to_numpy(zero_copy_only=False)
+
+    def __getitem__(self, i: int) -> np.ndarray | None:
+        return self.flat[self.offsets[i] : self.offsets[i + 1]] if self.valid[i] else None
+
+    def matrix(self, index: np.ndarray) -> np.ndarray:
+        return np.stack([self.flat[self.offsets[i] : self.offsets[i + 1]] for i in index]).astype(np.float32)
+
+
+def _is(column: pa.ChunkedArray, value: str) -> np.ndarray:
+    return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
+
+
+def cluster(subjects: pa.Table, cfg: IdentitiesConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster label per subject (a row of `subjects`), and how each was linked."""
+    n = subjects.num_rows
+    kind, embeddings = subjects.column("kind"), Embeddings(subjects.column("embedding"))
     pairs = [np.zeros((0, 2), np.int64)]
-    for kind, radius, unit in (("face", cfg.face_same_distance, False), ("object", cosine_radius(cfg.object_same_similarity), True)):
-        index = np.array([i for i, s in enumerate(subjects) if s["kind"] == kind and s["embedding"] is not None], np.int64)
+    for name, radius, unit in (("face", cfg.face_same_distance, False), ("object", cosine_radius(cfg.object_same_similarity), True)):
+        index = np.flatnonzero(_is(kind, name) & embeddings.valid)
         if len(index) > 1:
-            vectors = np.array([subjects[i]["embedding"] for i in index], np.float32)
+            vectors = embeddings.matrix(index)
             if unit:
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            pairs.append(index[linked(vectors, [subjects[i]["video_id"] for i in index], radius, cfg.probes, unit)])
-    position = {s["subject_id"]: i for i, s in enumerate(subjects)}
-    held = [(i, position[s["human_id"]]) for i, s in enumerate(subjects) if s["kind"] == "face" and s["human_id"] in position]
-    if held:
-        pairs.append(np.array(held, np.int64))
-    humans_with_face = {h for _, h in held}
-    via = [
-        "face" if s["kind"] == "face" and s["embedding"] is not None
-        else "human's face" if i in humans_with_face
-        else "masked-crop CLIP" if s["kind"] == "object" and s["embedding"] is not None
-        else "alone"
-        for i, s in enumerate(subjects)
-    ]  # fmt: skip
-    return components(n, np.concatenate(pairs)), via  # a human without a face links to nothing: alone
+            videos = subjects.column("video_id").take(pa.array(index)).to_pylist()
+            pairs.append(index[linked(vectors, videos, radius, cfg.probes, unit)])
+    holder = pc.index_in(subjects.column("human_id"), value_set=subjects.column("subject_id").combine_chunks())  # the human a face is of
+    faces = np.flatnonzero(_is(kind, "face") & pc.is_valid(holder).to_numpy(zero_copy_only=False))
+    held = np.stack([faces, pc.fill_null(holder, 0).to_numpy(zero_copy_only=False)[faces].astype(np.int64)], 1)
+    pairs.append(held)
+    via = np.full(n, "alone", object)  # a human without a face links to nothing: alone
+    via[_is(kind, "object") & embeddings.valid] = "masked-crop CLIP"
+    via[held[:, 1]] = "human's face"
+    via[_is(kind, "face") & embeddings.valid] = "face"
+    return components(n, np.concatenate(pairs)), via
 
 
-def identity_ids(subjects: list[Row], label: np.ndarray) -> dict[int, str]:
+def identity_ids(subjects: pa.Table, label: np.ndarray) -> dict[int, str]:
     """An id per cluster, derived from its smallest subject_id: the same whatever order the run happened in."""
-    smallest: dict[int, str] = {}
-    for s, group in zip(subjects, label.tolist()):
-        smallest[group] = min(smallest.get(group, s["subject_id"]), s["subject_id"])
-    return {g: str(uuid.uuid5(IDENTITY_NAMESPACE, first)) for g, first in smallest.items()}
+    smallest = pa.table({"group": label, "subject_id": subjects.column("subject_id")}).group_by("group").aggregate([("subject_id", "min")])
+    firsts = zip(smallest.column("group").to_pylist(), smallest.column("subject_id_min").to_pylist())
+    return {g: str(uuid.uuid5(IDENTITY_NAMESPACE, first)) for g, first in firsts}
 
 
 def draw(weights: dict[str, float], clip_id: str, subject_id: str) -> str:
@@ -218,11 +237,9 @@ def sample_frames(clip: Path, n_frames: int, count: int):
     return frames
 
 
-def subjects_of(run: Path, clips: pa.Table) -> list[Row]:
-    """What the plan reads of the subjects of `clips` (a table of clip_id), in clip and subject order.
-    Each embedding is a view into one float32 array: as Python floats, a million subjects' would
-    take gigabytes."""
-    table = store.query(
+def subjects_of(run: Path, clips: pa.Table) -> pa.Table:
+    """What the plan reads of the subjects of `clips` (a table of clip_id), in clip and subject order."""
+    return store.query(
         run,
         "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
         "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
@@ -231,13 +248,6 @@ def subjects_of(run: Path, clips: pa.Table) -> list[Row]:
         "LEFT JOIN sample_refs r USING (clip_id) ORDER BY s.clip_id, s.subject_id",
         tables={"_clips": clips},
     )
-    column = table.column("embedding").combine_chunks()
-    offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    rows = table.drop_columns(["embedding"]).to_pylist()
-    for i, (row, valid) in enumerate(zip(rows, column.is_valid().to_numpy(zero_copy_only=False))):
-        row["embedding"] = flat[offsets[i] : offsets[i + 1]] if valid else None
-    return rows
 
 
 class Identities(Stage):
@@ -266,22 +276,41 @@ class Identities(Stage):
             if item["inputs_digest"] != done_digest:
                 yield item
 
-    def planned(self, subjects: list[Row]) -> Iterator[tuple[Row, str | None]]:
-        """(work item, the digest of the clip's row written before) per clip of `subjects`, clustered together."""
+    def planned(self, subjects: pa.Table) -> Iterator[tuple[Row, str | None]]:
+        """(work item, the digest of the clip's row written before) per clip of `subjects` (in clip
+        order), clustered together. Rows become dicts a slice at a time, and those of identities of
+        more than one subject (other clips' references come from them) once: not the whole run's."""
         label, via = cluster(subjects, self.config)
         ids = identity_ids(subjects, label)
-        size = Counter(label.tolist())
-        videos: dict[int, set] = defaultdict(set)
-        for s, group in zip(subjects, label.tolist()):
-            videos[group].add(s["video_id"])
+        size = np.bincount(label, minlength=len(label))
+        videos = pa.table({"group": label, "video_id": subjects.column("video_id")}).group_by(["group", "video_id"]).aggregate([])
+        spread = np.bincount(videos.column("group").to_numpy(), minlength=len(label))
+        embeddings = Embeddings(subjects.column("embedding"))
+        plain = subjects.drop_columns(["embedding"])
+
+        def dicts(index: np.ndarray, part: pa.Table) -> list[Row]:
+            """Rows `index` of `subjects` (`part` holds them), with their identities."""
+            out = part.to_pylist()
+            for i, row in zip(index.tolist(), out):
+                group = label[i]
+                row.update(embedding=embeddings[i], identity_id=ids[group], via=via[i], identity_size=int(size[group]),
+                           identity_videos=int(spread[group]))  # fmt: skip
+            return out
+
         members: dict[str, list[Row]] = defaultdict(list)
-        by_clip: dict[str, list[Row]] = defaultdict(list)
-        for s, group, how in zip(subjects, label.tolist(), via):
-            s.update(identity_id=ids[group], via=how, identity_size=size[group], identity_videos=len(videos[group]))
-            members[s["identity_id"]].append(s)
-            by_clip[s["clip_id"]].append(s)
-        for clip_id, own in by_clip.items():
-            yield self.work(clip_id, own, members), own[0]["done_digest"]
+        shared = np.flatnonzero(size[label] > 1)
+        for row in dicts(shared, plain.take(pa.array(shared, pa.int64()))):
+            members[row["identity_id"]].append(row)
+        own: list[Row] = []
+        for start in range(0, subjects.num_rows, 8192):
+            index = np.arange(start, min(start + 8192, subjects.num_rows))
+            for row in dicts(index, plain.slice(start, len(index))):
+                if own and row["clip_id"] != own[0]["clip_id"]:
+                    yield self.work(own[0]["clip_id"], own, members), own[0]["done_digest"]
+                    own = []
+                own.append(row)
+        if own:
+            yield self.work(own[0]["clip_id"], own, members), own[0]["done_digest"]
 
     def work(self, clip_id: str, own: list[Row], members: dict[str, list[Row]]) -> Row:
         cfg = self.config
@@ -289,7 +318,8 @@ class Identities(Stage):
         for s in choose(own, cfg.max_references):
             policy = draw(cfg.mix, clip_id, s["subject_id"]) if cfg.policy == "mix" else cfg.policy
             order = FALLBACK[policy] if cfg.policy == "mix" else (policy,)
-            candidates = [reference(p, s, source) for p in order for source in sources(p, s, members[s["identity_id"]], cfg.tries)]
+            group = members.get(s["identity_id"], [s])  # an identity of one subject: only itself
+            candidates = [reference(p, s, source) for p in order for source in sources(p, s, group, cfg.tries)]
             choices.append({"policy": policy, "candidates": candidates})
         identity_rows = [
             {k: s[k] for k in ("subject_id", "clip_id", "video_id", "kind", "identity_id", "via", "identity_size", "identity_videos")}

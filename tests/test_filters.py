@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import REAL
 from videos import panning, static_frames, textured
@@ -112,6 +113,10 @@ def test_a_drawn_robot_face_is_no_face_and_real_faces_are(subjects):
     assert len(subjects.find_faces(carphone, 0)) == 1
 
 
+SUBJECT_COLUMNS = pa.schema([("subject_id", pa.string()), ("kind", pa.string()), ("embedding", pa.list_(pa.float32())),
+                             ("video_id", pa.string()), ("human_id", pa.string())])  # fmt: skip
+
+
 def test_identities_do_not_chain_and_two_shots_of_one_man_are_one(subjects):
     """The man's faces in shots 2 and 4 (0.44 apart) are one identity; the woman's face in shot 1 is 0.56
     from his first and 0.66 from his second: linked by connected components, she would join him."""
@@ -124,10 +129,11 @@ def test_identities_do_not_chain_and_two_shots_of_one_man_are_one(subjects):
     ]
     d = lambda a, b: float(np.linalg.norm(np.subtract(rows[a]["embedding"], rows[b]["embedding"])))  # noqa: E731
     assert d(0, 1) < 0.6 and d(2, 0) < 0.6 < d(2, 1), (d(0, 1), d(2, 0), d(2, 1))
-    label, _ = cluster(rows, IdentitiesConfig())
+    table = lambda rows: pa.Table.from_pylist(rows, schema=SUBJECT_COLUMNS)  # noqa: E731
+    label, _ = cluster(table(rows), IdentitiesConfig())
     assert label[0] == label[1] != label[2]
     for order in ([2, 1, 0], [1, 2, 0]):  # the same answer in any order
-        again, _ = cluster([rows[i] for i in order], IdentitiesConfig())
+        again, _ = cluster(table([rows[i] for i in order]), IdentitiesConfig())
         by_name = {rows[i]["subject_id"]: g for i, g in zip(order, again.tolist())}
         assert by_name["a_man_shot2"] == by_name["b_man_shot4"] != by_name["c_woman_shot1"]
 
