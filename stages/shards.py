@@ -60,7 +60,6 @@ class Shards(Stage):
     filters = rules_through("references")
     needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND clip_id IN (SELECT clip_id FROM sample_refs WHERE n_references > 0)"
     barrier = True
-    wants = ("subjects",)
     Config = ShardsConfig
 
     def plan(self, items: Iterable[Row]) -> Iterator[Row]:
