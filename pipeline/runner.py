@@ -302,11 +302,11 @@ def pending_query(stage_cls: type[Stage], run: Path, decides: str, retry_errors:
     conditions = [decides, only]
     if not stage_cls.whole:  # a whole stage's plan compares what it would write with what it wrote, and skips failures itself
         conditions.append(f'NOT EXISTS (SELECT 1 FROM {store.scan(run, stage_cls.writes)} o WHERE o."{key}" = i."{key}")')
-    if not retry_errors and not stage_cls.whole:
-        conditions.append(
-            f"NOT EXISTS (SELECT 1 FROM {store.scan(run, 'errors')} e "
-            f"WHERE e.stage = '{stage_cls.name}' AND e.key = CAST(i.\"{key}\" AS VARCHAR))"
-        )
+        if not retry_errors:
+            conditions.append(
+                f"NOT EXISTS (SELECT 1 FROM {store.scan(run, 'errors')} e "
+                f"WHERE e.stage = '{stage_cls.name}' AND e.key = CAST(i.\"{key}\" AS VARCHAR))"
+            )
     conditions.append(f'CAST(i."{key}" AS VARCHAR) NOT IN (SELECT key FROM _inflight)')
     order = f' ORDER BY i."{"clip_id" if stage_cls.reads == "candidates" else key}"' if stage_cls.barrier else ""
     order = order or (f" ORDER BY {stage_cls.first}" if stage_cls.first else "")
