@@ -49,7 +49,7 @@ QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits o
 COMPACT_PARTS = 256  # a table with more parts than this is compacted while the run goes on
 COMPACT_EVERY_S = 60.0
 ASKED_KEYS = 100_000  # inputs of the final asks a stage keeps, to check at its end that none is pending
-POLL_S = 2.0  # at least this long between two asks of a stage whose inputs are still being made
+POLL_S = 0.25  # at least this long between two asks of a stage whose inputs are still being made
 WALK_CHUNK = 65536  # files per anti-join with `videos` and `errors`: each scans their paths
 
 
@@ -130,8 +130,18 @@ def write(run: Path, stage: Stage, rows: dict[str, list[Row]], errors: list[Row]
     return Result(n, len(rows.get(stage.writes, [])), len(failed - handled), warnings=len(handled))
 
 
+def on_cores(cpus: float) -> None:
+    """Keep OpenCV's threads to the cores Ray gave the task: its own pool spans the machine
+    (Ray's OMP_NUM_THREADS=1 does not reach it), and with every core busy its threads only take
+    turns, which cost the scene pass's optical flow 60% more CPU per frame."""
+    import cv2
+
+    cv2.setNumThreads(max(1, int(cpus)))
+
+
 def run_cpu_batch(job: tuple, items: list[Row]) -> Result:
     stage_cls, config, chain, run = job
+    on_cores(stage_cls.resources.cpus)
     stage = build(stage_cls, config, chain, run)
     stage.setup()
     rows, errors, _ = attempt(stage, items, config.max_attempts)
@@ -154,6 +164,7 @@ def retried(stage: Stage, item: Row, call, max_attempts: int) -> tuple[object, R
 def prepare_batch(job: tuple, items: list[Row]) -> tuple[list[Row], list[Row]]:
     """CPU side of a model stage before the model: decoded items, and error rows for those that cannot be."""
     stage_cls, config, chain, run = job
+    on_cores(PREPARE_CPUS)
     stage = build(stage_cls, config, chain, run)
     ready, errors = [], []
     for item in items:
@@ -167,6 +178,7 @@ def finish_batch(job: tuple, output: tuple[dict[str, list[Row]], list[Row], floa
     """CPU side of a model stage after the model: `finish` per input (its rows grouped by the input
     key; a failure is that input's error row), then the parts. Carries the actor's busy time."""
     stage_cls, config, chain, run = job
+    on_cores(PREPARE_CPUS)
     stage = build(stage_cls, config, chain, run)
     rows, errors, busy_s = output
     per_input: dict[str, dict[str, list[Row]]] = {}
@@ -336,6 +348,7 @@ class StageRun:
         self.first_submit: float | None = None
         self.cpus: float | None = None
         self.results = 0  # batches finished: a stage after this one asks again only when it grew
+        self.first_round: set = set()  # the batches sent before any came back
         self.upstream_seen = -1
         self.decides: str | None = None  # `deciding`, fixed for the run at the first ask
         self.tables: list[str] = []  # the tables that decide its inputs (`finished.input_tables`)
@@ -425,6 +438,9 @@ class StageRun:
             store.write_part(self.run, "errors", problems)
             yield from ({"path": r["path"]} for r in new if r["kind"] == "video")
 
+    def first_round_back(self) -> bool:
+        return not self.first_round & self.inflight.keys()
+
     def upstream_results(self) -> int:
         return sum(u.results for u in self.upstream)
 
@@ -434,6 +450,8 @@ class StageRun:
             return False
         if self.cls.barrier:  # it plans over all its inputs: only once every stage before it ended
             return self.upstream_done()
+        if self.cls.first and not all(u.finished or u.first_round_back() for u in self.upstream):
+            return False  # costliest first: a stream opened on the first small batch back left the largest file to end the run alone
         return self.upstream_done() or self.upstream_results() > self.upstream_seen
 
     def pull(self, n: int) -> list[Row]:
@@ -443,6 +461,8 @@ class StageRun:
         nor sent yet, and an ask that did not see them in flight answered them again (issue 24:
         a stream that ran out in the middle of a batch gave a stage the same windows twice)."""
         items = self.pulled = []
+        if self.reader is not None and not (self.cls.barrier or self.cls.whole) and self.may_ask():
+            self.forget_reader()  # the stages before made more since it was opened: those may come first (`Stage.first`)
         while len(items) < n:
             if self.reader is None:
                 if not self.may_ask():
@@ -533,15 +553,18 @@ class StageRun:
             self.bar = Progress(self.cls.name, self.position)
         if not self.cls.resources.uses_model:
             task = ray.remote(run_cpu_batch).options(num_cpus=self.cls.resources.cpus, max_retries=0)
-            self.inflight[task.remote(self.job, batch.items)] = batch
-            return
-        self.warm_up()
-        index = self.pool.pick()
-        prepare = ray.remote(prepare_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
-        finish = ray.remote(finish_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
-        output = self.pool.actors[index].process.remote(prepare.remote(self.job, batch.items))
-        self.pool.sent(batch, index)
-        self.inflight[finish.remote(self.job, output, len(batch.items))] = batch
+            ref = task.remote(self.job, batch.items)
+        else:
+            self.warm_up()
+            index = self.pool.pick()
+            prepare = ray.remote(prepare_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
+            finish = ray.remote(finish_batch).options(num_cpus=PREPARE_CPUS, max_retries=0)
+            output = self.pool.actors[index].process.remote(prepare.remote(self.job, batch.items))
+            self.pool.sent(batch, index)
+            ref = finish.remote(self.job, output, len(batch.items))
+        self.inflight[ref] = batch
+        if not self.results:
+            self.first_round.add(ref)
 
     def warm_up(self) -> None:
         """Start the model actors once this stage or one before it has work (so inputs may come):

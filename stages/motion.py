@@ -17,6 +17,7 @@ slideshow, the Ken Burns effect) moves only globally: its residual is flow noise
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import cv2
@@ -53,29 +54,35 @@ def motion_parts(frames: list[np.ndarray], method: str, patch: int, static_px: f
     means, static, fields = [], [], []
     for a, b in zip(frames[:-1], frames[1:]):
         field = flow(a, b)
-        mag = np.linalg.norm(field, axis=2)
+        mag = cv2.magnitude(*cv2.split(field))
         means.append(float(mag.mean()))
         fields.append(field)
-        h, w = (mag.shape[0] // patch) * patch, (mag.shape[1] // patch) * patch
-        if h and w:
-            patches = mag[:h, :w].reshape(h // patch, patch, w // patch, patch).mean(axis=(1, 3))
+        h, w = mag.shape[0] // patch, mag.shape[1] // patch
+        if h and w:  # each patch's mean: an area resize by a whole factor averages exactly its patch
+            patches = cv2.resize(mag[: h * patch, : w * patch], (w, h), interpolation=cv2.INTER_AREA)
             static.append(float((patches < static_px).mean()))
     return float(np.mean(means)), float(np.mean(static)) if static else 1.0, fields
 
 
-def global_fit(field: np.ndarray) -> tuple[np.ndarray, float, float, float]:
-    """One affine motion fitted to a flow field's inner 80%: translation (px), zoom and rotation
-    (px of motion at the inner border), and the mean residual (px)."""
-    h, w = field.shape[:2]
+@functools.cache
+def _affine_basis(h: int, w: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """Every other pixel of a field's inner 80%, the affine design on them (coordinates in units of half
+    the inner diagonal, from the centre) and its pseudo-inverse: the same for every field of a size."""
     y0, y1, x0, x1 = h // 10, h - h // 10, w // 10, w - w // 10
     ys, xs = np.mgrid[y0:y1:2, x0:x1:2]
     half = float(np.hypot(x1 - x0, y1 - y0)) / 2
     x, y = (xs.ravel() - (w - 1) / 2) / half, (ys.ravel() - (h - 1) / 2) / half
-    u, v = field[ys, xs, 0].ravel(), field[ys, xs, 1].ravel()
     design = np.stack([np.ones_like(x), x, y], 1)
-    (a0, a1, a2), *_ = np.linalg.lstsq(design, u, rcond=None)
-    (b0, b1, b2), *_ = np.linalg.lstsq(design, v, rcond=None)
-    residual = np.hypot(u - design @ (a0, a1, a2), v - design @ (b0, b1, b2))
+    return (slice(y0, y1, 2), slice(x0, x1, 2)), design, np.linalg.pinv(design)
+
+
+def global_fit(field: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    """One affine motion fitted to a flow field's inner 80% (least squares): translation (px), zoom and
+    rotation (px of motion at the inner border), and the mean residual (px)."""
+    inner, design, solve = _affine_basis(*field.shape[:2])
+    uv = field[inner].reshape(-1, 2).astype(np.float64)
+    (a0, b0), (a1, b1), (a2, b2) = coefficients = solve @ uv
+    residual = np.hypot(*(uv - design @ coefficients).T)
     return np.array([a0, b0]), float(a1 + b2) / 2, float(b1 - a2) / 2, float(residual.mean())
 
 
