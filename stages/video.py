@@ -210,13 +210,14 @@ class FrameGrid:
     def __init__(
         self, fps: float, size: tuple[int, int], start_pts: int, time_base: Fraction, fmt: str = "gray", pack=None, budget: int | None = None
     ):  # fmt: skip
-        self.fps, self.size, self.start_pts, self.time_base, self.convert = fps, size, start_pts, time_base, Converter(fmt, size)
+        self.fps, self.size, self.start_pts, self.convert = fps, size, start_pts, Converter(fmt, size)
+        self.tick = float(time_base)  # seconds per pts unit; Fraction arithmetic per frame cost the scene pass 2%
         self.pack, self.budget, self.kept_bytes, self.full = pack, budget, 0, False
         self.last_bin: int | None = None
         self.samples: list[tuple[int, float, object]] = []  # (pts, seconds from the video start, image or packed)
 
     def seconds(self, pts: int) -> float:
-        return float((pts - self.start_pts) * self.time_base)
+        return (pts - self.start_pts) * self.tick
 
     def is_grid(self, pts: int) -> bool:
         """Whether this frame starts a new bin; call once per frame, in presentation order."""
