@@ -43,6 +43,7 @@ from pipeline.progress import Progress
 from stages.base import FINAL_ERRORS, Row, Stage, tables
 from stages.kept import FRAMES, kept_clip_ids, kept_file
 from stages.probe import walk
+from stages.video import use_cores
 
 PREPARE_CPUS = 0.5
 QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits on decoding
@@ -130,18 +131,9 @@ def write(run: Path, stage: Stage, rows: dict[str, list[Row]], errors: list[Row]
     return Result(n, len(rows.get(stage.writes, [])), len(failed - handled), warnings=len(handled))
 
 
-def on_cores(cpus: float) -> None:
-    """Keep OpenCV's threads to the cores Ray gave the task: its own pool spans the machine
-    (Ray's OMP_NUM_THREADS=1 does not reach it), and with every core busy its threads only take
-    turns, which cost the scene pass's optical flow 60% more CPU per frame."""
-    import cv2
-
-    cv2.setNumThreads(max(1, int(cpus)))
-
-
 def run_cpu_batch(job: tuple, items: list[Row]) -> Result:
     stage_cls, config, chain, run = job
-    on_cores(stage_cls.resources.cpus)
+    use_cores(max(1, int(stage_cls.resources.cpus)))
     stage = build(stage_cls, config, chain, run)
     stage.setup()
     rows, errors, _ = attempt(stage, items, config.max_attempts)
@@ -164,7 +156,7 @@ def retried(stage: Stage, item: Row, call, max_attempts: int) -> tuple[object, R
 def prepare_batch(job: tuple, items: list[Row]) -> tuple[list[Row], list[Row]]:
     """CPU side of a model stage before the model: decoded items, and error rows for those that cannot be."""
     stage_cls, config, chain, run = job
-    on_cores(PREPARE_CPUS)
+    use_cores(1)  # its share of a core
     stage = build(stage_cls, config, chain, run)
     ready, errors = [], []
     for item in items:
@@ -178,7 +170,7 @@ def finish_batch(job: tuple, output: tuple[dict[str, list[Row]], list[Row], floa
     """CPU side of a model stage after the model: `finish` per input (its rows grouped by the input
     key; a failure is that input's error row), then the parts. Carries the actor's busy time."""
     stage_cls, config, chain, run = job
-    on_cores(PREPARE_CPUS)
+    use_cores(1)  # its share of a core
     stage = build(stage_cls, config, chain, run)
     rows, errors, busy_s = output
     per_input: dict[str, dict[str, list[Row]]] = {}

@@ -20,6 +20,7 @@ from pipeline.config import load_config
 from pipeline.runner import run_chain
 from stages.base import BadInput
 from stages.probe import Probe
+from stages.scenes import Scenes
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test stages below run in Ray workers
 
@@ -213,3 +214,60 @@ def test_videos_with_the_most_pixels_to_decode_are_cut_first(tmp_path):
     con.register("_inflight", pa.table({"key": pa.array([], pa.string())}))
     sql = pending_sql(Scenes, load_config(None, [f"src={tmp_path}"]), ["scenes"], tmp_path, False)
     assert [row[0] for row in con.sql(f"SELECT video_id FROM ({sql})").fetchall()] == ["long", "big", "short"]
+
+
+class CountsThreads(Probe):
+    """A probe that names, in each video's id, the threads OpenCV and FFmpeg get in the task it runs in."""
+
+    def process(self, item):
+        import cv2
+
+        from stages.video import open_video
+
+        container, stream = open_video(item["path"])
+        with container:
+            threads = stream.codec_context.thread_count
+        return [{"video_id": f"opencv{cv2.getNumThreads()}-ffmpeg{threads}", "path": item["path"], "bytes": 1}]
+
+
+def test_a_cpu_task_decodes_and_runs_opencv_within_the_cores_it_was_given(tmp_path):
+    """OpenCV's pool and FFmpeg's frame threads would each take every core of the machine, in every
+    worker at once; a task of one CPU gets one OpenCV thread and two decode threads."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "bikes.mp4", src / "bikes.mp4")
+    run_chain([CountsThreads], _config(src), tmp_path / "run")
+    assert store.read_table(tmp_path / "run", "videos").column("video_id").to_pylist() == ["opencv1-ffmpeg2"]
+
+
+class SlowOnLarge(Probe):
+    """One file a batch, the largest slower to probe than the others (as a long GOP's end check is)."""
+
+    batch_size = 1
+
+    def process(self, item):
+        if Path(item["path"]).name == "large.mp4":
+            time.sleep(2.0)
+        return super().process(item)
+
+
+class StartTimes(Scenes):
+    """Writes when each video's scene pass started (in `params`), and nothing else."""
+
+    def process(self, item):
+        row = {"video_id": item["video_id"], "scene_index": 0, "clip_id": item["video_id"], "params": repr(time.monotonic())}
+        return {"scenes": [row], "motion": []}
+
+
+def test_the_scene_pass_waits_for_the_probes_first_round_so_the_largest_starts_first(tmp_path):
+    """The probe's small batches come back first; a scene pass starting on them left the largest
+    video to end the run alone. It asks once the probe's first round is back, costliest first."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "carphone_pristine.mp4", src / "small.mp4")
+    shutil.copy(ROOT / "tests/data/pyscenedetect/testvideo.mp4", src / "large.mp4")
+    config = _config(src)
+    config.workers = 2
+    run_chain([SlowOnLarge, StartTimes], config, tmp_path / "run")
+    started = store.query(tmp_path / "run", "SELECT v.path, s.params FROM scenes s JOIN videos v USING (video_id)").to_pylist()
+    assert [Path(r["path"]).name for r in sorted(started, key=lambda r: float(r["params"]))] == ["large.mp4", "small.mp4"]
