@@ -120,7 +120,9 @@ def latest(run: Path, table: str, key: Sequence[str] | None = None, files: Seque
 
     A first part that a compaction wrote holds one row per key already: it is read without the
     deduplicating window, less the keys of the parts after it, which are read with it (the parts
-    are named, so parts written later are not read unsorted).
+    are named, so parts written later are not read unsorted). Two scans and an anti-join on the
+    key: a subquery also comparing each row's file and row number made DuckDB group every row of
+    the base by them (0.6 s a table at 1M windows, in every query of a run past its last compaction).
     """
     columns = ", ".join(f'"{c}"' for c in spec(table).schema.names)
     keys = key or spec(table).key
@@ -131,12 +133,11 @@ def latest(run: Path, table: str, key: Sequence[str] | None = None, files: Seque
             schema_parts = sorted(table_dir(run, table).glob(f"{SCHEMA_PREFIX}*.parquet"))
             if len(found) == 1:
                 return f"SELECT {columns} FROM {scan(run, table, [*schema_parts, found[0]])}"
-            # A row stays unless the last row of its key in the later parts is another.
-            later = f"SELECT {by}, filename, file_row_number FROM {scan(run, table, [*schema_parts, *found[1:]])} " \
-                    f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1"
-            same = " AND ".join(f'l."{k}" = t."{k}"' for k in keys)
-            return (f"SELECT {columns} FROM {scan(run, table, [*schema_parts, *found])} t WHERE NOT EXISTS (SELECT 1 FROM ({later}) l "
-                    f"WHERE {same} AND (l.filename <> t.filename OR l.file_row_number <> t.file_row_number))")
+            later = scan(run, table, [*schema_parts, *found[1:]])
+            same = " AND ".join(f'l."{k}" = b."{k}"' for k in keys)
+            return (f"SELECT {columns} FROM {scan(run, table, [*schema_parts, found[0]])} b WHERE NOT EXISTS (SELECT 1 FROM {later} l WHERE {same}) "
+                    f"UNION ALL SELECT {columns} FROM {later} "
+                    f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1")
     return (
         f"SELECT {columns} FROM {scan(run, table, files)} "
         f"QUALIFY row_number() OVER (PARTITION BY {by} ORDER BY filename DESC, file_row_number DESC) = 1"
