@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from manifests import store, views
 from manifests.files import write_bytes
-from manifests.filters import RULES, VLM_CHECKS, FilterConfig, predicate, rule_sql
+from manifests.filters import RULES, VLM_CHECKS, FilterConfig, rule_sql
 
 # later steps: (table that must exist, condition a kept clip meets, stage whose errors explain a miss, label)
 LATER_STEPS = [
@@ -62,7 +62,7 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
     (out / "posters").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     con = views.connect(run)
-    groups = sample_groups(run, con, filters, config.per_group)
+    groups, funnel = sample_groups(run, con, filters, config.per_group)
     shown = pa.table({"key": pa.array([row["clip_id"] for group in groups for row in group.rows], pa.string())})
     con.register("_shown", shown)  # only the errors of the clips on the page, however many the run has
     errors = {(stage, key): message for stage, key, message in con.execute("SELECT stage, key, message FROM errors JOIN _shown USING (key)").fetchall()}
@@ -87,18 +87,11 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
         write_bytes(run, out / "plots" / f"{name}.svg", histogram(values, column, label, thresholds).encode("utf-8"))
         plots[name] = {"path": f"plots/{name}.svg", "n": len(values)}
     faces = face_identities(run, con)
-    page = render(run, counts(con), views.funnel(run, filters), random_tables(run, con), plots, groups, config, faces, stage_times(con),
+    page = render(run, counts(con), funnel, random_tables(run, con), plots, groups, config, faces, stage_times(con),
                   probe_failures(con))  # fmt: skip
     path = out / "index.html"
     write_bytes(run, path, page.encode("utf-8"))
     return path
-
-
-def status_sql(run: Path, filters: FilterConfig) -> str:
-    """SQL naming the first step a clip fails, in funnel order, or 'kept'."""
-    cases = [f"WHEN NOT {predicate(rule, filters)} THEN '{rule}'" for rule in views.active_rules(run, list(RULES))]
-    cases += [f"WHEN NOT COALESCE({done}, FALSE) THEN '{table}'" for table, done, _, _ in LATER_STEPS if store.parts(run, table)]
-    return f"CASE {' '.join(cases)} ELSE 'kept' END" if cases else "'kept'"
 
 
 def stage_of(status: str) -> str | None:
@@ -115,17 +108,23 @@ def title_of(status: str, filters: FilterConfig) -> str:
     return f"Rejected: {next(label for table, _, _, label in LATER_STEPS if table == status)}"
 
 
-def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list[Group]:
-    """Kept clips, then each rejecting step in funnel order, each sampled by md5(clip_id)."""
+def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> tuple[list[Group], list[tuple[str, int, int]]]:
+    """Kept clips, then each rejecting step in funnel order, each sampled by md5(clip_id); and the
+    funnel, from the same scan (each group is the clips whose first failed step it is)."""
     # First the sample's ids and statuses over every clip (few columns), then whole rows for those only.
     # A top-n aggregate per status holds per_group ids per group; a window over every clip held them all.
+    steps = views.funnel_steps(run, filters)
+    statuses = [name.removeprefix("filter: ") for name, _ in steps] + ["kept"]
     picked = con.sql(
         f"""
-        SELECT unnest(ids) AS clip_id, status, group_size FROM (
-          SELECT status, count(*) AS group_size, min_by(clip_id, md5(clip_id), {int(per_group)}) AS ids
-          FROM (SELECT clip_id, {status_sql(run, filters)} AS status FROM candidates) GROUP BY status)
+        SELECT unnest(ids) AS clip_id, failed, group_size FROM (
+          SELECT failed, count(*) AS group_size, min_by(clip_id, md5(clip_id), {int(per_group)}) AS ids
+          FROM (SELECT clip_id, {views.first_failed(steps)} AS failed FROM candidates) GROUP BY failed)
         """
     ).to_arrow_table()
+    failed = picked.column("failed").to_pylist()
+    funnel = views.funnel_of(steps, dict(zip(failed, picked.column("group_size").to_pylist())))
+    picked = picked.append_column("status", pa.array([statuses[i] for i in failed], pa.string()))
     con.register("_picked", picked)
     # The ids as constants too: DuckDB pushes them into the scans of `candidates`' tables. Not below
     # its aggregation of `subjects`, though, which it made for every clip (1M windows: 15 of the
@@ -144,7 +143,7 @@ def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> list
         rows = [r for r in data if r["status"] == status]
         if rows:
             groups.append(Group(status, title_of(status, filters), rows[0]["group_size"], rows))
-    return groups
+    return groups, funnel
 
 
 def poster(run: Path, row: dict, folder: Path, width: int) -> str | None:

@@ -102,27 +102,31 @@ LATER_STAGES = {
 }
 
 
-def funnel(run: Path, config: FilterConfig | None = None) -> list[tuple[str, int, int]]:
-    """(step, clips left, removed by this step) for each rule in order, then the later stages.
+def funnel_steps(run: Path, config: FilterConfig) -> list[tuple[str, str]]:
+    """(step, condition) after "windows": the rules that can filter something, in order, then the later stages that have rows."""
+    steps = [(f"filter: {rule}", predicate(rule, config)) for rule in active_rules(run, list(RULES)) if applies(rule, config)]
+    return steps + [(table, done) for table, done in LATER_STAGES.items() if store.has_rows(run, table)]
 
-    One scan, counting the windows by the first step each fails: the steps' conditions evaluated in
-    turn, each only on the windows that passed the ones before (counting the windows left after each
-    step with every step's condition before it spent a fifth of the funnel in ANDs at 1M windows;
-    each step's condition written into every later count joined the run's tables once per count).
-    """
-    config = config or FilterConfig()
-    steps, conditions = ["windows"], []
-    for rule in (r for r in active_rules(run, list(RULES)) if applies(r, config)):
-        steps.append(f"filter: {rule}")
-        conditions.append(predicate(rule, config))
-    for table, done in LATER_STAGES.items():
-        if store.has_rows(run, table):
-            steps.append(table)
-            conditions.append(done)
-    failed = "CASE " + " ".join(f"WHEN NOT COALESCE({c}, FALSE) THEN {i}" for i, c in enumerate(conditions)) + f" ELSE {len(conditions)} END"
-    sql = f"SELECT {failed if conditions else 0} AS failed, count(*) AS n FROM candidates GROUP BY failed"
-    counts = dict(store.guarded(run, lambda: connect(run).execute(sql).fetchall()))
-    left = [sum(counts.values())]
-    for i in range(len(conditions)):
-        left.append(left[-1] - counts.get(i, 0))
-    return [(step, n, (left[i - 1] - n) if i else 0) for i, (step, n) in enumerate(zip(steps, left))]
+
+def first_failed(steps: list[tuple[str, str]]) -> str:
+    """SQL for the index of the first step a window fails (len(steps): none). Each condition is
+    evaluated only on the windows that passed the ones before (counting the windows left after
+    each step with all the conditions before it spent a fifth of the funnel in ANDs at 1M windows)."""
+    cases = " ".join(f"WHEN NOT COALESCE({condition}, FALSE) THEN {i}" for i, (_, condition) in enumerate(steps))
+    return f"CASE {cases} ELSE {len(steps)} END" if steps else "0"
+
+
+def funnel_of(steps: list[tuple[str, str]], failed: dict[int, int]) -> list[tuple[str, int, int]]:
+    """(step, clips left, removed by this step) from the count of windows by the first step they fail."""
+    left = [sum(failed.values())]
+    for i in range(len(steps)):
+        left.append(left[-1] - failed.get(i, 0))
+    return [(step, n, (left[i - 1] - n) if i else 0) for i, (step, n) in enumerate(zip(["windows", *(name for name, _ in steps)], left))]
+
+
+def funnel(run: Path, config: FilterConfig | None = None) -> list[tuple[str, int, int]]:
+    """(step, clips left, removed by this step) for each rule in order, then the later stages: one
+    scan of `candidates`, counting the windows by the first step they fail."""
+    steps = funnel_steps(run, config or FilterConfig())
+    sql = f"SELECT {first_failed(steps)} AS failed, count(*) AS n FROM candidates GROUP BY failed"
+    return funnel_of(steps, dict(store.guarded(run, lambda: connect(run).execute(sql).fetchall())))

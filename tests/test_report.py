@@ -85,7 +85,9 @@ def test_report_shows_every_clip_in_its_group_with_the_rule_that_rejected_it(rep
     run, filters, low, bare, n_kept = report_run
     page = write_report(run, filters, ReportConfig(per_group=1000)).read_text()
     steps = {step: (left, removed) for step, left, removed in views.funnel(run, filters)}
-    groups = {g.status: g for g in sample_groups(run, views.connect(run), filters, 1000)}
+    sampled, funnel = sample_groups(run, views.connect(run), filters, 1000)
+    assert funnel == views.funnel(run, filters)  # the page's funnel comes from the groups' scan
+    groups = {g.status: g for g in sampled}
     assert groups["motion"].total == steps["filter: motion"][1] > 0
     assert [r["clip_id"] for r in groups["aesthetic"].rows] == [low]
     assert [r["clip_id"] for r in groups["subjects"].rows] == [bare]
@@ -146,7 +148,7 @@ def test_grid_is_a_fixed_sample_that_reruns_identically(report_run):
     run, filters, *_ = report_run
     first = write_report(run, filters, ReportConfig(per_group=2)).read_text()
     posters = {p: p.stat().st_mtime_ns for p in (run / "report" / "posters").iterdir()}
-    for group in sample_groups(run, views.connect(run), filters, 1000):
+    for group in sample_groups(run, views.connect(run), filters, 1000)[0]:
         ids = sorted((r["clip_id"] for r in group.rows), key=lambda c: hashlib.md5(c.encode()).hexdigest())
         for clip_id in ids[:2]:
             assert f"data-clip='{clip_id}'" in first
