@@ -453,8 +453,8 @@ class StageRun:
         nor sent yet, and an ask that did not see them in flight answered them again (issue 24:
         a stream that ran out in the middle of a batch gave a stage the same windows twice)."""
         items = self.pulled = []
-        if self.reader is not None and not (self.cls.barrier or self.cls.whole) and self.may_ask():
-            self.forget_reader()  # the stages before made more since it was opened: those may come first (`Stage.first`)
+        if self.cls.first and self.reader is not None and self.may_ask():
+            self.forget_reader()  # the stages before made more since it was opened: those may come first
         while len(items) < n:
             if self.reader is None:
                 if not self.may_ask():
