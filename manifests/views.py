@@ -110,8 +110,8 @@ def funnel_steps(run: Path, config: FilterConfig) -> list[tuple[str, str]]:
 
 def first_failed(steps: list[tuple[str, str]]) -> str:
     """SQL for the index of the first step a window fails (len(steps): none). Each condition is
-    evaluated only on the windows that passed the ones before (counting the windows left after
-    each step with all the conditions before it spent a fifth of the funnel in ANDs at 1M windows)."""
+    evaluated only on the windows that passed the ones before (every condition on every window
+    was a quarter of the funnel's time at 1M windows)."""
     cases = " ".join(f"WHEN NOT COALESCE({condition}, FALSE) THEN {i}" for i, (_, condition) in enumerate(steps))
     return f"CASE {cases} ELSE {len(steps)} END" if steps else "0"
 

@@ -40,7 +40,7 @@ def use_cores(cores: int) -> None:
     OpenCV's own thread pool spans the machine (Ray's OMP_NUM_THREADS=1 does not reach it); with
     every core busy its threads only take turns, which cost the scene pass's optical flow 60% more
     CPU per frame. FFmpeg picks a frame thread per core, up to 16, for each video: on a 16-core node
-    decoding 16 videos that is 256 threads, each holding frames (720p: 3.5 MB a thread). One more
+    decoding 16 videos that is 256 threads, each holding frames (720p: about 4 MB a thread). One more
     than the cores keeps them busy; a video decoding alone at the end of a run still gets two."""
     global FRAME_THREADS
     FRAME_THREADS = cores + 1
