@@ -50,7 +50,7 @@ QUEUED_PER_ACTOR = 2  # batches waiting at each model actor, so it never waits o
 COMPACT_PARTS = 256  # a table with more parts than this is compacted while the run goes on
 COMPACT_EVERY_S = 60.0
 ASKED_KEYS = 100_000  # inputs of the final asks a stage keeps, to check at its end that none is pending
-POLL_S = 0.25  # at least this long between two asks of a stage whose inputs are still being made
+POLL_S = 2.0  # at least this long between two asks of a stage whose inputs are still being made
 WALK_CHUNK = 65536  # files per anti-join with `videos` and `errors`: each scans their paths
 
 
