@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import ray
 import ray.cloudpickle
 from conftest import REAL, ROOT, manifests_cli, pipeline_cli, subprocess_env
 
 from manifests import files, store
 from pipeline.config import load_config
-from pipeline.runner import run_chain
-from stages.base import BadInput
+from pipeline.runner import run_chain, start_ray
+from stages.base import BadInput, Resources
 from stages.probe import Probe
 from stages.scenes import Scenes
 
@@ -252,7 +253,8 @@ class SlowOnLarge(Probe):
 
 
 class StartTimes(Scenes):
-    """Writes when each video's scene pass started (in `params`), and nothing else."""
+    """Writes when each video's scene pass started (in `params`), and nothing else; one task at a
+    time (all the cluster's CPUs: set in the test), so the start order is the order it asked for."""
 
     def process(self, item):
         row = {"video_id": item["video_id"], "scene_index": 0, "clip_id": item["video_id"], "params": repr(time.monotonic())}
@@ -267,7 +269,8 @@ def test_the_scene_pass_waits_for_the_probes_first_round_so_the_largest_starts_f
     shutil.copy(REAL / "carphone_pristine.mp4", src / "small.mp4")
     shutil.copy(ROOT / "tests/data/pyscenedetect/testvideo.mp4", src / "large.mp4")
     config = _config(src)
-    config.workers = 2
+    start_ray(2)
+    StartTimes.resources = Resources(cpus=ray.cluster_resources()["CPU"])
     run_chain([SlowOnLarge, StartTimes], config, tmp_path / "run")
     started = store.query(tmp_path / "run", "SELECT v.path, s.params FROM scenes s JOIN videos v USING (video_id)").to_pylist()
     assert [Path(r["path"]).name for r in sorted(started, key=lambda r: float(r["params"]))] == ["large.mp4", "small.mp4"]
