@@ -30,12 +30,12 @@ from manifests import store, views
 from manifests.files import write_bytes
 from manifests.filters import RULES, VLM_CHECKS, FilterConfig, rule_sql
 
-# later steps: (table that must exist, condition a kept clip meets, stage whose errors explain a miss, label)
+# the funnel's later steps (their conditions: views.LATER_STAGES): (table, stage whose errors explain a miss, label)
 LATER_STEPS = [
-    ("clips", "clip_path IS NOT NULL", "clips", "no clip file"),
-    ("captions", "caption IS NOT NULL", "caption", "no caption"),
-    ("subjects", "n_subjects > 0", "subjects", "no reference crops"),
-    ("shards", "shard IS NOT NULL", "shards", "not in a shard"),
+    ("clips", "clips", "no clip file"),
+    ("captions", "caption", "no caption"),
+    ("subjects", "subjects", "no reference crops"),
+    ("shards", "shards", "not in a shard"),
 ]
 RANDOM_TABLES = ("aesthetic", "captions", "subjects")
 
@@ -96,7 +96,7 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
 
 def stage_of(status: str) -> str | None:
     """The stage whose error rows explain a rejection (None for threshold rules on metadata)."""
-    later = {table: stage for table, _, stage, _ in LATER_STEPS}
+    later = {table: stage for table, stage, _ in LATER_STEPS}
     return later.get(status) or RULES.get(status, (None,))[0]
 
 
@@ -105,7 +105,7 @@ def title_of(status: str, filters: FilterConfig) -> str:
         return "Kept"
     if status in RULES:
         return f"Rejected by {status}: fails {rule_sql(status, filters)}"
-    return f"Rejected: {next(label for table, _, _, label in LATER_STEPS if table == status)}"
+    return f"Rejected: {next(label for table, _, label in LATER_STEPS if table == status)}"
 
 
 def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> tuple[list[Group], list[tuple[str, int, int]]]:
