@@ -114,6 +114,7 @@ def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> tupl
     # First the sample's ids and statuses over every clip (few columns), then whole rows for those only.
     # A top-n aggregate per status holds per_group ids per group; a window over every clip held them all.
     steps = views.funnel_steps(run, filters)
+    basis = views.funnel_basis(run, steps)
     statuses = [name.removeprefix("filter: ") for name, _ in steps] + ["kept"]
     picked = con.sql(
         f"""
@@ -124,6 +125,7 @@ def sample_groups(run: Path, con, filters: FilterConfig, per_group: int) -> tupl
     ).to_arrow_table()
     failed = picked.column("failed").to_pylist()
     funnel = views.funnel_of(steps, dict(zip(failed, picked.column("group_size").to_pylist())))
+    views.remember_funnel(run, basis, funnel)  # a run's last step writes its report: `funnel` then need not scan
     picked = picked.append_column("status", pa.array([statuses[i] for i in failed], pa.string()))
     con.register("_picked", picked)
     # The ids as constants too: DuckDB pushes them into the scans of `candidates`' tables. Not below

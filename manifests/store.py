@@ -93,6 +93,12 @@ def parts(run: Path, table: str) -> list[Path]:
     return sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith(SCHEMA_PREFIX))
 
 
+def snapshot(run: Path, tables: Sequence[str]) -> dict[str, list[str]]:
+    """Each table's part names, schema parts included: parts are never rewritten in place (a
+    compaction's output is a new part), so the same names are the same rows."""
+    return {t: sorted(p.name for p in table_dir(run, t).glob("part-*.parquet")) for t in tables}
+
+
 def has_rows(run: Path, table: str) -> bool:
     return bool(parts(run, table))
 

@@ -8,6 +8,9 @@ view over the Parquet parts: a query reads the columns it names and nothing else
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +18,9 @@ import duckdb
 import pyarrow as pa
 
 from manifests import store
+from manifests.files import write_bytes
 from manifests.filters import RULES, FilterConfig, applies, predicate, scored_in
+from manifests.schemas import TABLES
 
 # Per clip: its subjects, aggregated from `source` (the table, or the rows of some clips).
 SUBJECTS = """  SELECT clip_id, count(*) AS n_subjects, bool_or(random_weights) AS random_weights,
@@ -126,7 +131,46 @@ def funnel_of(steps: list[tuple[str, str]], failed: dict[int, int]) -> list[tupl
 
 def funnel(run: Path, config: FilterConfig | None = None) -> list[tuple[str, int, int]]:
     """(step, clips left, removed by this step) for each rule in order, then the later stages: one
-    scan of `candidates`, counting the windows by the first step they fail."""
+    scan of `candidates`, counting the windows by the first step they fail; or, when the tables it
+    reads have the same parts as when it was last counted (here or by the report), that count."""
     steps = funnel_steps(run, config or FilterConfig())
+    basis = funnel_basis(run, steps)
+    if (known := known_funnel(run, basis)) is not None:
+        return known
     sql = f"SELECT {first_failed(steps)} AS failed, count(*) AS n FROM candidates GROUP BY failed"
-    return funnel_of(steps, dict(store.guarded(run, lambda: connect(run).execute(sql).fetchall())))
+    counted = funnel_of(steps, dict(store.guarded(run, lambda: connect(run).execute(sql).fetchall())))
+    remember_funnel(run, basis, counted)
+    return counted
+
+
+FUNNEL = "funnel.json"  # in RUN/finished/ beside the stages' records: a quarantine removes it with them
+
+
+def funnel_basis(run: Path, steps: list[tuple[str, str]]) -> dict:
+    """What a funnel's counts depend on: its conditions and the view (their text) and the parts of
+    every table they name. A scan at 10M windows joins every table of `candidates` (tens of
+    seconds); a finished run's funnel is asked for again and again with nothing changed."""
+    text = f"{first_failed(steps)}\n{[name for name, _ in steps]}\n{CANDIDATES}"
+    tables = sorted(set(re.findall(r"\w+", text)) & set(TABLES))
+    return {"digest": hashlib.sha256(text.encode()).hexdigest(), "parts": store.snapshot(run, tables)}
+
+
+def known_funnel(run: Path, basis: dict) -> list[tuple[str, int, int]] | None:
+    try:
+        known = json.loads((Path(run) / store.FINISHED / FUNNEL).read_text())
+    except (OSError, ValueError):
+        return None
+    if {k: known.get(k) for k in basis} != basis:
+        return None
+    return [(step, left, removed) for step, left, removed in known["funnel"]]
+
+
+def remember_funnel(run: Path, basis: dict, counted: list[tuple[str, int, int]]) -> None:
+    """Keep the count for the next ask, if no part changed while it was counted. A run folder this
+    process cannot write to (a read-only copy) only loses the shortcut."""
+    if store.snapshot(run, list(basis["parts"])) != basis["parts"]:
+        return
+    try:
+        write_bytes(run, Path(run) / store.FINISHED / FUNNEL, json.dumps({**basis, "funnel": counted}).encode())
+    except OSError:
+        pass

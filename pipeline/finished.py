@@ -56,10 +56,6 @@ def digest(run: Path, sql: str, stage_config: BaseModel) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def snapshot(run: Path, tables: list[str]) -> dict[str, list[str]]:
-    return {t: sorted(p.name for p in store.table_dir(run, t).glob("part-*.parquet")) for t in tables}
-
-
 def path(run: Path, stage: str) -> Path:
     return Path(run) / store.FINISHED / f"{stage}.json"
 

@@ -383,7 +383,7 @@ class StageRun:
             self.asked.update(inflight.column("key").to_pylist())
 
         def execute() -> pa.RecordBatchReader | None:
-            parts = finished.snapshot(self.run, self.tables)  # here: a part quarantined by the last try is gone
+            parts = store.snapshot(self.run, self.tables)  # here: a part quarantined by the last try is gone
             if self.final_poll:
                 self.final_parts = parts
             only = finished.restriction(self.run, self.cls, self.record, parts)
@@ -485,7 +485,7 @@ class StageRun:
         was given since its last ask, over tables that have not changed since."""
         if self.cls.reads == "sources" or self.asked is None or self.final_parts is None:
             return
-        if finished.snapshot(self.run, self.tables) != self.final_parts:
+        if store.snapshot(self.run, self.tables) != self.final_parts:
             return
         if self.asked:
             sql = pending_query(self.cls, self.run, self.decides, self.retry_errors, f'CAST(i."{self.cls.input_key}" AS VARCHAR) IN (SELECT key FROM _asked)')
@@ -669,7 +669,7 @@ class StageRun:
         (a count over the whole output table takes seconds at ten million windows)."""
         if not self.recorded:
             return self.done_count()
-        output = finished.snapshot(self.run, [self.cls.writes])[self.cls.writes]
+        output = store.snapshot(self.run, [self.cls.writes])[self.cls.writes]
         if self.record.output != output or self.record.done is None:
             self.record = self.record.model_copy(update={"output": output, "done": self.done_count()})
             finished.save(self.run, self.cls.name, self.record)

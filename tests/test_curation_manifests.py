@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -162,6 +163,44 @@ def test_funnel_follows_the_run_thresholds(curated):
     durations = [r["n_frames"] / v for r, v in _frames_and_fps(curated.run)]
     assert left["filter: duration"] == sum(2.0 <= d <= 60.0 for d in durations) < 13
     assert all(removed >= 0 for _, _, removed in default)
+
+
+def test_a_remembered_funnel_is_used_only_while_its_tables_and_conditions_are_unchanged(curated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(curated.run / "manifests", run / "manifests")
+    remembered = run / store.FINISHED / views.FUNNEL
+    strict = FilterConfig(min_motion=1.0)
+
+    def counted(config: FilterConfig = strict) -> list:
+        remembered.unlink(missing_ok=True)
+        return views.funnel(run, config)
+
+    def planted() -> list:
+        """Known wrong counts in the remembered file: whatever `funnel` returns after this, it read or did not read."""
+        known = json.loads(remembered.read_text())
+        remembered.write_text(json.dumps({**known, "funnel": [["windows", 999, 0]]}))
+        return [("windows", 999, 0)]
+
+    truth = counted()
+    assert remembered.is_file() and views.funnel(run, strict) == truth
+    wrong = planted()
+    assert views.funnel(run, strict) == wrong  # nothing changed: not counted again
+    motion = store.parts(run, "motion")[-1]
+    changes = {
+        "a part added": lambda: store.write_part(run, "motion", store.read_raw(run, "motion").slice(0, 1)),
+        "a compaction": lambda: store.compact(run, "motion", whole=True),
+        "another threshold": None,
+        "a quarantine": lambda: store.quarantine(run, store.parts(run, "motion")[-1], "test"),
+    }
+    for change, make in changes.items():
+        planted()
+        config = strict if make else FilterConfig(min_motion=2.0)
+        if make:
+            make()
+        seen = views.funnel(run, config)
+        assert seen != wrong and seen == counted(config), change
+    assert motion.exists() is False  # the compaction rewrote the part the first count read
+    assert counted() != truth  # the quarantine lost motion rows: their windows now fail the motion rule
 
 
 def test_funnel_prints_removals_as_positive_counts(curated, tmp_path):
