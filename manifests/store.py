@@ -159,12 +159,14 @@ def database() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def connect(run: Path) -> duckdb.DuckDBPyConnection:
-    """A connection where every table is a view over its parts (nothing is loaded)."""
+def connect(run: Path, where: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection where every table is a view over its parts (nothing is loaded); with `where`,
+    the tables it names hold only the rows meeting their condition."""
     con = database()
     for name in TABLES:
         ensure_table(run, name)
-        con.execute(f"CREATE VIEW {name} AS {latest(run, name)}")
+        rows = latest(run, name)
+        con.execute(f"CREATE VIEW {name} AS " + (f"SELECT * FROM ({rows}) WHERE {where[name]}" if name in (where or {}) else rows))
     return con
 
 

@@ -63,9 +63,20 @@ SOURCES = {
 COSTLY = ("subjects",)  # candidates columns built by aggregating a large table: only asked for by name
 
 
-def connect(run: Path) -> duckdb.DuckDBPyConnection:
-    """Every table and `candidates` as views over the parts: nothing is read until a query runs."""
-    con = store.connect(run)
+def connect(run: Path, windows: Sequence[tuple[str, str]] | None = None) -> duckdb.DuckDBPyConnection:
+    """Every table and `candidates` as views over the parts: nothing is read until a query runs.
+
+    Given `windows` ((clip_id, video_id) pairs), every table holds only their rows and their videos', so
+    `candidates` and the rules' subqueries see just those windows, exactly as a whole connection
+    sees them (each row of `candidates` and each rule reads only rows of its own clip and video).
+    A restricted ask then reads a few rows of each table instead of joining all of them."""
+    where = None
+    if windows is not None:
+        ids = ", ".join(store.literal(c) for c, _ in windows) or "NULL"
+        videos = ", ".join(sorted({store.literal(v) for _, v in windows})) or "NULL"
+        where = {name: f"clip_id IN ({ids})" for name, table in TABLES.items() if "clip_id" in table.schema.names}
+        where |= {"videos": f"video_id IN ({videos})", "shards": f"list_has_any(clip_ids, [{ids}])"}
+    con = store.connect(run, where)
     con.execute(CANDIDATES)
     return con
 

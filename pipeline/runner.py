@@ -389,6 +389,13 @@ class StageRun:
             only = finished.restriction(self.run, self.cls, self.record, parts)
             con = views.connect(self.run)
             con.register("_inflight", inflight)
+            if self.cls.reads == "candidates" and only not in (None, "FALSE"):  # every input is a window: a row of `scenes`
+                windows = con.sql(f"SELECT clip_id, video_id FROM scenes i WHERE {only} LIMIT {finished.CONSTANT_KEYS + 1}").fetchall()
+                if not windows:  # the new parts name no window yet (a new video's, before its scenes row)
+                    only = "FALSE"
+                elif len(windows) <= finished.CONSTANT_KEYS and not self.cls.whole:  # an ask over those windows' rows alone
+                    con = views.connect(self.run, windows)
+                    con.register("_inflight", inflight)
             if self.cls.whole and only not in (None, "FALSE"):  # its plan needs every input, if the new parts touch one
                 inputs = pending_query(self.cls, self.run, self.decides, self.retry_errors, only)
                 touched = f"SELECT 1 FROM ({inputs}) UNION ALL SELECT 1 FROM {self.cls.writes} i WHERE {only}"

@@ -11,7 +11,7 @@ import pytest
 from conftest import manifests_cli
 
 from manifests import files, store, views
-from manifests.filters import FilterConfig
+from manifests.filters import RULES, FilterConfig, predicate
 from manifests.schemas import TABLES
 
 
@@ -163,6 +163,30 @@ def test_funnel_follows_the_run_thresholds(curated):
     durations = [r["n_frames"] / v for r, v in _frames_and_fps(curated.run)]
     assert left["filter: duration"] == sum(2.0 <= d <= 60.0 for d in durations) < 13
     assert all(removed >= 0 for _, _, removed in default)
+
+
+def test_a_connection_to_some_windows_sees_them_as_the_whole_run_does(curated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(curated.run / "manifests", run / "manifests")
+    clips = sorted(store.read_table(run, "scenes").column("clip_id").to_pylist())
+    store.write_part(run, "aesthetic", [{"clip_id": c, "score": 3.0 + i % 4, "score_min": 3.0} for i, c in enumerate(clips)])
+    store.write_part(run, "screen", [{"clip_id": c, "text_area": 0.2 * (i % 2), "text_content": 0.0, "sharpness": 50.0, "nsfw_score": 0.0}
+                                     for i, c in enumerate(clips)])  # fmt: skip
+    store.write_part(run, "captions", [{"clip_id": c, "caption": f"caption {i}", "subjects_json": "[]"} for i, c in enumerate(clips[::2])])
+    store.write_part(run, "subjects", [{"subject_id": f"{c}-{k}", "clip_id": c, "kind": "human", "score": 0.9} for c in clips[:6] for k in range(2)])
+    store.write_part(run, "dedup", [{"clip_id": c, "duplicate_of": clips[0] if i == 1 else None} for i, c in enumerate(clips)])
+    store.write_part(run, "sample_refs", [{"clip_id": c, "n_references": i % 2} for i, c in enumerate(clips)])
+    store.write_part(run, "shards", [{"shard": "s0", "clip_ids": clips[:2]}, {"shard": "s1", "clip_ids": clips[1:4]}])
+    whole = views.connect(run)
+    windows = whole.sql(f"SELECT clip_id, video_id FROM scenes WHERE clip_id IN ('{clips[1]}', '{clips[4]}', '{clips[7]}')").fetchall()
+    some = views.connect(run, windows)
+    rules = ", ".join(f"COALESCE({predicate(rule, FilterConfig())}, FALSE) AS {rule}" for rule in RULES)
+    sql = f"SELECT *, {rules} FROM candidates WHERE clip_id IN ({', '.join(repr(c) for c, _ in windows)}) ORDER BY clip_id"
+    seen = some.sql(sql).to_arrow_table()
+    assert seen.num_rows == 3 and seen.to_pylist() == whole.sql(sql).to_arrow_table().to_pylist()
+    assert some.sql("SELECT count(*) FROM candidates").fetchall() == [(3,)] < whole.sql("SELECT count(*) FROM candidates").fetchall()
+    for column in ("shard", "caption", "n_subjects", "dedup", "references", "text", "aesthetic"):  # each differs among the three
+        assert len(set(seen.column(column).to_pylist())) > 1, column
 
 
 def test_a_remembered_funnel_is_used_only_while_its_tables_and_conditions_are_unchanged(curated, tmp_path):
