@@ -27,49 +27,61 @@ SUBJECTS = """  SELECT clip_id, count(*) AS n_subjects, bool_or(random_weights) 
          to_json(list(struct_pack(subject_id, kind, label, frame_index, box, score, area_fraction,
                                   crop_path, masked_path, model) ORDER BY subject_id))::VARCHAR AS subjects
   FROM {source} GROUP BY clip_id"""
-CANDIDATES = f"""
+# The tables `candidates` LEFT JOINs to each window, each with the columns it adds, in the view's order.
+JOINED = {
+    "motion": (["m.score AS motion_score"], "LEFT JOIN motion m USING (clip_id)"),
+    "aesthetic": (["a.score AS aesthetic_score", "a.score_min AS aesthetic_min"], "LEFT JOIN aesthetic a USING (clip_id)"),
+    "clips": (["c.path AS clip_path", "c.bytes AS clip_bytes"], "LEFT JOIN clips c USING (clip_id)"),
+    "captions": (["cap.caption", "cap.subjects_json", "cap.model AS caption_model", "cap.prompt_version"],
+                 "LEFT JOIN captions cap USING (clip_id)"),
+    "subjects": (["sub.n_subjects", "sub.subjects"], f"LEFT JOIN (\n{SUBJECTS.format(source='subjects')}\n) sub USING (clip_id)"),
+    "shards": (["sh.shard"], "LEFT JOIN (\n  SELECT clip_id, min(shard) AS shard FROM (SELECT unnest(clip_ids) AS clip_id, shard FROM shards) GROUP BY clip_id\n) sh USING (clip_id)"),
+}  # fmt: skip
+RANDOM_WEIGHTS = ("aesthetic", "captions", "subjects")  # random_weights: whether any of their models had random weights
+
+
+def candidates_view(tables: Sequence[str] = tuple(JOINED)) -> str:
+    """`candidates` with these of its joined tables (their columns; the others' left out)."""
+    columns = [c for table, (cs, _) in JOINED.items() if table in tables for c in cs]
+    if set(RANDOM_WEIGHTS) <= set(tables):
+        columns.append("COALESCE(a.random_weights, FALSE) OR COALESCE(cap.random_weights, FALSE)\n         OR COALESCE(sub.random_weights, FALSE) AS random_weights")
+    joins = "\n".join(join for table, (_, join) in JOINED.items() if table in tables)
+    return f"""
 CREATE VIEW candidates AS
 SELECT s.*, s.n_frames / v.fps AS duration_s,
-       v.path AS video_path, v.fps, v.bytes AS video_bytes, v.duration_s AS video_duration_s, v.width, v.height, v.rotation,
-       m.score AS motion_score, a.score AS aesthetic_score, a.score_min AS aesthetic_min,
-       c.path AS clip_path, c.bytes AS clip_bytes,
-       cap.caption, cap.subjects_json, cap.model AS caption_model, cap.prompt_version,
-       sub.n_subjects, sub.subjects, sh.shard,
-       COALESCE(a.random_weights, FALSE) OR COALESCE(cap.random_weights, FALSE)
-         OR COALESCE(sub.random_weights, FALSE) AS random_weights
+       v.path AS video_path, v.fps, v.bytes AS video_bytes, v.duration_s AS video_duration_s, v.width, v.height, v.rotation{"".join(f", {c}" for c in columns)}
 FROM scenes s
 JOIN videos v USING (video_id)
-LEFT JOIN motion m USING (clip_id)
-LEFT JOIN aesthetic a USING (clip_id)
-LEFT JOIN clips c USING (clip_id)
-LEFT JOIN captions cap USING (clip_id)
-LEFT JOIN (
-{SUBJECTS.format(source="subjects")}
-) sub USING (clip_id)
-LEFT JOIN (
-  SELECT clip_id, min(shard) AS shard FROM (SELECT unnest(clip_ids) AS clip_id, shard FROM shards) GROUP BY clip_id
-) sh USING (clip_id)
+{joins}
 """
 
 
+CANDIDATES = candidates_view()
+
 # The tables each `candidates` column not of `scenes` or `videos` comes from: what a condition on it reads.
-SOURCES = {
-    "motion_score": ("motion",), "aesthetic_score": ("aesthetic",), "aesthetic_min": ("aesthetic",),
-    "clip_path": ("clips",), "clip_bytes": ("clips",), "caption": ("captions",), "subjects_json": ("captions",),
-    "caption_model": ("captions",), "prompt_version": ("captions",), "n_subjects": ("subjects",),
-    "subjects": ("subjects",), "shard": ("shards",), "random_weights": ("aesthetic", "captions", "subjects"),
-}  # fmt: skip
+SOURCES = {c.split()[-1].split(".")[-1]: (table,) for table, (cs, _) in JOINED.items() for c in cs} | {"random_weights": RANDOM_WEIGHTS}
+
+
+def reading(sql: str) -> list[str]:
+    """The joined tables a query on `candidates` can read: those of the columns it names. All of
+    them for `*` (not in `count(*)`) or COLUMNS(...): DuckDB keeps every LEFT JOIN of a view,
+    used or not, and the subjects' aggregate alone is most of a query at a million windows."""
+    if re.search(r"(?<!\()\*", sql) or re.search(r"\bcolumns\s*\(", sql, re.IGNORECASE):
+        return list(JOINED)
+    words = {w.lower() for w in re.findall(r"\w+", sql)}
+    return [table for table in JOINED if any(table in SOURCES.get(w, ()) for w in words)]
 
 COSTLY = ("subjects",)  # candidates columns built by aggregating a large table: only asked for by name
 
 
-def connect(run: Path, windows: Sequence[tuple[str, str]] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(run: Path, windows: Sequence[tuple[str, str]] | None = None, sql: str | None = None) -> duckdb.DuckDBPyConnection:
     """Every table and `candidates` as views over the parts: nothing is read until a query runs.
 
     Given `windows` ((clip_id, video_id) pairs), every table holds only their rows and their videos', so
     `candidates` and the rules' subqueries see just those windows, exactly as a whole connection
     sees them (each row of `candidates` and each rule reads only rows of its own clip and video).
-    A restricted ask then reads a few rows of each table instead of joining all of them."""
+    A restricted ask then reads a few rows of each table instead of joining all of them. Given the
+    `sql` that will run, `candidates` joins only the tables it can read (`reading`)."""
     where = None
     if windows is not None:
         ids = ", ".join(store.literal(c) for c, _ in windows) or "NULL"
@@ -77,12 +89,12 @@ def connect(run: Path, windows: Sequence[tuple[str, str]] | None = None) -> duck
         where = {name: f"clip_id IN ({ids})" for name, table in TABLES.items() if "clip_id" in table.schema.names}
         where |= {"videos": f"video_id IN ({videos})", "shards": f"list_has_any(clip_ids, [{ids}])"}
     con = store.connect(run, where)
-    con.execute(CANDIDATES)
+    con.execute(CANDIDATES if sql is None else candidates_view(reading(sql)))
     return con
 
 
 def query(run: Path, sql: str) -> pa.Table:
-    return store.guarded(run, lambda: connect(run).sql(sql).to_arrow_table())
+    return store.guarded(run, lambda: connect(run, sql=sql).sql(sql).to_arrow_table())
 
 
 def active_rules(run: Path, rules: Sequence[str], scoring: Sequence[str] = ()) -> list[str]:

@@ -165,7 +165,8 @@ def test_funnel_follows_the_run_thresholds(curated):
     assert all(removed >= 0 for _, _, removed in default)
 
 
-def test_a_connection_to_some_windows_sees_them_as_the_whole_run_does(curated, tmp_path):
+def _every_table(curated, tmp_path):
+    """A copy of the curated run with rows in every table `candidates` joins, differing between windows."""
     run = tmp_path / "run"
     shutil.copytree(curated.run / "manifests", run / "manifests")
     clips = sorted(store.read_table(run, "scenes").column("clip_id").to_pylist())
@@ -177,6 +178,11 @@ def test_a_connection_to_some_windows_sees_them_as_the_whole_run_does(curated, t
     store.write_part(run, "dedup", [{"clip_id": c, "duplicate_of": clips[0] if i == 1 else None} for i, c in enumerate(clips)])
     store.write_part(run, "sample_refs", [{"clip_id": c, "n_references": i % 2} for i, c in enumerate(clips)])
     store.write_part(run, "shards", [{"shard": "s0", "clip_ids": clips[:2]}, {"shard": "s1", "clip_ids": clips[1:4]}])
+    return run, clips
+
+
+def test_a_connection_to_some_windows_sees_them_as_the_whole_run_does(curated, tmp_path):
+    run, clips = _every_table(curated, tmp_path)
     whole = views.connect(run)
     windows = whole.sql(f"SELECT clip_id, video_id FROM scenes WHERE clip_id IN ('{clips[1]}', '{clips[4]}', '{clips[7]}')").fetchall()
     some = views.connect(run, windows)
@@ -187,6 +193,23 @@ def test_a_connection_to_some_windows_sees_them_as_the_whole_run_does(curated, t
     assert some.sql("SELECT count(*) FROM candidates").fetchall() == [(3,)] < whole.sql("SELECT count(*) FROM candidates").fetchall()
     for column in ("shard", "caption", "n_subjects", "dedup", "references", "text", "aesthetic"):  # each differs among the three
         assert len(set(seen.column(column).to_pylist())) > 1, column
+
+
+def test_a_query_joins_only_the_tables_whose_columns_it_names_and_reads_the_same(curated, tmp_path):
+    run, _ = _every_table(curated, tmp_path)
+    whole = views.connect(run)
+    for sql, joined in [
+        ("SELECT count(*) AS n FROM candidates", []),
+        ("SELECT count(*) AS n, avg(motion_score) AS m FROM candidates WHERE aesthetic_score > 4 AND caption IS NOT NULL", ["motion", "aesthetic", "captions"]),
+        ("SELECT clip_id, shard, n_subjects FROM candidates ORDER BY clip_id", ["subjects", "shards"]),
+        ("SELECT clip_id, random_weights FROM candidates ORDER BY clip_id", ["aesthetic", "captions", "subjects"]),
+        ("SELECT * FROM candidates ORDER BY clip_id", list(views.JOINED)),
+        ("SELECT clip_id, duration_s * 2 AS d FROM candidates ORDER BY clip_id", list(views.JOINED)),  # a product: as `*`, every table
+    ]:  # fmt: skip
+        assert views.reading(sql) == joined, sql
+        assert views.query(run, sql).to_pylist() == whole.sql(sql).to_arrow_table().to_pylist(), sql
+    narrow = views.connect(run, sql="SELECT count(*) FROM candidates").sql("SELECT * FROM candidates LIMIT 0").columns
+    assert "motion_score" not in narrow and "clip_id" in narrow  # the joins it does not name are not planned at all
 
 
 def test_a_remembered_funnel_is_used_only_while_its_tables_and_conditions_are_unchanged(curated, tmp_path):
