@@ -155,6 +155,11 @@ def database() -> duckdb.DuckDBPyConnection:
     sorts and aggregates spill to a temporary folder instead (DuckDB's default is most of RAM)."""
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    # Joins build on their right side, as written: a table joined to the windows, not the windows.
+    # DuckDB's swap of the two, led by its estimate for a compacted base less its later parts (a
+    # hundredth of the rows), built every LEFT JOIN of `candidates` on the million windows with all
+    # their columns, and the first full ask after adding one video ran out of memory.
+    con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     con.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / f'cinema-duckdb-{uuid.uuid4().hex}'}'")  # its own: DuckDB removes it at close
     return con
 

@@ -71,6 +71,7 @@ def reading(sql: str) -> list[str]:
     words = {w.lower() for w in re.findall(r"\w+", sql)}
     return [table for table in JOINED if any(table in SOURCES.get(w, ()) for w in words)]
 
+
 COSTLY = ("subjects",)  # candidates columns built by aggregating a large table: only asked for by name
 
 
