@@ -65,6 +65,19 @@ def test_every_stage_of_a_finished_run_has_a_record_and_a_rerun_asks_nothing(run
     assert not [a for a in asks if isinstance(a, pa.RecordBatchReader)], "a pending query ran"
 
 
+def test_a_new_video_without_windows_yet_makes_the_window_stages_ask_nothing(run, monkeypatch):
+    video = store.read_table(run, "videos").to_pylist()[0]
+    store.write_part(run, "videos", [{**video, "video_id": "new-video", "path": video["path"] + ".copy.mp4"}])
+    readers = []
+    real = store.guarded
+    monkeypatch.setattr(store, "guarded", lambda run_dir, action: readers.append(result := real(run_dir, action)) or result)
+    assert rerun(run, ["motion", "clips"]) == {"motion": 0, "clips": 0}
+    assert not [r for r in readers if isinstance(r, pa.RecordBatchReader)], "a pending query ran"
+    new = add_window(run)  # its windows, once they exist, are asked for
+    assert rerun(run, ["motion", "clips"]) == {"motion": 1, "clips": 1}
+    assert store.read_table(run, "clips", where=f"clip_id = '{new}'").num_rows == 1
+
+
 def test_a_window_added_in_a_new_part_is_scored_and_cut(run):
     new = add_window(run)
     assert rerun(run) == {"scenes": 0, "motion": 1, "clips": 1}
