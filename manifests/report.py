@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from manifests import store, views
 from manifests.files import write_bytes
 from manifests.filters import RULES, VLM_CHECKS, FilterConfig, rule_sql
+from manifests.schemas import TABLES
 
 # the funnel's later steps (their conditions: views.LATER_STAGES): (table, stage whose errors explain a miss, label)
 LATER_STEPS = [
@@ -92,6 +93,17 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
     path = out / "index.html"
     write_bytes(run, path, page.encode("utf-8"))
     return path
+
+
+def is_current(run: Path) -> bool:
+    """Whether the page was written after every change to the tables: a part added, rewritten or
+    removed changes its table folder's mtime (a whole stage withdrawing rows does work no input
+    counts). The runs' own timings (`stage_runs`) aside: every rerun adds to them."""
+    page = Path(run) / "report" / "index.html"
+    if not page.is_file():
+        return False
+    folders = [store.table_dir(run, t) for t in TABLES if t != "stage_runs"]
+    return all(f.stat().st_mtime_ns < page.stat().st_mtime_ns for f in folders if f.is_dir())
 
 
 def stage_of(status: str) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from manifests.exits import EXIT_FAILED_INPUTS, EXIT_MISSING_WEIGHTS, EXIT_RUN_IN_USE, StorageError, UsageError, command, nearest, storage_failure
 from manifests.files import RunInUse, RunLock, sweep_temporaries
 from manifests.filters import FilterConfig
-from manifests.report import write_report
+from manifests.report import is_current, write_report
 from model.hub import MissingWeights, quiet_loads, require, resolve_file
 from pipeline.config import RunConfig, load_config, write_run_config
 from pipeline.placement import PlanError
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None, keep_ray: bool = True) -> int:
                 threading.Thread(target=stop_ray, name="stop-ray").start()
             text, failed = summarize(run, reports, time.perf_counter() - started)
             print(text)
-            if args.command == "curate" and (any(r.inputs for r in reports) or not (run / "report" / "index.html").exists()):
+            if args.command == "curate" and (any(r.inputs for r in reports) or not is_current(run)):
                 write_report_or_warn(run, config.filter)
     except RunInUse as error:
         print(f"error: {error}", file=sys.stderr)

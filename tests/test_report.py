@@ -190,6 +190,20 @@ def test_report_opens_in_headless_chromium(report_run):
     assert any("image did not load" in m and ref.name in m for m in broken.console)
 
 
+def test_a_rerun_with_nothing_to_do_rewrites_the_report_only_when_a_table_changed_since(curated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(curated.run, run)  # mtimes kept: the page is newer than every table
+    page = run / "report" / "index.html"
+    written = page.stat().st_mtime_ns
+    result = pipeline_cli("curate", curated.src, "--out", run, *KEEP_ALL)
+    assert result.code == 0 and "  report " not in result.out and page.stat().st_mtime_ns == written
+    motion = read_table(run, "motion")
+    store.withdraw(run, "motion", "clip_id", motion.select(["clip_id"]).slice(0, 1))  # rows changed by no stage's inputs
+    write_part(run, "motion", motion.slice(0, 1))
+    result = pipeline_cli("curate", curated.src, "--out", run, *KEEP_ALL)
+    assert result.code == 0 and "  report " in result.out and page.stat().st_mtime_ns > written
+
+
 def test_report_cli_and_curate_write_the_report(curated, tmp_path, monkeypatch):
     assert "report" in curated.result.out and (curated.run / "report" / "index.html").is_file()
     page = (curated.run / "report" / "index.html").read_text()
