@@ -200,11 +200,30 @@ SWEEP = (  # half the kept windows fail the motion rule, the others have their s
 )
 
 
-def measure(n_windows: int, folder: Path) -> dict:
-    run, src = folder / "run", folder / "src"
-    started = time.perf_counter()
-    synthesize(run, src, n_windows)
-    made = time.perf_counter() - started
+def synthesized(n_windows: int, folder: Path, kept: Path | None) -> tuple[Path, Path, float]:
+    """(run, SRC, seconds to make it) of a synthetic run in `folder`. With `kept`, the run is made
+    once in `kept/<n>` and measured on a copy of hard links (parts are immutable, every write of a
+    run replaces a file atomically, and the lock file is not linked), so one 10M-window run serves
+    several measurements; SRC is the kept one (the run's paths name it)."""
+    if kept is None:
+        started = time.perf_counter()
+        synthesize(folder / "run", folder / "src", n_windows)
+        return folder / "run", folder / "src", time.perf_counter() - started
+    home = kept / str(n_windows)
+    made = home / "made_s"
+    if not made.exists():
+        shutil.rmtree(home, ignore_errors=True)
+        started = time.perf_counter()
+        synthesize(home / "run", home / "src", n_windows)
+        made.write_text(f"{time.perf_counter() - started:.1f}\n")
+    subprocess.run(["cp", "-al", str(home / "run"), str(folder / "run")], check=True)
+    (folder / "run" / ".lock").unlink(missing_ok=True)
+    (home / "src" / "new.mp4").unlink(missing_ok=True)  # the new video of an earlier measurement
+    return folder / "run", home / "src", float(made.read_text())
+
+
+def measure(n_windows: int, folder: Path, kept: Path | None = None) -> dict:
+    run, src, made = synthesized(n_windows, folder, kept)
     py = sys.executable
     curate = [py, "-m", "pipeline", "curate", str(src), "--out", str(run)]
     # The report first: a finished run has one, so the no-op rerun does not write it.
@@ -311,12 +330,13 @@ def main() -> None:
     p.add_argument("--windows", default="10000,100000,1000000", help="comma-separated sizes")
     p.add_argument("--out", type=Path, default=section_path("scale"))
     p.add_argument("--real-files", type=int, default=500, help="files in the real-pipeline run (0: skip it)")
+    p.add_argument("--keep", type=Path, help="keep the synthetic runs here and reuse them (measured on copies)")
     args = p.parse_args()
     results = []
     for n in (int(x) for x in args.windows.split(",")):
         folder = Path(tempfile.mkdtemp(prefix=f"scale-{n}-"))
         try:
-            results.append(measure(n, folder))
+            results.append(measure(n, folder, args.keep))
             print(results[-1], flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -107,7 +107,8 @@ class Converter:
         self.reformatter = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        image = self.reformatter.reformat(frame, self.width, self.height, self.fmt, interpolation=self.interpolation).to_ndarray()
+        # swscale in this thread: its own threads (PyAV's default: one per core) cost CPU handing over a small frame
+        image = self.reformatter.reformat(frame, self.width, self.height, self.fmt, interpolation=self.interpolation, threads=1).to_ndarray()
         return np.ascontiguousarray(image)  # rows can be padded; OpenCV wants them packed
 
 
