@@ -43,7 +43,8 @@ class FilterConfig(BaseModel):
         return sorted(set(names), key=VLM_CHECKS.index)
 
 
-# rule -> (stage whose output it needs, or None for always; SQL predicate on the candidates view)
+# rule -> (stage whose output it needs, or None for always; SQL predicate on the candidates view, whose
+# columns from a table it LEFT JOINs are NULL where the window has no row there: no score fails the rule)
 RULES: dict[str, tuple[str | None, str]] = {
     "duration": (None, "duration_s >= {min_duration_s} AND duration_s <= {max_duration_s}"),
     "resolution": (None, "LEAST(width, height) >= {min_short_side}"),
@@ -51,21 +52,20 @@ RULES: dict[str, tuple[str | None, str]] = {
     "frame_rate": (None, "fps >= {min_frame_rate} AND fps <= {max_frame_rate}"),
     "aspect": (None, "GREATEST(width, height) <= {max_aspect} * LEAST(width, height)"),
     "motion": ("motion", "motion_score >= {min_motion} AND motion_score <= {max_motion}"),
-    "slideshow": ("motion", "clip_id IN (SELECT clip_id FROM motion WHERE residual_px >= {min_residual_px})"),
-    # a window the fit could not class (too few flow points) is not of a rejected class
-    "camera": ("motion", "clip_id IN (SELECT clip_id FROM motion WHERE camera_motion IS NULL OR NOT list_contains({reject_camera_motion}, camera_motion))"),
+    "slideshow": ("motion", "residual_px >= {min_residual_px}"),
+    # a scored window (motion_score is never NULL in a row) the fit could not class (too few flow points) is not of a rejected class
+    "camera": ("motion", "motion_score IS NOT NULL AND (camera_motion IS NULL OR NOT list_contains({reject_camera_motion}, camera_motion))"),
     "aesthetic": ("aesthetic", "aesthetic_score >= {min_aesthetic}"),
-    # uncorrelated, so the rule holds whatever the candidates view is called in the query
-    "text": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE text_area <= {max_text_area})"),
-    "slide": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE text_content <= {max_text_content})"),
-    "blur": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE sharpness >= {min_sharpness})"),
-    "nsfw": ("screen", "clip_id IN (SELECT clip_id FROM screen WHERE nsfw_score <= {max_nsfw})"),
+    "text": ("screen", "text_area <= {max_text_area}"),
+    "slide": ("screen", "text_content <= {max_text_content}"),
+    "blur": ("screen", "sharpness >= {min_sharpness}"),
+    "nsfw": ("screen", "nsfw_score <= {max_nsfw}"),
     # the captioner's reject checks named in `vlm_reject` (an unknown answer fails); TRUE while none is named
     "vlm": ("caption", "{vlm_clean}"),
     # near-duplicate windows: the dedup stage names the window kept in their place
-    "dedup": ("dedup", "clip_id IN (SELECT clip_id FROM dedup WHERE duplicate_of IS NULL)"),
+    "dedup": ("dedup", "deduped AND duplicate_of IS NULL"),
     # samples left without any reference under the reference policy (identities stage)
-    "references": ("identities", "clip_id IN (SELECT clip_id FROM sample_refs WHERE n_references > 0)"),
+    "references": ("identities", "n_references > 0"),
 }
 
 

@@ -80,11 +80,9 @@ def write_report(run: Path, filters: FilterConfig | None = None, config: ReportC
         ("motion", "motion_score", "motion score (% of diagonal / s)", {"min_motion": filters.min_motion, "max_motion": filters.max_motion}),
         ("aesthetic", "aesthetic_score", "aesthetic score (LAION scale)", {"min_aesthetic": filters.min_aesthetic}),
     ]:
-        # The windows of `candidates` with a score, without its other joins (DuckDB keeps every
-        # LEFT JOIN of the view, used or not: at 1M windows 0.7 s a plot)
-        values = con.execute(
-            f"SELECT t.score::DOUBLE AS v FROM scenes JOIN videos USING (video_id) JOIN {name} t USING (clip_id) WHERE t.score IS NOT NULL"
-        ).fetchnumpy()["v"]
+        # The scores of windows there are (scores of windows cut before `scenes` was redone are not),
+        # without the other joins of `candidates` (DuckDB keeps every LEFT JOIN of the view, used or not)
+        values = con.execute(f"SELECT t.score::DOUBLE AS v FROM {name} t SEMI JOIN scenes USING (clip_id) WHERE t.score IS NOT NULL").fetchnumpy()["v"]
         write_bytes(run, out / "plots" / f"{name}.svg", histogram(values, column, label, thresholds).encode("utf-8"))
         plots[name] = {"path": f"plots/{name}.svg", "n": len(values)}
     faces = face_identities(run, con)

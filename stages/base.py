@@ -68,6 +68,9 @@ class Stage:
     feeds: ClassVar[tuple[str, ...]] = ()  # later stages whose frames this one's decode keeps when both run
     barrier: ClassVar[bool] = False  # plans over all its inputs at once: starts when the stages before it end
     whole: ClassVar[bool] = False  # a barrier whose rows depend on the set of its inputs: asked for all of them, done or not
+    # The input columns a barrier's plan reads (empty: every column): its ask sorts every input by key,
+    # and whole rows of ten million windows did not fit the sort's memory
+    plan_columns: ClassVar[tuple[str, ...]] = ()
     first: ClassVar[str] = ""  # SQL order of its pending inputs `i`, costliest first: a long one started last runs alone at the end
     resources: ClassVar[Resources] = Resources()
     batch_size: ClassVar[int] = 1

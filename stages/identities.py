@@ -259,6 +259,7 @@ class Identities(Stage):
     needs = "clip_path IS NOT NULL AND n_subjects > 0"
     barrier = True
     whole = True
+    plan_columns = ("clip_id",)
     batch_size = 16
     Config = IdentitiesConfig
 

@@ -58,8 +58,9 @@ class Shards(Stage):
     writes = "shards"
     input_key = "shard"
     filters = rules_through("references")
-    needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND clip_id IN (SELECT clip_id FROM sample_refs WHERE n_references > 0)"
+    needs = "clip_path IS NOT NULL AND caption IS NOT NULL AND n_references > 0"
     barrier = True
+    plan_columns = SAMPLE_COLUMNS
     Config = ShardsConfig
 
     def plan(self, items: Iterable[Row]) -> Iterator[Row]:

@@ -52,13 +52,14 @@ def screen_row(stage: Screen, images: list[np.ndarray]) -> dict:
 
 
 def passes(rule: str, row: dict, config: FilterConfig | None = None, table: str = "screen") -> bool:
-    """The rule's own SQL, on one row of its table."""
+    """The rule's own SQL, on one row of its table as `candidates` shows it (motion's `score` is its `motion_score`)."""
     import duckdb
     import pyarrow as pa
 
+    window = {**row, "clip_id": "w", **({"motion_score": row["score"]} if table == "motion" else {})}
     con = duckdb.connect()
-    con.register(table, pa.Table.from_pylist([{**row, "clip_id": "w"}]))
-    return bool(con.execute(f"SELECT {predicate(rule, config or FilterConfig())} FROM (SELECT 'w' AS clip_id)").fetchone()[0])
+    con.register("_window", pa.Table.from_pylist([window]))
+    return bool(con.execute(f"SELECT {predicate(rule, config or FilterConfig())} FROM _window").fetchone()[0])
 
 
 @pytest.mark.slow
