@@ -40,10 +40,13 @@ def use_cores(cores: int) -> None:
     OpenCV's own thread pool spans the machine (Ray's OMP_NUM_THREADS=1 does not reach it); with
     every core busy its threads only take turns, which cost the scene pass's optical flow 60% more
     CPU per frame. FFmpeg picks a frame thread per core, up to 16, for each video: on a 16-core node
-    decoding 16 videos that is 256 threads, each holding frames (720p: about 4 MB a thread). One more
-    than the cores keeps them busy; a video decoding alone at the end of a run still gets two."""
+    decoding 16 videos that is 256 threads, each holding frames (720p: about 4 MB a thread). One per
+    core: with every core decoding a video, a second frame thread only adds CPU (decode alone: 14%
+    more per frame with two; the scene chain on the bench corpus: 22.4 s with one, 24.8 s with two,
+    median of three interleaved rounds), and the scene pass still overlaps its decode with the
+    detector in its two threads. A video decoding alone at the end of a run pays for it."""
     global FRAME_THREADS
-    FRAME_THREADS = cores + 1
+    FRAME_THREADS = cores
     cv2.setNumThreads(cores)
 
 

@@ -233,12 +233,12 @@ class CountsThreads(Probe):
 
 def test_a_cpu_task_decodes_and_runs_opencv_within_the_cores_it_was_given(tmp_path):
     """OpenCV's pool and FFmpeg's frame threads would each take every core of the machine, in every
-    worker at once; a task of one CPU gets one OpenCV thread and two decode threads."""
+    worker at once; a task of one CPU gets one OpenCV thread and one decode thread."""
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(REAL / "bikes.mp4", src / "bikes.mp4")
     run_chain([CountsThreads], _config(src), tmp_path / "run")
-    assert store.read_table(tmp_path / "run", "videos").column("video_id").to_pylist() == ["opencv1-ffmpeg2"]
+    assert store.read_table(tmp_path / "run", "videos").column("video_id").to_pylist() == ["opencv1-ffmpeg1"]
 
 
 class SlowOnLarge(Probe):
