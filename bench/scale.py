@@ -177,7 +177,7 @@ def _later_tables(run: Path, kept: pa.Array, subject_clips: np.ndarray, start: i
     }))  # fmt: skip
 
 
-STEP_LIMIT_S = 1800  # a step still running then is stopped and its cell says so
+STEP_LIMIT_S = 600  # a step still running then is stopped and its cell says so
 
 
 def timed(command: list[str], until: Path | None = None) -> tuple:

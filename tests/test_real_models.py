@@ -117,7 +117,7 @@ def test_text_rule_removes_a_slide_and_keeps_real_clips(tmp_path):
     result = pipeline_cli("curate", src, "--out", run, *KEEP_ALL, "--stages", "probe,scenes,motion,screen")
     assert result.code == 0, result.out + result.err
     assert not (run / "frames").exists()  # the frames the scene pass kept for screen went with the run's end
-    every = views.query(run, "SELECT clip_id, video_path, text_area, nsfw_score FROM candidates JOIN screen USING (clip_id)").to_pylist()
+    every = views.query(run, "SELECT c.clip_id, c.video_path, c.text_area, c.nsfw_score FROM candidates c JOIN screen USING (clip_id)").to_pylist()
     assert len(every) == views.query(run, "SELECT count(*) AS n FROM candidates").column("n")[0].as_py()
     kept = set(views.candidates(run, ["text", "nsfw"], FilterConfig()).column("clip_id").to_pylist())
     for row in every:
