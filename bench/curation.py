@@ -1,17 +1,16 @@
 """`python -m bench.curation`: curation speed as ratios against baselines measured in the same run.
 
-Baselines: decode-only PyAV (the physical limit of a decode-bound stage) and PySceneDetect's own
-command line. Each time is the best of a few repeats, so other load on the machine inflates it
-least. Writes `bench/results/curation.md`.
+Baseline: decode-only PyAV (the physical limit of a decode-bound stage). Each time is the best of a
+few repeats, so other load on the machine inflates it least. The scene pass end to end against
+PySceneDetect's command line, both with every core, is `bench.scenes`. Writes
+`bench/results/curation.md`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,6 @@ FOLDER_VIDEOS = ["tests/data/pyscenedetect/testvideo.mp4", "tests/data/pyscenede
                  "tests/data/pyscenedetect/goldeneye-vfr-drop3.mp4", "tests/data/pyscenedetect/counter.mp4",
                  "tests/data/real/bikes.mp4", "tests/data/real/carphone_pristine.mp4"]
 REPEATS = 3
-LOOPS = 4  # the few-minute corpus: each video played this many times over
 
 
 def best_of(fn, repeats: int = REPEATS) -> tuple[float, object]:
@@ -70,32 +68,6 @@ def scene_pass(row: dict, motion: bool, windows: bool = False) -> dict:
     fed = {"aesthetic": AestheticConfig(), "screen": ScreenConfig()} if windows else {}
     with tempfile.TemporaryDirectory() as run:
         return Scenes(ScenesConfig(), Path(run), fused, fed).process(row)
-
-
-def looped(folder: Path, times: int) -> list[Path]:
-    """Each shipped video played `times` over in one file (re-encoded): minutes of real footage."""
-    from fractions import Fraction
-
-    from stages.video import encode_mp4, iter_frames
-
-    folder.mkdir(parents=True, exist_ok=True)
-    made = []
-    for source in FOLDER_VIDEOS:
-        out = folder / Path(source).name
-        frames = (f.image for _ in range(times) for f in iter_frames(ROOT / source, fmt="rgb24"))
-        encode_mp4(out, frames, Fraction(video_row(ROOT / source)["fps"]).limit_denominator(1001))
-        made.append(out)
-    return made
-
-
-def cli_cuts(path: Path) -> list[int]:
-    with tempfile.TemporaryDirectory() as out:
-        subprocess.run([str(Path(sys.executable).with_name("scenedetect")), "-q", "-i", str(path), "-b", "pyav",
-                        "detect-adaptive", "list-scenes", "-o", out, "-f", "scenes.csv"], check=True)
-        rows = list(csv.reader(open(Path(out) / "scenes.csv")))
-    header = next(i for i, r in enumerate(rows) if r and r[0] == "Scene Number")
-    starts = [int(r[1]) - 1 for r in rows[header + 1:] if r]  # the CSV counts frames from 1
-    return starts[1:]
 
 
 def curate(src: Path, run: Path, *args: str) -> float:
@@ -163,26 +135,7 @@ def measure() -> str:
         t_parallel, _ = best_of(lambda: list(pool.map(scene_pass, rows, [True] * len(rows))))
     windows = sum(len(m["scenes"]) for m in made)
     scored = sum(len(m["motion"]) for m in made)
-    t_cli, theirs = best_of(lambda: [cli_cuts(p) for p in files], repeats=1)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "src"
-        src.mkdir()
-        for p in files:
-            shutil.copy(p, src)
-        t_ours = min(curate(src, Path(tmp) / f"run{i}", "--stages", "probe,scenes") for i in range(2))
-        scenes = store.read_table(Path(tmp) / "run0", "scenes").to_pylist()
-        videos = {v["video_id"]: Path(v["path"]).name for v in store.read_table(Path(tmp) / "run0", "videos").to_pylist()}
-        # Our windows also split shots longer than max_clip_s: compare the first frame of each shot.
-        first_of_shot = {}
-        for s in sorted(scenes, key=lambda s: (s["video_id"], s["start_frame"])):
-            first_of_shot.setdefault((videos[s["video_id"]], s["shot_index"]), s["start_frame"])
-        cut_lists = {name: sorted(f for (n, _), f in first_of_shot.items() if n == name and f) for name in videos.values()}
-        differ = [f"{p.name}: CLI {c}, ours {cut_lists[p.name]}" for p, c in zip(files, theirs) if cut_lists[p.name] != c]
-        same_cuts = f"identical on {len(files) - len(differ)} of {len(files)} files" + (f" (differ: {'; '.join(differ)})" if differ else "")
-        long_files = looped(Path(tmp) / "long", LOOPS)
-        long_s = sum(video_row(p)["duration_s"] for p in long_files)
-        t_cli_long, _ = best_of(lambda: [cli_cuts(p) for p in long_files], repeats=1)
-        t_ours_long = curate(Path(tmp) / "long", Path(tmp) / "long-run", "--stages", "probe,scenes")
         corpus = real_videos(Path(tmp) / "corpus")
         tiny = ["--profile", "tiny", "--set", "tiny_models=tiny-models", "--set", "filter.min_duration_s=0.5"]
         t_stream = curate(Path(tmp) / "corpus", Path(tmp) / "stream", *tiny)
@@ -194,14 +147,6 @@ def measure() -> str:
         streamed, staged = stage_runs(Path(tmp) / "stream"), stage_runs(Path(tmp) / "staged")
         n_captions = store.count(Path(tmp) / "stream", "captions")
     model_stages = [s for s in ("aesthetic", "screen", "caption", "subjects") if s in streamed]
-    short_s = sum(r["duration_s"] for r in rows)
-
-    def slope(short: float, long: float) -> float:  # seconds per minute of footage
-        return (long - short) / (long_s - short_s) * 60
-
-    def fixed(short: float, long: float) -> float:
-        return short - slope(short, long) * short_s / 60
-
     lines = [
         "## Curation: one streaming pass (issues 2 and 11)",
         "",
@@ -216,21 +161,6 @@ def measure() -> str:
         f"| **scene pass scoring motion in the same decode** ({windows} windows, {scored} scored in the pass) | {t_fused:.2f} | **{t_decode / t_fused:.2f}** (goal 0.5; before: scenes then motion, 0.30) |",
         f"| the same, two videos at once (two processes, as the runner's workers) | {t_parallel:.2f} | **{t_decode / t_parallel:.2f}** |",
         f"| scene pass with motion, also keeping the frames aesthetic and screen read (they then decode nothing) | {t_kept:.2f} | {t_decode / t_kept:.2f} |",
-        "",
-        "| end to end, start-up included | seconds | cuts |",
-        "|---|---|---|",
-        f"| `scenedetect -i FILE -b pyav detect-adaptive list-scenes`, each file in turn | {t_cli:.1f} | |",
-        f"| `pipeline curate --stages probe,scenes` on the folder (best of 2) | {t_ours:.1f} | {same_cuts} |",
-        f"| ratio ours / theirs (goal 0.6 or less) | **{t_ours / t_cli:.2f}** | |",
-        f"| the same six played {LOOPS} times over each ({long_s / 60:.1f} min of footage): `scenedetect` CLI, each file in turn | {t_cli_long:.1f} | |",
-        f"| `pipeline curate --stages probe,scenes` on them | {t_ours_long:.1f} | |",
-        f"| ratio ours / theirs | **{t_ours_long / t_cli_long:.2f}** | |",
-        f"| per extra minute of footage (between the two corpora): ours / theirs | {slope(t_ours, t_ours_long):.1f} s / {slope(t_cli, t_cli_long):.1f} s | |",
-        f"| fixed cost (the line through both, at no footage): ours / theirs | {fixed(t_ours, t_ours_long):.1f} s / {fixed(t_cli, t_cli_long):.1f} s | |",
-        "",
-        "Our cuts reproduce PySceneDetect's golden files (its Python API, `tests/test_curation_scenes.py`). The command line "
-        "differs from its own API on two files: it numbers the frames of variable-frame-rate goldeneye at the average rate "
-        "(same cut times as ours), and it applies other defaults on counter.",
         "",
         f"Whole chain, tiny profile, {len(corpus)} real videos (the files above cut in pieces), `filter.min_duration_s=0.5`:",
         "",
