@@ -43,13 +43,6 @@ def best_of(fn, repeats: int = REPEATS) -> tuple[float, object]:
     return best, result
 
 
-def cores_busy(fn) -> float:
-    """CPU seconds per wall second of one call (threads included): how much of the machine one worker takes."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return (time.process_time() - cpu) / (time.perf_counter() - wall)
-
-
 def decode_only(path: Path) -> int:
     container, stream = open_video(path)
     with container:

@@ -85,7 +85,7 @@ def cli(files: list[Path], at_once: int, out: Path) -> float:
 
 def cli_cuts(out: Path, video: Path) -> list[int]:
     """The first frame of each shot after the first, from the CSV `list-scenes` wrote for `video`."""
-    rows = list(csv.reader(open(out / f"{video.stem}-Scenes.csv")))
+    rows = list(csv.reader((out / f"{video.stem}-Scenes.csv").read_text().splitlines()))
     header = next(i for i, r in enumerate(rows) if r and r[0] == "Scene Number")
     return [int(r[1]) - 1 for r in rows[header + 2 :] if r]  # the CSV counts frames from 1
 
