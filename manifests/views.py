@@ -84,7 +84,7 @@ def connect(run: Path, windows: Sequence[tuple[str, str]] | None = None, sql: st
     """Every table and `candidates` as views over the parts: nothing is read until a query runs.
 
     Given `windows` ((clip_id, video_id) pairs), every table holds only their rows and their videos', so
-    `candidates` and the rules' subqueries see just those windows, exactly as a whole connection
+    `candidates` and the rules (their columns and the `vlm` rule's subquery) see just those windows, exactly as a whole connection
     sees them (each row of `candidates` and each rule reads only rows of its own clip and video).
     A restricted ask then reads a few rows of each table instead of joining all of them. Given the
     `sql` that will run, `candidates` joins only the tables it can read (`reading`)."""
