@@ -3,9 +3,11 @@ and against decode-only, side by side on over ten minutes of real footage, and w
 
 The corpus is the shipped footage (tests/data: H.264 from 176x144 to 1920x1080, MPEG-4 part 2,
 variable frame rate), each file played over in one file by copying its packets (same codec, no
-re-encode), one file four minutes long. The three commands run interleaved, each with as many files
-at once as the machine has CPUs (ours: the runner's default), start-up included. Writes
-`bench/results/scenes.md`.
+re-encode), one file four minutes long; a larger corpus holds that several times over (copies told
+apart by their title, so each is its own video). The commands run interleaved, each with as many
+files at once as the machine has CPUs (ours: the runner's default), start-up included. Two sizes
+part what each command pays once (start-up; ours also its report) from what it pays per minute
+of footage, which is what a user's hundred thousand files feel. Writes `bench/results/scenes.md`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -33,11 +36,12 @@ CORPUS = [("pyscenedetect/testvideo.mp4", 10), ("pyscenedetect/fades.mp4", 10), 
 PARTS = ["decode", "convert", "detect", "motion", "overhead"]
 
 
-def looped_copy(source: Path, out: Path, times: int) -> Path:
+def looped_copy(source: Path, out: Path, times: int, title: str) -> Path:
     """`source` played `times` over in one file: its video packets copied with shifted timestamps."""
     with av.open(str(source)) as src, av.open(str(out), "w") as dst:
         stream = src.streams.video[0]
         copy = dst.add_stream_from_template(stream)
+        dst.metadata["title"] = title
         packets = [p for p in src.demux(stream) if p.dts is not None]
         first = min(p.dts for p in packets)
         span = max((p.pts if p.pts is not None else p.dts) + (p.duration or 0) for p in packets) - first
@@ -50,9 +54,10 @@ def looped_copy(source: Path, out: Path, times: int) -> Path:
     return out
 
 
-def corpus(folder: Path) -> list[Path]:
+def corpus(folder: Path, copies: int = 1) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [looped_copy(ROOT / "tests/data" / name, folder / Path(name).name, times) for name, times in CORPUS]
+    return [looped_copy(ROOT / "tests/data" / name, folder / f"{Path(name).stem}{f'-{k}' if k else ''}.mp4", times, f"copy {k}")
+            for k in range(copies) for name, times in CORPUS]  # fmt: skip
 
 
 def frames_and_seconds(files: list[Path]) -> tuple[int, float]:
@@ -191,63 +196,95 @@ def split_rows(splits: dict[str, dict[str, float]], frames: int) -> list[str]:
     return lines
 
 
+COMMANDS = {
+    "decode": "decode only (PyAV, every frame, FFmpeg threads)",
+    "decode1": "decode only, one FFmpeg thread per file (as our scene tasks decode)",
+    "cli": "`scenedetect -i FILE detect-adaptive list-scenes`",
+    "ours": "`pipeline curate --stages probe,scenes,motion` on the folder (summary and report included)",
+}
+
+
+@dataclass
+class Size:
+    files: list[Path]
+    frames: int
+    minutes: float
+    times: dict[str, list[float]]  # command -> wall seconds of each round
+
+    def best(self, name: str) -> float:
+        return min(self.times[name])
+
+    def ratios(self, a: str, b: str) -> str:
+        """a / b: best of rounds, and the median of the per-round ratios."""
+        return f"{self.best(a) / self.best(b):.2f} ({statistics.median(x / y for x, y in zip(self.times[a], self.times[b])):.2f})"
+
+
+def measure(folder: Path, copies: int, repeats: int, at_once: int) -> Size:
+    """The four commands on a corpus of `copies` times CORPUS, interleaved, `repeats` rounds."""
+    files = corpus(folder / "corpus", copies)
+    frames, seconds = frames_and_seconds(files)
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for k in range(repeats):
+        times["decode"].append(decode_only(files, at_once))
+        times["decode1"].append(decode_only(files, at_once, DECODE_ONE))
+        times["cli"].append(cli(files, at_once, folder / f"cli{k}"))
+        times["ours"].append(ours(folder / "corpus", folder / f"run{k}"))
+        print(copies, {name: t[-1] for name, t in times.items()}, flush=True)
+    return Size(files, frames, seconds / 60, times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three commands, interleaved")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the four commands, interleaved")
+    parser.add_argument("--copies", default="1,3", help="corpus sizes, in copies of CORPUS")
     parser.add_argument("--before", type=Path, help="the code before, unpacked (git archive COMMIT | tar -x -C DIR): its cost split too")
     args = parser.parse_args()
     at_once = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        files = corpus(tmp / "corpus")
-        frames, seconds = frames_and_seconds(files)
-        times: dict[str, list[float]] = {"ours": [], "cli": [], "decode": [], "decode1": []}
-        for k in range(args.repeats):
-            times["decode"].append(decode_only(files, at_once))
-            times["decode1"].append(decode_only(files, at_once, DECODE_ONE))
-            times["cli"].append(cli(files, at_once, tmp / f"cli{k}"))
-            times["ours"].append(ours(tmp / "corpus", tmp / f"run{k}"))
-            print({name: t[-1] for name, t in times.items()}, flush=True)
-        cuts = same_cuts(files, tmp / "cli0", tmp / "run0")
-        splits = {**({"before": split_in(args.before, files)} if args.before else {}), "now": cost_split(files)}
+        sizes = {c: measure(Path(tmp) / f"x{c}", c, args.repeats, at_once) for c in sorted(int(c) for c in args.copies.split(","))}
+        small, large = sizes[min(sizes)], sizes[max(sizes)]
+        first = Path(tmp) / f"x{min(sizes)}"
+        cuts = same_cuts(small.files[: len(CORPUS)], first / "cli0", first / "run0")
+        splits = {**({"before": split_in(args.before, small.files)} if args.before else {}), "now": cost_split(small.files)}
     load = os.getloadavg()
-    best = {name: min(t) for name, t in times.items()}
+    header = " | ".join(f"{len(z.files)} files, {z.minutes:.1f} min: each round (best)" for z in sizes.values())
+    per_minute = {name: (large.best(name) - small.best(name)) / (large.minutes - small.minutes) for name in COMMANDS} if len(sizes) > 1 else {}
     lines = [
         "## Scene pass against the PySceneDetect command line and decode-only (issue 22)",
         "",
         f"Machine: {platform.machine()}, {at_once} CPUs, Python {platform.python_version()}, PyAV {av.__version__}; "
-        f"load average {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) at the end: shared with other jobs, so wall times are "
-        f"noisy and the ratios are taken between runs interleaved in one session. Corpus: {len(files)} files, "
-        f"{seconds / 60:.1f} min, {frames} frames (`bench/scenes.py` CORPUS: the shipped footage played over by copying "
-        f"packets). Each command {at_once} files at a time, start-up included; {args.repeats} interleaved rounds.",
+        f"load average {load[0]:.1f} / {load[2]:.1f} (1 / 15 min) at the end (the bench's own load). Wall times are "
+        f"noisy on a shared machine; the ratios are taken between runs interleaved in one session. Corpus: "
+        f"`bench/scenes.py` CORPUS, the shipped footage played over by copying packets ({small.frames} frames in "
+        f"{len(CORPUS)} files), and that {max(sizes)} times over. Each command {at_once} files at a time, start-up "
+        f"included; {args.repeats} interleaved rounds. Seconds:",
         "",
-        "| command | seconds, each round | best |",
-        "|---|---|---|",
-        f"| decode only (PyAV, every frame, FFmpeg threads), {at_once} files at a time | "
-        + ", ".join(f"{t:.1f}" for t in times["decode"]) + f" | {best['decode']:.1f} |",
-        f"| decode only, one FFmpeg thread per file (as our scene tasks decode), {at_once} files at a time | "
-        + ", ".join(f"{t:.1f}" for t in times["decode1"]) + f" | {best['decode1']:.1f} |",
-        f"| `scenedetect -i FILE detect-adaptive list-scenes`, {at_once} files at a time | "
-        + ", ".join(f"{t:.1f}" for t in times["cli"]) + f" | {best['cli']:.1f} |",
-        "| `pipeline curate --stages probe,scenes,motion` on the folder (summary and report included) | "
-        + ", ".join(f"{t:.1f}" for t in times["ours"]) + f" | {best['ours']:.1f} |",
+        f"| command, {at_once} files at a time | {header} |" + (" seconds per extra minute of footage |" if per_minute else ""),
+        "|---|" + "---|" * (len(sizes) + bool(per_minute)),
+        *(f"| {label} | " + " | ".join(", ".join(f"{t:.1f}" for t in z.times[name]) + f" ({z.best(name):.1f})" for z in sizes.values())
+          + (f" | {per_minute[name]:.2f} |" if per_minute else " |") for name, label in COMMANDS.items()),  # fmt: skip
         "",
-        f"Ours / CLI: **{best['ours'] / best['cli']:.2f}** best of rounds, "
-        f"{statistics.median(o / c for o, c in zip(times['ours'], times['cli'])):.2f} median of the per-round ratios (goal 0.9 or less). "
-        f"Ours / decode-only: **{best['ours'] / best['decode']:.2f}**, "
-        f"{statistics.median(o / d for o, d in zip(times['ours'], times['decode'])):.2f} (goal 1.4 or less); against the "
-        f"one-thread decode: {best['ours'] / best['decode1']:.2f}, {statistics.median(o / d for o, d in zip(times['ours'], times['decode1'])):.2f}.",
+        "Ours against the CLI and decode-only, best of rounds (median of the per-round ratios); goals: ours / CLI 0.9 "
+        "or less, ours / decode-only 1.4 or less:",
         "",
-        f"Cuts (the first frame of each shot after the first), the CLI's against ours: {cuts}. The CLI numbers frames "
-        "from its timecodes at the container's average rate, which the gaps between the copies lower (testvideo played "
-        "over: 29.895 fps against 29.97), so its numbers drift from the decoded frames' over a file; on counter it applies "
-        "other defaults than its Python API. Our cuts reproduce PySceneDetect's golden files (its Python API, "
-        "`tests/test_curation_scenes.py`).",
+        "| corpus | ours / CLI | ours / decode-only | ours / one-thread decode |",
+        "|---|---|---|---|",
+        *(f"| {z.minutes:.1f} min in {len(z.files)} files | **{z.ratios('ours', 'cli')}** | **{z.ratios('ours', 'decode')}** | "
+          f"{z.ratios('ours', 'decode1')} |" for z in sizes.values()),  # fmt: skip
+        *([f"| per extra minute of footage | **{per_minute['ours'] / per_minute['cli']:.2f}** | **{per_minute['ours'] / per_minute['decode']:.2f}** "
+           f"| {per_minute['ours'] / per_minute['decode1']:.2f} |"] if per_minute else []),  # fmt: skip
         "",
-        "CPU per frame of the scene stage's pass with motion (microseconds; one file after another in one process; "
-        "decode from a decode-only pass, the other parts from the CPU time of the threads that run them):",
+        f"Cuts (the first frame of each shot after the first), the CLI's against ours, on the {small.minutes:.1f}-minute corpus: "
+        f"{cuts}. The CLI numbers frames from its timecodes at the container's average rate, which the gaps between the "
+        "copies lower (testvideo played over: 29.895 fps against 29.97), so its numbers drift from the decoded frames' "
+        "over a file; on counter it applies other defaults than its Python API. Our cuts reproduce PySceneDetect's golden "
+        "files (its Python API, `tests/test_curation_scenes.py`).",
         "",
-        *split_rows(splits, frames),
+        f"CPU per frame of the scene stage's pass with motion on the {small.minutes:.1f}-minute corpus (microseconds; one "
+        "file after another in one process; decode from a decode-only pass, the other parts from the CPU time of the "
+        "threads that run them):",
+        "",
+        *split_rows(splits, small.frames),
         "",
     ]
     text = "\n".join(lines)

@@ -67,8 +67,9 @@ DECODED: Counter = Counter()  # frames decoded per source in this process: what 
 SKIPPED: Counter = Counter()  # damaged packets the decoder refused, per source, skipped
 
 
-def decode(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
-    """The one place frames come out of FFmpeg, counted per source.
+def decode(container: av.container.InputContainer, stream: av.VideoStream, packets=None) -> Iterator[av.VideoFrame]:
+    """The one place frames come out of FFmpeg, counted per source: the stream's packets from where
+    the container stands, or the given ones (None drains the decoder).
 
     A packet the decoder refuses as invalid (a damaged one) is skipped and counted, so one bad
     packet does not lose the whole video; every decode of the file skips the same packets, so
@@ -76,11 +77,11 @@ def decode(container: av.container.InputContainer, stream: av.VideoStream) -> It
     BadInput naming the file and the place.
     """
     name, decoded = container.name, 0
-    packets = container.demux(stream)
+    packets = container.demux(stream) if packets is None else iter(packets)
     while True:
         try:
             packet = next(packets)
-            frames = packet.decode()
+            frames = stream.decode(packet)
         except StopIteration:
             return
         except av.error.InvalidDataError:
@@ -166,7 +167,12 @@ def near_middle(path: str | Path, start_pts: int | None = None, end_pts: int | N
         inside = [k for k in _keyframes_around(container, stream, middle) if lo <= k and (hi is None or k < hi)]
         target = min(inside, key=lambda k: abs(k - middle), default=middle)
         container.seek(target, stream=stream, backward=True, any_frame=False)
-        frame = next((f for f in decode(container, stream) if _pts(f) >= target), None)
+        if inside:  # a keyframe needs only its own packet; draining the decoder after it skips its reorder delay
+            packet = next((p for p in container.demux(stream) if p.pts == target), None)
+            frames = decode(container, stream, [packet, None] if packet is not None else [])
+        else:
+            frames = decode(container, stream)
+        frame = next((f for f in frames if _pts(f) >= target), None)
         return None if frame is None else Converter(fmt)(frame)
     finally:
         container.close()
