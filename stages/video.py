@@ -155,9 +155,9 @@ def iter_frames(
 def near_middle(path: str | Path, start_pts: int | None = None, end_pts: int | None = None, fmt: str = "rgb24") -> np.ndarray | None:
     """One frame of the span [start_pts, end_pts) (None: the file's start or end) near its middle,
     decoding as little as the file allows: the keyframe nearest the middle when one lies inside
-    the span (one frame, and the decoder's reorder delay), else the middle frame, decoded from the
-    keyframe before it. None if none decodes. A poster: decoding from the keyframe before each
-    window's middle cost a report more than a third of the run's whole decode."""
+    the span (from its packet alone), else the middle frame, decoded from the keyframe before it.
+    None if none decodes. A poster: decoding from the keyframe before each window's middle cost a
+    report more than a third of the run's whole decode."""
     container, stream = open_video(path, threads=False)  # frame threads would decode a frame per thread before the first
     try:
         first = stream.start_time or 0
