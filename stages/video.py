@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -67,7 +67,9 @@ DECODED: Counter = Counter()  # frames decoded per source in this process: what 
 SKIPPED: Counter = Counter()  # damaged packets the decoder refused, per source, skipped
 
 
-def decode(container: av.container.InputContainer, stream: av.VideoStream, packets=None) -> Iterator[av.VideoFrame]:
+def decode(
+    container: av.container.InputContainer, stream: av.VideoStream, packets: Iterable[av.Packet | None] | None = None
+) -> Iterator[av.VideoFrame]:
     """The one place frames come out of FFmpeg, counted per source: the stream's packets from where
     the container stands, or the given ones (None drains the decoder).
 
