@@ -4,8 +4,8 @@
 with realistic column sizes (subject masks as RLE JSON of a few KB), 10 windows per video, as a
 finished run leaves them: every table compacted, each stage's `finished` record written. SRC holds
 one empty file per video, so a rerun walks and anti-joins real paths. Each step runs as its own
-process and reports its wall time and peak RSS (`/usr/bin/time`). The 10M-window run takes about
-45 minutes to make on two cores and about 10 GB of disk (more while a table is compacted); `--keep DIR`
+process and reports its wall time and peak RSS (`/usr/bin/time`). The 10M-window run takes 26
+minutes to make on two quiet cores (45 beside a test run) and about 10 GB of disk (more while a table is compacted); `--keep DIR`
 makes it once and measures copies of it."""
 
 from __future__ import annotations
