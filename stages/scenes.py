@@ -171,7 +171,7 @@ def detect_cuts(
 ) -> Pass:
     """Cut the video in shots in one decode; given a motion config, collect the motion grid, and
     given `window_size(width, height)`, the grid frames the window stages will read."""
-    container, stream = open_video(path)
+    container, stream = open_video(path, analysis=True)
     with container:
         detector = TransNet(params) if detector_name == "transnetv2" else PySceneDetect(detector_name, params, stream)
         start = stream.start_time or 0

@@ -8,8 +8,10 @@ import uuid
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import scenedetect
+from av.video.frame import PictureType
 from conftest import GOLDEN, REAL
 from videos import static_frames, write_video
 
@@ -23,7 +25,7 @@ from stages.scenes import (
     detect_cuts,
     windows,
 )
-from stages.video import iter_frames, prefetch
+from stages.video import iter_frames, open_video, prefetch
 
 DETECTOR_NAMES = {
     "AdaptiveDetector": "adaptive",
@@ -93,6 +95,22 @@ def test_vfr_cut_indices_are_decode_positions():
 def test_known_cuts_of_real_footage(video, expected):
     """The default detector on footage with known cuts: bikes' five hard cuts, carphone's one shot."""
     assert detect_cuts(str(video), "adaptive", {}).cuts == expected
+
+
+def test_analysis_decode_skips_only_the_deblocking_of_unreferenced_frames():
+    """The scene pass's decoder options change B-frames only, and by too little to see (PSNR 47 dB or more)."""
+
+    def frames(analysis):
+        container, stream = open_video(GOLDEN / "goldeneye-vfr-drop3.mp4", threads=False, analysis=analysis)
+        with container:
+            return [(PictureType(f.pict_type).name, f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+
+    changed = {}
+    for (kind, exact), (_, fast) in zip(frames(False), frames(True), strict=True):
+        if not np.array_equal(exact, fast):
+            error = ((exact.astype(np.float32) - fast) ** 2).mean()
+            changed.setdefault(kind, []).append(10 * np.log10(255**2 / error))
+    assert set(changed) == {"B"} and len(changed["B"]) > 40 and min(changed["B"]) > 47
 
 
 @pytest.mark.parametrize("ours,theirs", [(FastContentDetector, scenedetect.ContentDetector), (FastAdaptiveDetector, scenedetect.AdaptiveDetector)])
