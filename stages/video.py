@@ -55,10 +55,11 @@ def open_video(path: str | Path | BinaryIO, threads: bool = True, analysis: bool
 
     `analysis`: frames that are only cut and scored, never kept as training data (the scene pass,
     the window grids). FFmpeg then skips the in-loop deblocking of frames no other frame
-    references (`skip_loop_filter=noref`, H.264/HEVC/VP9): no error carries to another frame, so a
-    frame is the same however far before it a decode started, and a changed frame differs from
-    the exact one by 47 dB PSNR or more at full size on the shipped footage (48.9 dB at 224 px;
-    JPEG at quality 95 is about 40). Decode costs 6-10% less CPU; cut lists are unchanged."""
+    references (`skip_loop_filter=noref`; H.264 and HEVC honour it, other decoders ignore it): no
+    error carries to another frame, so a frame is the same however far before it a decode
+    started, and a changed frame differs from the exact one by 47 dB PSNR or more at full size on
+    the shipped footage (48.9 dB at 224 px; JPEG at quality 95 is about 40). Decode costs 6-10%
+    less CPU; cut lists are unchanged."""
     container = av.open(path if hasattr(path, "read") else str(path))
     if not container.streams.video:
         container.close()
