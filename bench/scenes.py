@@ -74,8 +74,6 @@ def frames_and_seconds(files: list[Path]) -> tuple[int, float]:
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
 DECODE = "import av, sys\nc = av.open(sys.argv[1]); s = c.streams.video[0]; s.thread_type = 'AUTO'\nfor _ in c.decode(s): pass"
 DECODE_ONE = DECODE.replace("s.thread_type = 'AUTO'", "s.codec_context.thread_count = 1")  # one thread per file, as our tasks decode
-# with the scene pass's decoder options (`stages.video.open_video(analysis=True)`)
-DECODE_ANALYSIS = DECODE.replace("s.thread_type = 'AUTO'", "s.thread_type = 'AUTO'; s.codec_context.options = {'skip_loop_filter': 'noref'}")
 
 
 def each_file(files: list[Path], command, at_once: int) -> float:
@@ -128,6 +126,14 @@ def decode_only(files: list[Path], at_once: int, code: str = DECODE) -> float:
     return each_file(files, lambda f: [sys.executable, "-c", code, str(f)], at_once)
 
 
+def decode_as_the_pass() -> str:
+    """DECODE with the scene pass's decoder options; imported here, not at the top, so that
+    `split_in`'s process imports the stages of the tree it measures."""
+    from stages.video import ANALYSIS_OPTIONS
+
+    return DECODE.replace("s.thread_type = 'AUTO'", f"s.thread_type = 'AUTO'; s.codec_context.options = {ANALYSIS_OPTIONS!r}")
+
+
 def ours(folder: Path, run: Path) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline", "curate", str(folder), "--out", str(run), "--stages", "probe,scenes,motion"],
@@ -146,8 +152,17 @@ def cost_split(files: list[Path]) -> dict[str, float]:
     from stages.probe import Probe, ProbeConfig
 
     spent = dict.fromkeys(PARTS, 0.0)
-    exact = 0.0  # decode-only CPU without the pass's decoder options (the same as `decode` in code without them)
+    exact = 0.0  # decode-only CPU without the pass's decoder options
     analysis = {"analysis": True} if "analysis" in inspect.signature(video.open_video).parameters else {}
+
+    def decode_cpu(path: Path, **options) -> float:
+        started = time.process_time()
+        container, stream = video.open_video(path, **options)
+        with container:
+            for _ in container.decode(stream):
+                pass
+        return time.process_time() - started
+
     if hasattr(video, "use_cores"):  # as a scene task of one CPU runs (the code before it decoded with FFmpeg's own threads)
         video.use_cores(1)
 
@@ -171,22 +186,14 @@ def cost_split(files: list[Path]) -> dict[str, float]:
     total = 0.0
     with tempfile.TemporaryDirectory() as run:
         for path in files:
-            for options in [analysis, {}] if analysis else [{}]:
-                started = time.process_time()
-                container, stream = video.open_video(path, **options)
-                with container:
-                    for _ in container.decode(stream):
-                        pass
-                if options == analysis:
-                    spent["decode"] += time.process_time() - started
-                if not options:
-                    exact += time.process_time() - started
+            spent["decode"] += decode_cpu(path, **analysis)
+            exact += decode_cpu(path) if analysis else 0.0
             (row,) = Probe(ProbeConfig(), Path(run)).process({"path": str(path)})
             started = time.process_time()
             scenes.Scenes(scenes.ScenesConfig(), Path(run), {"motion": MotionConfig()}).process(row)
             total += time.process_time() - started
     spent["overhead"] = total - sum(spent.values())
-    return {**spent, "exact": exact}
+    return {**spent, "exact": exact if analysis else spent["decode"]}  # code without the options decodes exactly
 
 
 def split_in(tree: Path, files: list[Path]) -> dict[str, float]:
@@ -202,7 +209,7 @@ def split_rows(splits: dict[str, dict[str, float]], frames: int) -> list[str]:
     for name, spent in splits.items():
         total = sum(spent[p] for p in PARTS)
         cells = " | ".join(f"{1e6 * spent[p] / frames:.0f}" for p in PARTS)
-        lines.append(f"| {name} | {cells} | {1e6 * total / frames:.0f} | {total / spent['decode']:.2f} | {total / spent.get('exact', spent['decode']):.2f} |")
+        lines.append(f"| {name} | {cells} | {1e6 * total / frames:.0f} | {total / spent['decode']:.2f} | {total / spent['exact']:.2f} |")
     return lines
 
 
@@ -238,7 +245,7 @@ def measure(folder: Path, copies: int, repeats: int, at_once: int) -> Size:
     for k in range(repeats):
         times["decode"].append(decode_only(files, at_once))
         times["decode1"].append(decode_only(files, at_once, DECODE_ONE))
-        times["analysis"].append(decode_only(files, at_once, DECODE_ANALYSIS))
+        times["analysis"].append(decode_only(files, at_once, decode_as_the_pass()))
         times["cli"].append(cli(files, at_once, folder / f"cli{k}"))
         times["ours"].append(ours(folder / "corpus", folder / f"run{k}"))
         print(copies, {name: t[-1] for name, t in times.items()}, flush=True)

@@ -50,6 +50,9 @@ def use_cores(cores: int) -> None:
     cv2.setNumThreads(cores)
 
 
+ANALYSIS_OPTIONS = {"skip_loop_filter": "noref"}  # the decoder's options for frames only cut and scored (`open_video`)
+
+
 def open_video(path: str | Path | BinaryIO, threads: bool = True, analysis: bool = False) -> tuple[av.container.InputContainer, av.VideoStream]:
     """A file path, or a binary stream (an mp4 read from a WebDataset shard).
 
@@ -69,7 +72,7 @@ def open_video(path: str | Path | BinaryIO, threads: bool = True, analysis: bool
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = FRAME_THREADS
     if analysis:
-        stream.codec_context.options = {"skip_loop_filter": "noref"}
+        stream.codec_context.options = dict(ANALYSIS_OPTIONS)
     return container, stream
 
 
