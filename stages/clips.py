@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from manifests.files import atomic_path
 from manifests.filters import rules_through
@@ -20,8 +23,8 @@ from stages.video import Frame, as_kept, encode_mp4, iter_frames, rotate_upright
 
 
 class ClipsConfig(StageConfig):
-    crf: int = 18
-    preset: str = "veryfast"
+    crf: int = Field(18, ge=0, le=51)  # x264's range
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
 
 
 def clip_path(video_id: str, clip_id: str) -> Path:

@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field, field_validator
 
 from manifests import store
 from manifests.filters import rules_through
@@ -68,9 +69,17 @@ class IdentitiesConfig(StageConfig):
     face_same_distance: float = SAME_PERSON_DISTANCE  # Euclidean, dlib's 128-D embedding
     object_same_similarity: float = 0.85  # cosine of masked-crop CLIP embeddings
     copy_max_psnr: float = 25.0  # dB, 64x64 grey thumbnails: above this a source frame is a copy of a sample frame
-    copy_frames: int = 8  # frames of the sample the source frame is compared with
-    tries: int = 3  # sources tried per subject and policy before giving up
-    probes: int = 2  # IVF cells searched per vector across videos
+    copy_frames: int = Field(8, ge=1)  # frames of the sample the source frame is compared with
+    tries: int = Field(3, ge=1)  # sources tried per subject and policy before giving up
+    probes: int = Field(2, ge=1)  # IVF cells searched per vector across videos
+
+    @field_validator("mix")
+    @classmethod
+    def some_weight(cls, mix: dict[str, float]) -> dict[str, float]:
+        """Checked here: the policies are drawn in the driver's plan, after every stage before it ran."""
+        if any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError("weights of 0 or more, not all 0")
+        return mix
 
 
 def blocked_pairs(vectors: np.ndarray, videos: list[str], radius: float, probes: int, unit: bool) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from manifests.filters import rules_through
 from stages.base import BadInput, Row, Stage, StageConfig
@@ -30,11 +31,11 @@ from stages.video import window_samples
 
 class MotionConfig(StageConfig):
     method: Literal["dis", "farneback"] = "dis"
-    sample_fps: float = 2.0  # frames per second compared
-    height: int = 180  # flow is computed at this height, keeping the aspect ratio
-    patch: int = 16  # patch size (pixels, at flow resolution) for the static share
-    static_px: float = 0.5  # a patch moving less than this (pixels per pair) is static
-    camera_static_px: float = 0.5  # global motion under this (pixels per pair at flow resolution): a static camera
+    sample_fps: float = Field(2.0, gt=0)  # frames per second compared
+    height: int = Field(180, ge=2)  # flow is computed at this height, keeping the aspect ratio
+    patch: int = Field(16, ge=1)  # patch size (pixels, at flow resolution) for the static share
+    static_px: float = Field(0.5, ge=0)  # a patch moving less than this (pixels per pair) is static
+    camera_static_px: float = Field(0.5, ge=0)  # global motion under this (pixels per pair at flow resolution): a static camera
 
     def size(self, width: int, height: int) -> tuple[int, int]:
         """Flow resolution for a source of this stored size."""

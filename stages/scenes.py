@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import inspect
 import json
 import math
 import uuid
@@ -17,11 +18,12 @@ from typing import Any, Literal
 
 import cv2
 import scenedetect
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from scenedetect.common import FrameTimecode, Timecode
 from scenedetect.detectors import ContentDetector
 from scenedetect.scene_manager import compute_downscale_factor
 
+from manifests.exits import nearest
 from stages.base import BadInput, Row, Stage, StageConfig
 from stages.kept import has_room, jpeg
 from stages.motion import MotionConfig, motion_row
@@ -75,6 +77,34 @@ class ScenesConfig(StageConfig):
     detector: Literal["adaptive", "content", "threshold", "hash", "histogram", "transnetv2"] = "adaptive"
     params: dict[str, Any] = {}  # keyword arguments of the detector, e.g. {"adaptive_threshold": 3.0} or {"threshold": 0.5}
     max_clip_s: float = Field(10.0, gt=0)  # longer shots are cut into equal windows no longer than this
+
+    @field_validator("params")
+    @classmethod
+    def detector_takes(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A misspelt parameter or a word for a number fails the command before it starts, not
+        every video's task (the detectors check neither)."""
+        if "detector" not in info.data:  # the detector itself is wrong: that error says so
+            return params
+        detector, takes = info.data["detector"], detector_parameters(info.data["detector"])
+        for name, value in params.items():
+            if name not in takes:
+                raise ValueError(f"the {detector} detector has no parameter {name!r} ({nearest(name, list(takes))})")
+            default = takes[name]
+            number = isinstance(value, int | float) and isinstance(value, bool) == isinstance(default, bool)
+            if isinstance(default, bool | int | float) and not number:
+                raise ValueError(f"{name} of the {detector} detector is a {type(default).__name__} (default {default!r}), not {value!r}")
+        return params
+
+
+def detector_parameters(name: str) -> dict[str, Any]:
+    """The keyword arguments `ScenesConfig.params` may give the detector `name`, with their defaults."""
+    if name == "transnetv2":
+        from model.curation.transnet import ShotDetector
+
+        constructor, given = ShotDetector.__init__, {"self", "network"}
+    else:
+        constructor, given = DETECTORS[name].__init__, {"self"}
+    return {p.name: p.default for p in inspect.signature(constructor).parameters.values() if p.name not in given}
 
 
 def clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
