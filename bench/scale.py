@@ -1,16 +1,18 @@
 """`python -m bench.scale`: the run folder's costs at 100k to 10M clip windows, on synthetic runs.
 
 `synthesize` writes every table through the project's own writer (`manifests.store.write_part`)
-with realistic column sizes (subject masks as RLE JSON of a few KB), 10 windows per video, as a
-finished run leaves them: every table compacted, each stage's `finished` record written. SRC holds
-one empty file per video, so a rerun walks and anti-joins real paths. Each step runs as its own
-process and reports its wall time and peak RSS (`/usr/bin/time`). The 10M-window run takes 26
-minutes to make on two quiet cores (45 beside a test run) and about 10 GB of disk (more while a table is compacted); `--keep DIR`
-makes it once and measures copies of it."""
+with realistic column sizes (subject masks as RLE JSON of a few KB) and ids in the formats the
+stages write (numbered ids, shorter and in order, made every join cheaper: at 1M windows a full
+ask took 40% less memory), 10 windows per video, as a finished run leaves them: every table
+compacted, each stage's `finished` record written. SRC holds one empty file per video, so a rerun
+walks and anti-joins real paths. Each step runs as its own process and reports its wall time and
+peak RSS (`/usr/bin/time`). The 10M-window run takes 37 minutes to make on two quiet cores and
+13 GB of disk (more while a table is compacted); `--keep DIR` makes it once and measures copies of it."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +32,30 @@ from bench.sections import ROOT, section_path, write_section
 from manifests import store
 from pipeline.config import load_config, write_run_config
 from stages.identities import Identities, subjects_of
+from stages.scenes import clip_id
 
 WINDOWS_PER_VIDEO = 10
 CHUNK = 100_000  # windows per written part, in pieces the generator can hold; then every table is compacted
 MASKS = 20_000
 LINKS = 60_000  # hard links per empty source file (ext4 allows 65,000)
 SHARD = 1000  # clips per shard
+SYNTHETIC = uuid.UUID("0b7f4a52-6c1e-4d8a-9f3b-5e2a7c9d1f60")  # namespace of the subjects' and identities' synthetic ids
 
 
-def _ids(prefix: str, n: int, start: int = 0) -> pa.Array:
-    return pa.array([f"{prefix}{i:012d}" for i in range(start, start + n)], pa.string())
+def video_ident(i: int) -> str:
+    """The id of video i, in the probe's format (`content_hash`: 32 hex digits)."""
+    return hashlib.blake2b(f"v{i}".encode(), digest_size=16).hexdigest()
+
+
+def window_clip_id(i: int) -> str:
+    """The id of window i (the stage's own `clip_id`: a uuid5 of its video and frames). Real ids,
+    not numbered ones: a key's length and its order in the parts change what every join costs."""
+    first = (i % WINDOWS_PER_VIDEO) * 90
+    return clip_id(video_ident(i // WINDOWS_PER_VIDEO), first, first + 90)
+
+
+def _uuids(prefix: str, n: int, start: int = 0) -> pa.Array:
+    return pa.array([str(uuid.uuid5(SYNTHETIC, f"{prefix}{i}")) for i in range(start, start + n)], pa.string())
 
 
 def _masks(rng: np.random.Generator, n: int) -> list[str]:
@@ -60,7 +77,7 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
     for start in range(0, n_videos, CHUNK):
         n = min(CHUNK, n_videos - start)
         store.write_part(run, "videos", pa.table({
-            "video_id": _ids("vid", n, start), "path": pa.array([str(src / f"v{i:09d}.mp4") for i in range(start, start + n)]),
+            "video_id": pa.array([video_ident(i) for i in range(start, start + n)]), "path": pa.array([str(src / f"v{i:09d}.mp4") for i in range(start, start + n)]),
             "bytes": pa.array(rng.integers(10**6, 10**9, n)), "duration_s": pa.array(np.full(n, 30.0)), "fps": pa.array(np.full(n, 30.0)),
             "n_frames": pa.array(np.full(n, 900)), "width": pa.array(np.full(n, 1280, np.int32)), "height": pa.array(np.full(n, 720, np.int32)),
             "codec": pa.array(["h264"] * n), "pix_fmt": pa.array(["yuv420p"] * n), "rotation": pa.array(np.zeros(n, np.int32)),
@@ -69,9 +86,9 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
     for start in range(0, n_windows, CHUNK):
         n = min(CHUNK, n_windows - start)
         index = np.arange(start, start + n)
-        clip_ids = _ids("clip", n, start)
+        clip_ids = pa.array([window_clip_id(i) for i in index])
         store.write_part(run, "scenes", pa.table({
-            "video_id": pa.array([f"vid{i // WINDOWS_PER_VIDEO:012d}" for i in index]), "scene_index": pa.array((index % WINDOWS_PER_VIDEO).astype(np.int32)),
+            "video_id": pa.array([video_ident(i // WINDOWS_PER_VIDEO) for i in index]), "scene_index": pa.array((index % WINDOWS_PER_VIDEO).astype(np.int32)),
             "clip_id": clip_ids, "shot_index": pa.array((index % WINDOWS_PER_VIDEO).astype(np.int32)),
             "start_frame": pa.array((index % WINDOWS_PER_VIDEO) * 90), "end_frame": pa.array((index % WINDOWS_PER_VIDEO) * 90 + 90),
             "start_pts": pa.array((index % WINDOWS_PER_VIDEO) * 90 * 512), "end_pts": pa.array((index % WINDOWS_PER_VIDEO) * 90 * 512 + 90 * 512),
@@ -91,9 +108,10 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
             "random_weights": pa.array(np.zeros(n, bool)),
         }))  # fmt: skip
         kept = clip_ids.filter(pa.array(kept_mask))
+        kept_videos = pa.array([video_ident(i // WINDOWS_PER_VIDEO) for i in index[kept_mask]])
         k = len(kept)
         store.write_part(run, "clips", pa.table({
-            "clip_id": kept, "video_id": pa.array(["vid"] * k), "path": pa.array([f"clips/v/{c}.mp4" for c in kept.to_pylist()]),
+            "clip_id": kept, "video_id": kept_videos, "path": pa.array([f"clips/v/{c}.mp4" for c in kept.to_pylist()]),
             "start_frame": pa.array(np.zeros(k, np.int64)), "end_frame": pa.array(np.full(k, 90)), "n_frames": pa.array(np.full(k, 90)),
             "fps": pa.array(np.full(k, 30.0)), "width": pa.array(np.full(k, 1280, np.int32)), "height": pa.array(np.full(k, 720, np.int32)),
             "bytes": pa.array(rng.integers(10**5, 10**7, k)),
@@ -107,14 +125,14 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
         subject_clips = np.repeat(np.array(kept.to_pylist(), object), 3)
         s = len(subject_clips)
         store.write_part(run, "subjects", pa.table({
-            "subject_id": _ids(f"s{start}-", s), "clip_id": pa.array(subject_clips.tolist(), pa.string()),
+            "subject_id": _uuids(f"s{start}-", s), "clip_id": pa.array(subject_clips.tolist(), pa.string()),
             "kind": pa.array(["human", "face", "object"] * k), "label": pa.array(["person", "face", "dog"] * k),
             "frame_index": pa.array(np.full(s, 45)), "box": pa.array([[10.0, 20.0, 200.0, 400.0]] * s, pa.list_(pa.float32(), 4)),
             "mask_rle": pa.array(_masks(rng, s)), "score": pa.array(rng.random(s)), "area_fraction": pa.array(rng.random(s)),
             "crop_path": pa.array(["refs/c/s.crop.png"] * s), "masked_path": pa.array(["refs/c/s.masked.png"] * s),
             "model": pa.array(["IDEA-Research/grounding-dino-tiny + ybelkada/segment-anything"] * s), "random_weights": pa.array(np.zeros(s, bool)),
         }))  # fmt: skip
-        _later_tables(run, kept, subject_clips, start, Identities(config.identities, run))
+        _later_tables(run, kept, kept_videos, subject_clips, start, Identities(config.identities, run))
     store.compact_all(run)  # as each stage leaves its table when it ends
     # the run's failures, compacted as a run's end leaves them (a rerun then rewrites nothing, and its report stays current)
     store.write_part(run, "errors", [{"stage": "motion", "key": f"clip{i:012d}x", "error_type": "bad_input", "message": "too short", "attempts": 1}
@@ -143,7 +161,7 @@ def write_records(run: Path) -> None:
         finished.save(run, name, record)
 
 
-def _later_tables(run: Path, kept: pa.Array, subject_clips: np.ndarray, start: int, identities: Identities) -> None:
+def _later_tables(run: Path, kept: pa.Array, kept_videos: pa.Array, subject_clips: np.ndarray, start: int, identities: Identities) -> None:
     """screen, dedup, identities, sample_refs and shards of the clips: every stage of the chain is done.
     Each sample_refs row has the digest the identities stage computes for its clip (its subjects
     link to nothing: no embeddings), so a rerun finds them done, as it would a run's own rows."""
@@ -160,8 +178,8 @@ def _later_tables(run: Path, kept: pa.Array, subject_clips: np.ndarray, start: i
         "group_size": pa.array(np.ones(k, np.int32)), "model": pa.array(["timm/vit_large_patch14_clip_224.openai"] * k),
     }))  # fmt: skip
     store.write_part(run, "identities", pa.table({
-        "subject_id": _ids(f"s{start}-", s), "clip_id": pa.array(subject_clips.tolist(), pa.string()), "video_id": pa.array(["vid"] * s),
-        "kind": pa.array(["human", "face", "object"] * k), "identity_id": _ids(f"id{start}-", s), "via": pa.array(["face"] * s),
+        "subject_id": _uuids(f"s{start}-", s), "clip_id": pa.array(subject_clips.tolist(), pa.string()), "video_id": pa.array(np.repeat(np.array(kept_videos.to_pylist(), object), 3).tolist()),
+        "kind": pa.array(["human", "face", "object"] * k), "identity_id": _uuids(f"id{start}-", s), "via": pa.array(["face"] * s),
         "identity_size": pa.array(np.ones(s, np.int32)), "identity_videos": pa.array(np.ones(s, np.int32)),
     }))  # fmt: skip
     store.write_part(run, "sample_refs", pa.table({
@@ -228,9 +246,9 @@ NEW_VIDEO = "tests/data/pyscenedetect/counter.mp4"
 KEPT = 1000  # windows whose frames wait for their readers when the sweep runs: a backlog, not the run
 SWEEP = (  # half the kept windows fail the motion rule, the others have their screen row: none will be read
     "import sys; from pathlib import Path; from pipeline.config import load_config; from pipeline.registry import STAGES; "
-    "from pipeline.runner import sweep_kept_frames; from stages.kept import kept_file; "
+    "from pipeline.runner import sweep_kept_frames; from stages.kept import kept_file; from bench.scale import window_clip_id; "
     "run, n, kept = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]); config = load_config(run / 'config.yaml'); "
-    "paths = [kept_file(run, 'scenes', f'clip{i * (n // kept) + i % 2:012d}') for i in range(kept)]; "
+    "paths = [kept_file(run, 'scenes', window_clip_id(i * (n // kept) + i % 2)) for i in range(kept)]; "
     "paths[0].parent.mkdir(parents=True, exist_ok=True); [p.touch() for p in paths]; chain = ['scenes', 'motion', 'aesthetic', 'screen']; "
     "removed = sweep_kept_frames(run, [STAGES[c] for c in chain], config, chain); assert removed == kept, removed"
 )
@@ -339,8 +357,9 @@ def section(results: list[dict]) -> str:
         "## Run folder at scale (issues 10, 22)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; synthetic runs from "
-        "`bench/scale.py` (10 windows per video, half of them clips with captions, screen, dedup, sample_refs and 3 subjects "
-        "(masks as RLE JSON) and identities each, in shards of 1,000; every table compacted, as a finished run leaves it), "
+        "`bench/scale.py` (10 windows per video, ids as the stages make them (32 hex digits a video, uuid5 a window, subject and "
+        "identity), half of the windows clips with captions, screen, dedup, sample_refs and 3 subjects (masks as RLE JSON) and "
+        "identities each, in shards of 1,000; every table compacted, as a finished run leaves it), "
         "each step in its own process: wall seconds / peak RSS in GB. Other jobs on the machine add noise. Each stage's "
         "`finished` record is written by the runner's own functions, as a run that ends with nothing pending has them. The "
         "new video (`tests/data/pyscenedetect/counter.mp4`) goes through the whole chain with the tiny profile; its scenes "
@@ -353,6 +372,7 @@ def section(results: list[dict]) -> str:
         cells = [f"{r[name][0]:.1f} s / {r[name][1]:.2f} GB" + (f" ({r[name][2]})" if len(r[name]) > 2 else "") for r in results]
         small, large = results[-2] if len(results) > 1 else {"windows": 0, name: (0.0, 0.0)}, results[-1]
         growth = (large[name][0] - small[name][0]) / (large["windows"] - small["windows"]) * 1e6
+        growth = 0.0 if abs(growth) < 0.05 else growth  # not "-0.0"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {growth:.1f} |")
     lines.append("| parts on disk / size | " + " | ".join(f"{r['parts']} / {r['bytes'] / 1e6:.0f} MB" for r in results) + " | |")
     lines.append("")
