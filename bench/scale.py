@@ -87,8 +87,9 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
         n = min(CHUNK, n_windows - start)
         index = np.arange(start, start + n)
         clip_ids = pa.array([window_clip_id(i) for i in index])
+        window_videos = pa.array([video_ident(i // WINDOWS_PER_VIDEO) for i in index])
         store.write_part(run, "scenes", pa.table({
-            "video_id": pa.array([video_ident(i // WINDOWS_PER_VIDEO) for i in index]), "scene_index": pa.array((index % WINDOWS_PER_VIDEO).astype(np.int32)),
+            "video_id": window_videos, "scene_index": pa.array((index % WINDOWS_PER_VIDEO).astype(np.int32)),
             "clip_id": clip_ids, "shot_index": pa.array((index % WINDOWS_PER_VIDEO).astype(np.int32)),
             "start_frame": pa.array((index % WINDOWS_PER_VIDEO) * 90), "end_frame": pa.array((index % WINDOWS_PER_VIDEO) * 90 + 90),
             "start_pts": pa.array((index % WINDOWS_PER_VIDEO) * 90 * 512), "end_pts": pa.array((index % WINDOWS_PER_VIDEO) * 90 * 512 + 90 * 512),
@@ -108,7 +109,7 @@ def synthesize(run: Path, src: Path, n_windows: int, seed: int = 0) -> None:
             "random_weights": pa.array(np.zeros(n, bool)),
         }))  # fmt: skip
         kept = clip_ids.filter(pa.array(kept_mask))
-        kept_videos = pa.array([video_ident(i // WINDOWS_PER_VIDEO) for i in index[kept_mask]])
+        kept_videos = window_videos.filter(pa.array(kept_mask))
         k = len(kept)
         store.write_part(run, "clips", pa.table({
             "clip_id": kept, "video_id": kept_videos, "path": pa.array([f"clips/v/{c}.mp4" for c in kept.to_pylist()]),
