@@ -31,7 +31,7 @@ import pyarrow as pa
 from bench.sections import ROOT, section_path, write_section
 from manifests import store
 from pipeline.config import load_config, write_run_config
-from stages.identities import Identities, subjects_of
+from stages.identities import Identities
 from stages.scenes import clip_id
 
 WINDOWS_PER_VIDEO = 10
@@ -167,7 +167,7 @@ def _later_tables(run: Path, kept: pa.Array, kept_videos: pa.Array, subject_clip
     Each sample_refs row has the digest the identities stage computes for its clip (its subjects
     link to nothing: no embeddings), so a rerun finds them done, as it would a run's own rows."""
     k, s = len(kept), len(subject_clips)
-    digests = {item["clip_id"]: item["inputs_digest"] for item, _ in identities.planned(subjects_of(run, pa.table({"clip_id": kept})))}
+    digests = {item["clip_id"]: item["inputs_digest"] for item, _ in identities.planned(pa.table({"clip_id": kept}))}
     store.write_part(run, "screen", pa.table({
         "clip_id": kept, "text_area": pa.array(np.full(k, 0.01)), "text_area_max": pa.array(np.full(k, 0.02)),
         "text_content": pa.array(np.full(k, 0.01)), "sharpness": pa.array(np.full(k, 200.0)),

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -235,6 +235,26 @@ def query(run: Path, sql: str, params: Sequence | None = None, tables: dict[str,
         return con.sql(sql, params=params).to_arrow_table()
 
     return guarded(run, execute)
+
+
+def batches(run: Path, sql: str, tables: dict[str, pa.Table] | None = None, rows: int = 8192) -> Iterator[pa.RecordBatch]:
+    """`query`'s answer a batch at a time, for answers too large to hold. The query runs (and a
+    damaged part is quarantined) before the first batch comes; the connection lives while it is read."""
+
+    def execute() -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader, pa.RecordBatch | None]:
+        con = connect(run)
+        for name, table in (tables or {}).items():
+            con.register(name, table)
+        reader = con.sql(sql).to_arrow_reader(rows)
+        try:
+            return con, reader, reader.read_next_batch()
+        except StopIteration:
+            return con, reader, None
+
+    con, reader, first = guarded(run, execute)
+    if first is not None:
+        yield first
+        yield from reader
 
 
 def read_table(run: Path, table: str, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:

@@ -39,6 +39,7 @@ import math
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -59,7 +60,9 @@ IDENTITY_NAMESPACE = uuid.UUID("2b0f6f1e-8a7c-4e55-b1f3-6d2c9e4a7b10")
 POLICIES = ("same_clip", "other_shot", "cross_video")
 FALLBACK = {"cross_video": POLICIES[::-1], "other_shot": ("other_shot", "same_clip"), "same_clip": ("same_clip",)}
 KIND_ORDER = ("human", "object", "face")
+VIA = ("alone", "masked-crop CLIP", "human's face", "face")  # how a subject was linked to its identity
 THUMB = 64
+CACHED_ROWS = 1 << 17  # member rows kept as dicts (about 1 kB each)
 
 
 class IdentitiesConfig(StageConfig):
@@ -121,8 +124,8 @@ class Embeddings:
     """A table's embedding column as one float32 array: as Python floats, a million subjects' would
     take gigabytes. `[i]` is row i's vector (a view) or None."""
 
-    def __init__(self, column: pa.ChunkedArray):
-        column = column.combine_chunks()
+    def __init__(self, column: pa.ChunkedArray | pa.Array):
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         self.offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
         self.flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
         self.valid = column.is_valid().to_numpy(zero_copy_only=False)
@@ -139,7 +142,8 @@ def _is(column: pa.ChunkedArray, value: str) -> np.ndarray:
 
 
 def cluster(subjects: pa.Table, cfg: IdentitiesConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster label per subject (a row of `subjects`), and how each was linked."""
+    """Cluster label per subject (a row of `subjects`: its kind, embedding, video_id and `holder`,
+    the row of the human a face is of), and how each was linked (an index into VIA)."""
     n = subjects.num_rows
     kind, embeddings = subjects.column("kind"), Embeddings(subjects.column("embedding"))
     pairs = [np.zeros((0, 2), np.int64)]
@@ -151,22 +155,20 @@ def cluster(subjects: pa.Table, cfg: IdentitiesConfig) -> tuple[np.ndarray, np.n
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             videos = subjects.column("video_id").take(pa.array(index)).to_pylist()
             pairs.append(index[linked(vectors, videos, radius, cfg.probes, unit)])
-    holder = pc.index_in(subjects.column("human_id"), value_set=subjects.column("subject_id").combine_chunks())  # the human a face is of
+    holder = subjects.column("holder")
     faces = np.flatnonzero(_is(kind, "face") & pc.is_valid(holder).to_numpy(zero_copy_only=False))
     held = np.stack([faces, pc.fill_null(holder, 0).to_numpy(zero_copy_only=False)[faces].astype(np.int64)], 1)
     pairs.append(held)
-    via = np.full(n, "alone", object)  # a human without a face links to nothing: alone
-    via[_is(kind, "object") & embeddings.valid] = "masked-crop CLIP"
-    via[held[:, 1]] = "human's face"
-    via[_is(kind, "face") & embeddings.valid] = "face"
+    via = np.zeros(n, np.int8)  # a human without a face links to nothing: alone
+    via[_is(kind, "object") & embeddings.valid] = VIA.index("masked-crop CLIP")
+    via[held[:, 1]] = VIA.index("human's face")
+    via[_is(kind, "face") & embeddings.valid] = VIA.index("face")
     return components(n, np.concatenate(pairs)), via
 
 
-def identity_ids(subjects: pa.Table, label: np.ndarray) -> dict[int, str]:
-    """An id per cluster, derived from its smallest subject_id: the same whatever order the run happened in."""
-    smallest = pa.table({"group": label, "subject_id": subjects.column("subject_id")}).group_by("group").aggregate([("subject_id", "min")])
-    firsts = zip(smallest.column("group").to_pylist(), smallest.column("subject_id_min").to_pylist())
-    return {g: str(uuid.uuid5(IDENTITY_NAMESPACE, first)) for g, first in firsts}
+def identity_id(first_subject_id: str) -> str:
+    """An identity's id, derived from its smallest subject_id: the same whatever order the run happened in."""
+    return str(uuid.uuid5(IDENTITY_NAMESPACE, first_subject_id))
 
 
 def draw(weights: dict[str, float], clip_id: str, subject_id: str) -> str:
@@ -198,21 +200,78 @@ def choose(own: list[Row], limit: int) -> list[Row]:
     return (firsts + [s for s in ranked if s not in firsts])[:limit]
 
 
-def disjoint(a: Row, b: Row) -> bool:
-    return a["end_frame"] <= b["start_frame"] or b["end_frame"] <= a["start_frame"]
+class Members:
+    """The subjects of identities of more than one subject, grouped by identity: where other clips'
+    references come from. Held as columns, and as small codes for choosing; a row becomes a dict
+    only once it is a candidate source. `rows` holds the run's rows `index` (in order)."""
+
+    def __init__(self, rows: pa.Table, index: np.ndarray, label: np.ndarray):
+        order = np.argsort(label[index], kind="stable")
+        self.index, self.rows = index, rows.take(pa.array(order))
+        self.position = np.empty(len(index), np.int64)  # where the run's row index[k] now is
+        self.position[order] = np.arange(len(index))
+        self.embeddings, self.plain = Embeddings(self.rows.column("embedding")), self.rows.drop_columns(["embedding"])
+        self.groups, self.starts = np.unique(label[index[order]], return_index=True)
+        self.ends = np.append(self.starts[1:], len(index))
+
+        def codes(name: str) -> np.ndarray:
+            return pc.dictionary_encode(self.rows.column(name)).combine_chunks().indices.to_numpy(zero_copy_only=False)
+
+        def numbers(name: str, null: float) -> np.ndarray:
+            return pc.fill_null(self.rows.column(name), null).to_numpy(zero_copy_only=False)
+
+        self.kind, self.clip, self.video = codes("kind"), codes("clip_id"), codes("video_id")
+        self.start, self.end, self.shot, self.quality = numbers("start_frame", 0), numbers("end_frame", 0), numbers("shot_index", -1), numbers("quality", 0.0)
+        by_id = pc.sort_indices(self.rows.column("subject_id")).to_numpy()
+        self.rank = np.empty(len(index), np.int64)  # subject_id order
+        self.rank[by_id] = np.arange(len(index))
+        firsts = by_id[np.minimum.reduceat(self.rank, self.starts)]  # each identity's smallest subject_id
+        self.cache: dict[int, list[Row]] = {}  # least recently used first
+        self.cached = 0
+        self.ids = [identity_id(first) for first in self.rows.column("subject_id").take(pa.array(firsts)).to_pylist()]
+
+    def identity(self, group: int) -> str:
+        return self.ids[int(np.searchsorted(self.groups, group))]
+
+    def sources(self, policy: str, s: Row, tries: int) -> list[Row]:
+        """Where subject `s` (the run's row `s["row"]`) may take its reference from under
+        other_shot or cross_video, best first."""
+        at = int(self.position[np.searchsorted(self.index, s["row"])])
+        g = int(np.searchsorted(self.starts, at, side="right")) - 1
+        span = slice(self.starts[g], self.ends[g])
+        ok = (self.kind[span] == self.kind[at]) & (self.clip[span] != self.clip[at])
+        same_video = self.video[span] == self.video[at]
+        if policy == "other_shot":
+            ok &= same_video & ((self.end[span] <= self.start[at]) | (self.end[at] <= self.start[span]))
+            keys = (self.rank[span], -self.quality[span], self.shot[span] == self.shot[at])  # the last key sorts first
+        else:
+            ok &= ~same_video
+            keys = (self.rank[span], -self.quality[span])
+        found = np.flatnonzero(ok)
+        rows = self.rows_of(g)
+        return [rows[k] for k in found[np.lexsort(tuple(key[found] for key in keys))[:tries]].tolist()]
+
+    def rows_of(self, g: int) -> list[Row]:
+        """Identity g's rows as dicts, kept while fewer than CACHED_ROWS rows of recent identities are
+        (the best sources of an identity serve many clips; the clips come in random order)."""
+        rows = self.cache.pop(g, None)
+        if rows is None:
+            start = int(self.starts[g])
+            rows = self.plain.slice(start, int(self.ends[g]) - start).to_pylist()
+            for i, row in enumerate(rows, start):
+                row["embedding"] = self.embeddings[i]
+            self.cached += len(rows) + 0
+            while self.cached > CACHED_ROWS and self.cache:
+                self.cached -= len(self.cache.pop(next(iter(self.cache))))
+        self.cache[g] = rows
+        return rows
 
 
-def sources(policy: str, s: Row, members: list[Row], tries: int) -> list[Row]:
+def sources(policy: str, s: Row, members: Members | None, tries: int) -> list[Row]:
     """Where subject `s` may take its reference from under one policy, best first."""
     if policy == "same_clip":
         return [s]
-    same_kind = [m for m in members if m["kind"] == s["kind"] and m["clip_id"] != s["clip_id"]]
-    if policy == "other_shot":
-        found = [m for m in same_kind if m["video_id"] == s["video_id"] and disjoint(m, s)]
-        found.sort(key=lambda m: (m["shot_index"] == s["shot_index"], -(m["quality"] or 0.0), m["subject_id"]))
-    else:
-        found = sorted((m for m in same_kind if m["video_id"] != s["video_id"]), key=lambda m: (-(m["quality"] or 0.0), m["subject_id"]))
-    return found[:tries]
+    return members.sources(policy, s, tries) if s["identity_size"] > 1 else []
 
 
 def reference(policy: str, s: Row, source: Row) -> Row:
@@ -246,15 +305,30 @@ def sample_frames(clip: Path, n_frames: int, count: int):
     return frames
 
 
-def subjects_of(run: Path, clips: pa.Table) -> pa.Table:
-    """What the plan reads of the subjects of `clips` (a table of clip_id), in clip and subject order."""
+SUBJECTS = "subjects s JOIN _clips USING (clip_id) JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id)"  # the subjects of `_clips`
+ORDER = "ORDER BY s.clip_id, s.subject_id"
+
+
+def linking_of(run: Path, clips: pa.Table) -> pa.Table:
+    """What clustering reads of the subjects of `clips` (a table of clip_id), a row per subject in
+    clip and subject order: codes for ids (a video's rank, the row of the human a face is of), so
+    ten million subjects take a few hundred megabytes besides their embeddings."""
     return store.query(
         run,
-        "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.human_id, s.quality, "
-        "s.score, s.model, s.crop_path, s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, "
-        "c.path AS clip_path, c.n_frames, r.inputs_digest AS done_digest "
-        "FROM subjects s JOIN _clips USING (clip_id) JOIN scenes w USING (clip_id) JOIN clips c USING (clip_id) "
-        "LEFT JOIN sample_refs r USING (clip_id) ORDER BY s.clip_id, s.subject_id",
+        f"WITH s AS (SELECT s.subject_id, s.human_id, s.kind, s.embedding, w.video_id, row_number() OVER ({ORDER}) - 1 AS row "
+        f"FROM {SUBJECTS}) SELECT s.kind, s.embedding, dense_rank() OVER (ORDER BY s.video_id) AS video_id, h.row AS holder "
+        "FROM s LEFT JOIN s h ON h.subject_id = s.human_id ORDER BY s.row",
+        tables={"_clips": clips},
+    )
+
+
+def subject_rows(run: Path, clips: pa.Table) -> Iterator[pa.RecordBatch]:
+    """What the plan reads of the subjects of `clips`, a batch at a time, in `linking_of`'s order."""
+    return store.batches(
+        run,
+        "SELECT s.subject_id, s.clip_id, s.kind, s.label, s.frame_index, s.embedding, s.quality, s.score, s.model, s.crop_path, "
+        "s.masked_path, w.video_id, w.shot_index, w.start_frame, w.end_frame, c.path AS clip_path, c.n_frames, "
+        f"r.inputs_digest AS done_digest FROM {SUBJECTS} LEFT JOIN sample_refs r USING (clip_id) {ORDER}",
         tables={"_clips": clips},
     )
 
@@ -276,60 +350,63 @@ class Identities(Stage):
         """Cluster the subjects of every clip that is an input now, done or not; one work item per
         clip whose row would change. Rows of clips that are no longer inputs (a stricter filter)
         are withdrawn first, so the tables are those a fresh run with this config writes."""
-        inputs = pa.table({"clip_id": pa.array([item["clip_id"] for item in items], pa.string())})
+        items = iter(items)
+        chunks = [pa.array([item["clip_id"] for item in chunk], pa.string()) for chunk in iter(lambda: list(islice(items, 65536)), [])]
+        inputs = pa.table({"clip_id": pa.chunked_array(chunks, pa.string())})
         for table in ("sample_refs", "identities"):
             lost = store.query(self.run_dir, f"SELECT DISTINCT clip_id FROM {table} ANTI JOIN _inputs USING (clip_id)", tables={"_inputs": inputs})
             store.withdraw(self.run_dir, table, "clip_id", lost)
         if not inputs.num_rows:
             return
-        for item, done_digest in self.planned(subjects_of(self.run_dir, inputs)):
+        for item, done_digest in self.planned(inputs):
             if item["inputs_digest"] != done_digest:
                 yield item
 
-    def planned(self, subjects: pa.Table) -> Iterator[tuple[Row, str | None]]:
-        """(work item, the digest of the clip's row written before) per clip of `subjects` (in clip
-        order), clustered together. Rows become dicts a slice at a time, and those of identities of
-        more than one subject (other clips' references come from them) once: not the whole run's."""
-        label, via = cluster(subjects, self.config)
-        ids = identity_ids(subjects, label)
+    def planned(self, clips: pa.Table) -> Iterator[tuple[Row, str | None]]:
+        """(work item, the digest of the clip's row written before) per clip of `clips` with subjects
+        (in clip order), clustered together. In memory: the clustering's codes and embeddings, and
+        the rows of identities of more than one subject (other clips' references come from them);
+        the other rows pass a batch at a time."""
+        linking = linking_of(self.run_dir, clips)
+        label, via = cluster(linking, self.config)
         size = np.bincount(label, minlength=len(label))
-        videos = pa.table({"group": label, "video_id": subjects.column("video_id")}).group_by(["group", "video_id"]).aggregate([])
-        spread = np.bincount(videos.column("group").to_numpy(), minlength=len(label))
-        embeddings = Embeddings(subjects.column("embedding"))
-        plain = subjects.drop_columns(["embedding"])
-
-        def dicts(index: np.ndarray, part: pa.Table) -> list[Row]:
-            """Rows `index` of `subjects` (`part` holds them), with their identities."""
-            out = part.to_pylist()
-            for i, row in zip(index.tolist(), out):
-                group = label[i]
-                row.update(embedding=embeddings[i], identity_id=ids[group], via=via[i], identity_size=int(size[group]),
-                           identity_videos=int(spread[group]))  # fmt: skip
-            return out
-
-        members: dict[str, list[Row]] = defaultdict(list)
         shared = np.flatnonzero(size[label] > 1)
-        for row in dicts(shared, plain.take(pa.array(shared, pa.int64()))):
-            members[row["identity_id"]].append(row)
+        video = linking.column("video_id").to_numpy()[shared]
+        videos = int(video.max(initial=0)) + 1
+        spread = np.bincount(np.unique(label[shared] * videos + video) // videos, minlength=len(label))  # 0 for an identity of one subject
+        del linking, video
+        members = None
+        if len(shared):
+            rows, start = [], 0
+            for batch in subject_rows(self.run_dir, clips):
+                inside = shared[(shared >= start) & (shared < start + batch.num_rows)] - start
+                rows.append(pa.Table.from_batches([batch]).take(pa.array(inside)))
+                start += batch.num_rows
+            members = Members(pa.concat_tables(rows), shared, label)
         own: list[Row] = []
-        for start in range(0, subjects.num_rows, 8192):
-            index = np.arange(start, min(start + 8192, subjects.num_rows))
-            for row in dicts(index, plain.slice(start, len(index))):
+        start = 0
+        for batch in subject_rows(self.run_dir, clips):
+            embeddings = Embeddings(batch.column("embedding"))
+            for k, row in enumerate(batch.drop_columns(["embedding"]).to_pylist()):
+                i = start + k
+                group = label[i]
+                row.update(row=i, embedding=embeddings[k], via=VIA[via[i]], identity_size=int(size[group]), identity_videos=max(1, int(spread[group])),
+                           identity_id=members.identity(group) if size[group] > 1 else identity_id(row["subject_id"]))  # fmt: skip
                 if own and row["clip_id"] != own[0]["clip_id"]:
                     yield self.work(own[0]["clip_id"], own, members), own[0]["done_digest"]
                     own = []
                 own.append(row)
+            start += batch.num_rows
         if own:
             yield self.work(own[0]["clip_id"], own, members), own[0]["done_digest"]
 
-    def work(self, clip_id: str, own: list[Row], members: dict[str, list[Row]]) -> Row:
+    def work(self, clip_id: str, own: list[Row], members: Members | None) -> Row:
         cfg = self.config
         choices = []
         for s in choose(own, cfg.max_references):
             policy = draw(cfg.mix, clip_id, s["subject_id"]) if cfg.policy == "mix" else cfg.policy
             order = FALLBACK[policy] if cfg.policy == "mix" else (policy,)
-            group = members.get(s["identity_id"], [s])  # an identity of one subject: only itself
-            candidates = [reference(p, s, source) for p in order for source in sources(p, s, group, cfg.tries)]
+            candidates = [reference(p, s, source) for p in order for source in sources(p, s, members, cfg.tries)]
             choices.append({"policy": policy, "candidates": candidates})
         identity_rows = [
             {k: s[k] for k in ("subject_id", "clip_id", "video_id", "kind", "identity_id", "via", "identity_size", "identity_videos")}

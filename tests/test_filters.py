@@ -115,7 +115,7 @@ def test_a_drawn_robot_face_is_no_face_and_real_faces_are(subjects):
 
 
 SUBJECT_COLUMNS = pa.schema([("subject_id", pa.string()), ("kind", pa.string()), ("embedding", pa.list_(pa.float32())),
-                             ("video_id", pa.string()), ("human_id", pa.string())])  # fmt: skip
+                             ("video_id", pa.string()), ("holder", pa.int64())])  # fmt: skip
 
 
 def test_identities_do_not_chain_and_two_shots_of_one_man_are_one(subjects):
@@ -125,7 +125,7 @@ def test_identities_do_not_chain_and_two_shots_of_one_man_are_one(subjects):
     faces = {i: subjects.find_faces(image, 0) for i, image in shots.items()}
     woman = max(faces[10], key=lambda f: f.box[2] - f.box[0])  # the large face, not the figure behind her
     rows = [
-        {"subject_id": name, "kind": "face", "embedding": f.embedding.tolist(), "video_id": "megamind", "human_id": None}
+        {"subject_id": name, "kind": "face", "embedding": f.embedding.tolist(), "video_id": "megamind", "holder": None}
         for name, f in (("a_man_shot2", faces[120][0]), ("b_man_shot4", faces[240][0]), ("c_woman_shot1", woman))
     ]
     d = lambda a, b: float(np.linalg.norm(np.subtract(rows[a]["embedding"], rows[b]["embedding"])))  # noqa: E731

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 from bench.references import dense_complete_linkage
 from conftest import REAL, pipeline_cli
@@ -291,3 +292,40 @@ def test_quality_prefers_sharp_frontal_views_and_every_kind_gets_a_place():
     chosen = choose(own, 2)
     assert [s["subject_id"] for s in chosen] == ["h-again", "dog"]
     assert len({s["identity_id"] for s in choose(own, 6)}) == 5  # one per identity and kind
+
+
+def test_sources_are_those_the_policy_rules_pick_from_every_member(monkeypatch):
+    """`Members.sources` (columns and codes, a few identities' rows kept as dicts) picks what the
+    rules say over the whole identity: other_shot from the same video, frames disjoint, another shot
+    first, then quality, then subject_id; cross_video from other videos, by quality then subject_id."""
+    import stages.identities as identities
+
+    monkeypatch.setattr(identities, "CACHED_ROWS", 5)  # identities' rows drop out of the cache and come back
+    rng = random.Random(7)
+    rows = []
+    for i in range(400):
+        start = rng.randrange(0, 300, 30)
+        rows.append({"subject_id": f"s{rng.randrange(10**6):06d}-{i}", "clip_id": f"c{i // 2}", "kind": rng.choice(["face", "human"]),
+                     "embedding": rng.choice([None, [float(np.float32(rng.random())) for _ in range(2)]]), "quality": rng.choice([None, 0.0, 0.5, 0.9]), "video_id": f"v{rng.randrange(4)}",
+                     "shot_index": start // 90, "start_frame": start, "end_frame": start + rng.choice([30, 60, 120])})  # fmt: skip
+    label = np.array([rng.randrange(12) for _ in rows])
+    members = identities.Members(pa.Table.from_pylist(rows), np.arange(len(rows)), label)
+
+    def expected(policy: str, i: int) -> list[str]:
+        s = rows[i]
+        same = [m for j, m in enumerate(rows) if label[j] == label[i] and m["kind"] == s["kind"] and m["clip_id"] != s["clip_id"]]
+        if policy == "other_shot":
+            found = [m for m in same if m["video_id"] == s["video_id"] and (m["end_frame"] <= s["start_frame"] or s["end_frame"] <= m["start_frame"])]
+            found.sort(key=lambda m: (m["shot_index"] == s["shot_index"], -(m["quality"] or 0.0), m["subject_id"]))
+        else:
+            found = sorted((m for m in same if m["video_id"] != s["video_id"]), key=lambda m: (-(m["quality"] or 0.0), m["subject_id"]))
+        return [(m["subject_id"], m["embedding"]) for m in found[:3]]
+
+    picked = 0
+    for i in rng.sample(range(len(rows)), 150):
+        for policy in ("other_shot", "cross_video"):
+            got = [(m["subject_id"], m["embedding"] if m["embedding"] is None else m["embedding"].tolist()) for m in members.sources(policy, {"row": i}, 3)]
+            assert got == expected(policy, i), (policy, i)
+            picked += len(got)
+    assert picked > 300  # most subjects had sources: the ordering was tested, not empty lists
+    assert members.identity(label[0]) == identities.identity_id(min(r["subject_id"] for r, g in zip(rows, label) if g == label[0]))
