@@ -72,8 +72,9 @@ def frames_and_seconds(files: list[Path]) -> tuple[int, float]:
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-DECODE = "import av, sys\nc = av.open(sys.argv[1]); s = c.streams.video[0]; s.thread_type = 'AUTO'\nfor _ in c.decode(s): pass"
-DECODE_ONE = DECODE.replace("s.thread_type = 'AUTO'", "s.codec_context.thread_count = 1")  # one thread per file, as our tasks decode
+DECODING = "import av, sys\nc = av.open(sys.argv[1]); s = c.streams.video[0]; {}\nfor _ in c.decode(s): pass"  # {}: the decoder's set-up
+DECODE = DECODING.format("s.thread_type = 'AUTO'")
+DECODE_ONE = DECODING.format("s.codec_context.thread_count = 1")  # one thread per file, as our tasks decode
 
 
 def each_file(files: list[Path], command, at_once: int) -> float:
@@ -127,11 +128,11 @@ def decode_only(files: list[Path], at_once: int, code: str = DECODE) -> float:
 
 
 def decode_as_the_pass() -> str:
-    """DECODE with the scene pass's decoder options; imported here, not at the top, so that
+    """DECODE with the scene pass's decoder options, imported here, not at the top, so that
     `split_in`'s process imports the stages of the tree it measures."""
     from stages.video import ANALYSIS_OPTIONS
 
-    return DECODE.replace("s.thread_type = 'AUTO'", f"s.thread_type = 'AUTO'; s.codec_context.options = {ANALYSIS_OPTIONS!r}")
+    return DECODING.format(f"s.thread_type = 'AUTO'; s.codec_context.options = {ANALYSIS_OPTIONS!r}")
 
 
 def ours(folder: Path, run: Path) -> float:
