@@ -379,7 +379,7 @@ class Identities(Stage):
         if len(shared):
             rows, start = [], 0
             for batch in subject_rows(self.run_dir, clips):
-                inside = shared[(shared >= start) & (shared < start + batch.num_rows)] - start
+                inside = shared[np.searchsorted(shared, start) : np.searchsorted(shared, start + batch.num_rows)] - start
                 rows.append(pa.Table.from_batches([batch]).take(pa.array(inside)))
                 start += batch.num_rows
             members = Members(pa.concat_tables(rows), shared, label)
