@@ -207,28 +207,28 @@ class Members:
 
     def __init__(self, rows: pa.Table, index: np.ndarray, label: np.ndarray):
         order = np.argsort(label[index], kind="stable")
-        self.index, self.rows = index, rows.take(pa.array(order))
+        self.index, rows = index, rows.take(pa.array(order))
         self.position = np.empty(len(index), np.int64)  # where the run's row index[k] now is
         self.position[order] = np.arange(len(index))
-        self.embeddings, self.plain = Embeddings(self.rows.column("embedding")), self.rows.drop_columns(["embedding"])
+        self.embeddings, self.plain = Embeddings(rows.column("embedding")), rows.drop_columns(["embedding"])
         self.groups, self.starts = np.unique(label[index[order]], return_index=True)
         self.ends = np.append(self.starts[1:], len(index))
 
         def codes(name: str) -> np.ndarray:
-            return pc.dictionary_encode(self.rows.column(name)).combine_chunks().indices.to_numpy(zero_copy_only=False)
+            return pc.dictionary_encode(rows.column(name)).combine_chunks().indices.to_numpy(zero_copy_only=False)
 
         def numbers(name: str, null: float) -> np.ndarray:
-            return pc.fill_null(self.rows.column(name), null).to_numpy(zero_copy_only=False)
+            return pc.fill_null(rows.column(name), null).to_numpy(zero_copy_only=False)
 
         self.kind, self.clip, self.video = codes("kind"), codes("clip_id"), codes("video_id")
         self.start, self.end, self.shot, self.quality = numbers("start_frame", 0), numbers("end_frame", 0), numbers("shot_index", -1), numbers("quality", 0.0)
-        by_id = pc.sort_indices(self.rows.column("subject_id")).to_numpy()
+        by_id = pc.sort_indices(rows.column("subject_id")).to_numpy()
         self.rank = np.empty(len(index), np.int64)  # subject_id order
         self.rank[by_id] = np.arange(len(index))
         firsts = by_id[np.minimum.reduceat(self.rank, self.starts)]  # each identity's smallest subject_id
         self.cache: dict[int, list[Row]] = {}  # least recently used first
         self.cached = 0
-        self.ids = [identity_id(first) for first in self.rows.column("subject_id").take(pa.array(firsts)).to_pylist()]
+        self.ids = [identity_id(first) for first in rows.column("subject_id").take(pa.array(firsts)).to_pylist()]
 
     def identity(self, group: int) -> str:
         return self.ids[int(np.searchsorted(self.groups, group))]
@@ -248,6 +248,8 @@ class Members:
             ok &= ~same_video
             keys = (self.rank[span], -self.quality[span])
         found = np.flatnonzero(ok)
+        if not len(found):
+            return []
         rows = self.rows_of(g)
         return [rows[k] for k in found[np.lexsort(tuple(key[found] for key in keys))[:tries]].tolist()]
 
