@@ -262,7 +262,7 @@ class Members:
             rows = self.plain.slice(start, int(self.ends[g]) - start).to_pylist()
             for i, row in enumerate(rows, start):
                 row["embedding"] = self.embeddings[i]
-            self.cached += len(rows) + 0
+            self.cached += len(rows)
             while self.cached > CACHED_ROWS and self.cache:
                 self.cached -= len(self.cache.pop(next(iter(self.cache))))
         self.cache[g] = rows
