@@ -163,7 +163,9 @@ def ours_on_running_ray(folder: Path, run: Path, cpus: int) -> float:
                 break
         else:
             raise RuntimeError("ray start --head failed:\n" + "".join(said[-20:]))
-        ip = next(m.group(1) for line in said if (m := re.search(r"Local node IP: (\S+)", line)))
+        ip = next((m.group(1) for line in said if (m := re.search(r"Local node IP: (\S+)", line))), None)
+        if ip is None:
+            raise RuntimeError("ray start --head named no node IP:\n" + "".join(said[-20:]))
         return ours(folder, run, {**ENV, "RAY_ADDRESS": f"{ip}:{port}"})
     finally:
         head.terminate()  # `--block`: it stops the processes it started
