@@ -5,9 +5,10 @@ with realistic column sizes (subject masks as RLE JSON of a few KB) and ids in t
 stages write (the numbered ids it wrote before were shorter and in order, and made every join
 cheaper: at 1M windows a full ask took 40% less memory), 10 windows per video, as a finished run
 leaves them: every table compacted, each stage's `finished` record written. SRC holds one empty
-file per video, so a rerun walks and anti-joins real paths. Each step runs as its own process and reports its wall time and
-peak RSS (`/usr/bin/time`). The 10M-window run takes 37 minutes to make on two quiet cores and
-13 GB of disk (more while a table is compacted); `--keep DIR` makes it once and measures copies of it."""
+file per video, so a rerun walks and anti-joins real paths. Each step runs as its own process and
+reports its wall time and peak RSS (`/usr/bin/time`). The 10M-window run takes 37 minutes to make
+on two quiet cores and 13 GB of disk (more while a table is compacted); `--keep DIR` makes it once
+and measures copies of it."""
 
 from __future__ import annotations
 
